@@ -1,0 +1,100 @@
+"""The model_store manifest: the contract between ``dir-export`` (writer) and the service (reader).
+
+Layout: ``model_store/<name>/<version>/manifest.json`` next to the ONNX file(s) it describes. This module
+imports neither torch nor onnxruntime so both sides can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_NAME = "manifest.json"
+
+
+class TensorSpec(BaseModel):
+    """One graph input or output. ``shape`` uses strings for dynamic axes ("N", "H", "W", "H/4")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[int | str]
+    dtype: Literal["float32", "float16", "uint8", "int64"] = "float32"
+    layout: str = "NCHW"
+    value_range: tuple[float, float] | None = None
+    color_space: str | None = None
+    description: str = ""
+
+
+class TileSpec(BaseModel):
+    """How the service may cut large images: square tiles of ``size`` overlapping by ``overlap`` pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(256, gt=0)
+    overlap: int = Field(32, ge=0)
+
+
+class ModelFile(BaseModel):
+    """One file of the entry with its sha256 (hex), verified at load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    sha256: str
+    role: str = "serve"
+
+
+class Manifest(BaseModel):
+    """Everything the service needs to load and call a model_store entry, plus its provenance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: str
+    task: Literal["restore", "detect", "component"] = "restore"
+    description: str = ""
+    onnx_file: str = "model.onnx"
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    size_multiple: int = Field(1, gt=0)
+    tile: TileSpec | None = None
+    files: list[ModelFile] = Field(default_factory=list)
+    extra: dict[str, Any] = Field(default_factory=dict, description="task-specific settings (detector classes, anchors ...)")
+    training: dict[str, Any] = Field(default_factory=dict, description="config and run that produced the weights")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="evaluation numbers with their protocol")
+    created: str = ""
+
+    def file_sha256(self, path: str) -> str | None:
+        """The recorded sha256 of ``path`` (relative to the entry folder), or None when not recorded."""
+        for f in self.files:
+            if f.path == path:
+                return f.sha256
+        return None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(entry_dir: Path) -> Manifest:
+    """Parse ``entry_dir/manifest.json`` (raises ``FileNotFoundError`` / pydantic ``ValidationError``)."""
+    return Manifest.model_validate(json.loads((entry_dir / MANIFEST_NAME).read_text()))
+
+
+def write_manifest(entry_dir: Path, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` (pretty, stable key order) and return its path."""
+    entry_dir.mkdir(parents=True, exist_ok=True)
+    out = entry_dir / MANIFEST_NAME
+    out.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    return out
