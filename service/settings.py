@@ -1,0 +1,84 @@
+"""Service configuration: one pydantic-settings class, read from ``DIR_*`` environment variables.
+
+Every field is documented in docs/SERVICE.md (settings table); keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_STORE = Path(__file__).resolve().parent.parent / "model_store"
+
+
+class Settings(BaseSettings):
+    """Inference service settings (env prefix ``DIR_``, e.g. ``DIR_MAX_BATCH=16``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DIR_", extra="ignore")
+
+    model_store: Path = Field(DEFAULT_MODEL_STORE, description="root of model_store/<name>/<version>/")
+    restore_model: str = Field(
+        "dir-restore", description="restoration entry: 'name' (highest version) or 'name/version'"
+    )
+    detect_model: str = Field(
+        "", description="detector entry 'name' or 'name/version'; empty: the first task=detect entry found"
+    )
+    queue: str = Field("embedded", description="'embedded' (in-process asyncio) or a redis:// URL")
+    max_batch: int = Field(8, ge=1, description="most tiles in one model call")
+    max_queue_delay_ms: float = Field(
+        5.0, ge=0, description="longest a tile waits for a batch to fill (0 = batching off)"
+    )
+    queue_bound: int = Field(512, ge=1, description="tiles waiting per model; beyond it: 429")
+    request_timeout_s: float = Field(60.0, gt=0, description="per-request deadline; past it: 504")
+    max_body_bytes: int = Field(50 * 1024 * 1024, gt=0, description="largest request body (413 beyond)")
+    max_pixels: int = Field(
+        40_000_000, gt=0, description="largest width*height accepted, checked before decoding (413 beyond)"
+    )
+    api_keys: str = Field("", description="comma-separated bearer tokens; empty: model endpoints are open")
+    providers: str = Field(
+        "auto", description="comma-separated ONNX Runtime providers; 'auto': CUDA when available, else CPU"
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = CPU cores")
+    host: str = Field("127.0.0.1", description="dir-serve bind address")
+    port: int = Field(8000, ge=0, le=65535, description="dir-serve port")
+    tile_size: int = Field(0, ge=0, description="tile side in pixels; 0 = the manifest's tile.size")
+    tile_overlap: int = Field(-1, ge=-1, description="tile overlap (px); -1 = manifest tile.overlap")
+    stream_prefix: str = Field("dir", description="prefix of every Redis key and stream the service uses")
+    result_ttl_s: int = Field(120, ge=1, description="TTL of per-request result keys in Redis")
+    claim_idle_ms: int = Field(
+        30_000, ge=1, description="pending Redis job idle this long is reclaimed (XAUTOCLAIM)"
+    )
+    max_deliveries: int = Field(3, ge=1, description="deliveries of one Redis job before it is dead-lettered")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 429/503")
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_kind(cls, value: str) -> str:
+        if value != "embedded" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"DIR_QUEUE must be 'embedded' or a redis:// URL, got {value!r}")
+        return value
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        """The configured bearer tokens (empty set: no authentication)."""
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def provider_list(self) -> list[str] | None:
+        """Explicit ONNX Runtime providers, or None for automatic choice."""
+        if self.providers.strip() in ("", "auto"):
+            return None
+        return [p.strip() for p in self.providers.split(",") if p.strip()]
+
+    @property
+    def threads(self) -> int:
+        """ONNX Runtime intra-op thread count actually used."""
+        return self.intra_op_threads or (os.cpu_count() or 1)
+
+    @property
+    def uses_redis(self) -> bool:
+        """True when the Redis Streams backend is configured."""
+        return self.queue != "embedded"
