@@ -1,0 +1,143 @@
+"""``dir``: command-line front end of the DiR-ISP client.
+
+Exit status: 0 success, 1 a request failed, 2 bad usage, 3 the server could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from service.client.client import DEFAULT_URL, AsyncDirClient, DirClient
+from service.client.errors import DirClientError, ServerUnavailableError
+from service.client.results import Detection, DetectResult
+
+EXIT_FAILED = 1
+EXIT_UNAVAILABLE = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dir", description="Client for the DiR-ISP restoration service.")
+    parser.add_argument(
+        "--url", default=os.environ.get("DIR_URL", DEFAULT_URL), help="server URL (env DIR_URL)"
+    )
+    parser.add_argument(
+        "--api-key", default=os.environ.get("DIR_API_KEY"), help="bearer token (env DIR_API_KEY)"
+    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request attempt")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    restore = sub.add_parser("restore", help="restore camera images into OUTDIR")
+    restore.add_argument("inputs", nargs="+", type=Path, metavar="IN")
+    restore.add_argument("-o", "--out", required=True, type=Path, metavar="OUTDIR")
+    restore.add_argument("--format", choices=("png", "jpeg"), default="png", dest="fmt")
+    restore.add_argument("-j", "--jobs", type=int, default=4, help="requests in flight at once")
+    restore.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    represent = sub.add_parser("represent", help="save the DiR representation of IN as .npy")
+    represent.add_argument("input", type=Path, metavar="IN")
+    represent.add_argument("-o", "--out", required=True, type=Path, metavar="OUT.npy")
+
+    detect = sub.add_parser("detect", help="detect objects on the restored image")
+    detect.add_argument("input", type=Path, metavar="IN")
+    detect.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    detect.add_argument("--compare", action="store_true", help="also detect on the unrestored input")
+
+    sub.add_parser("models", help="list the models the server has loaded")
+    return parser
+
+
+async def _restore_all(args: argparse.Namespace) -> int:
+    """Restore every input with at most ``--jobs`` requests in flight; returns the exit status."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    gate = asyncio.Semaphore(max(1, args.jobs))
+    failures = 0
+    bar = tqdm(total=len(args.inputs), unit="img", disable=args.no_progress or len(args.inputs) < 2)
+
+    async def one(client: AsyncDirClient, path: Path) -> None:
+        nonlocal failures
+        async with gate:
+            try:
+                result = await client.restore(path, fmt=args.fmt)
+            except ServerUnavailableError:
+                raise
+            except DirClientError as exc:
+                failures += 1
+                tqdm.write(f"{path}: {exc.message}", file=sys.stderr)
+            else:
+                result.save(args.out / f"{path.stem}{result.extension}")
+            bar.update(1)
+
+    async with AsyncDirClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+        tasks = [asyncio.create_task(one(client, p)) for p in args.inputs]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            bar.close()
+    if failures:
+        print(f"{failures} of {len(args.inputs)} images failed", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"restored {len(args.inputs)} image(s) into {args.out}")
+    return 0
+
+
+def _format_detections(result: DetectResult) -> str:
+    """A plain-text table of detections."""
+
+    def rows(title: str, items: list[Detection]) -> list[str]:
+        lines = [f"{title}: {len(items)} object(s)"]
+        for d in items:
+            box = ", ".join(f"{v:.0f}" for v in d.box)
+            lines.append(f"  {d.class_name:<16} {d.score:5.2f}  [{box}]")
+        return lines
+
+    lines = rows("restored", result.detections)
+    if result.unrestored is not None:
+        lines += rows("unrestored", result.unrestored)
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "restore":
+        return asyncio.run(_restore_all(args))
+    with DirClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+        if args.command == "represent":
+            rep = client.represent(args.input)
+            rep.save(args.out)
+            print(f"{args.out}: shape {tuple(rep.array.shape)} dtype {rep.array.dtype}")
+        elif args.command == "detect":
+            result = client.detect(args.input, compare=args.compare)
+            print(json.dumps(result.raw, indent=2) if args.json else _format_detections(result))
+        else:
+            print(json.dumps(client.models(), indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dir`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ServerUnavailableError as exc:
+        print(
+            f"error: {exc.message}\nIs the server running? Start it with `dir-serve` (or `docker compose up`)"
+            " and pass its address with --url or DIR_URL.",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    except DirClientError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
