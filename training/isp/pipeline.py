@@ -1,0 +1,214 @@
+"""The composer: clean sRGB -> (inverse ISP) RAW -> noise -> (forward ISP) degraded sRGB -> JPEG.
+
+Shapes and spaces at the boundary: ``clean`` is ``(N, 3, H, W)`` float32 sRGB in ``[0, 1]`` on any device;
+``degraded`` has the same shape, dtype and device. Odd ``H`` or ``W``: the image is reflect-padded by one
+row/column at the bottom/right to even size for the Bayer mosaic and cropped back before JPEG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.isp.errors import ImageError, ParamsError, check_srgb_batch
+from training.isp.jpeg import jpeg_compress
+from training.isp.noise import add_raw_noise, noise_generators
+from training.isp.ops import apply_ccm, per_image
+from training.isp.params import ISPParams
+from training.isp.presets import get_preset
+from training.isp.process import (
+    apply_raw_gains,
+    demosaic,
+    denoise,
+    gamma_compression,
+    tone_curve,
+    unsharp_mask,
+)
+from training.isp.sampler import image_seeds, sample_params, stable_seed
+from training.isp.unprocess import gamma_expansion, inverse_smoothstep, mosaic, safe_invert_gains
+
+#: Smallest image side the simulator accepts (the 5x5 demosaic needs two rows/columns of context).
+MIN_SIDE = 4
+
+Stages = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """One simulated degradation of a batch.
+
+    Attributes:
+        clean: the input, ``(N, 3, H, W)`` float32 sRGB in ``[0, 1]``.
+        degraded: ``(N, 3, H, W)`` float32 sRGB in ``[0, 1]``, same device as ``clean``.
+        params: one :class:`ISPParams` per image; ``simulate(clean, params=params)`` reproduces ``degraded``.
+        stages: intermediate images by stage name when requested (``keep_stages=True``), else empty. RAW
+            stages are ``(N, 1, H', W')``, the others ``(N, 3, H', W')`` with ``H', W'`` the even padded size.
+    """
+
+    clean: torch.Tensor
+    degraded: torch.Tensor
+    params: list[ISPParams]
+    stages: Stages = field(default_factory=dict)
+
+
+def _matrices(params: Sequence[ISPParams], name: str, like: torch.Tensor) -> torch.Tensor:
+    """The ``(N, 3, 3)`` colour matrices ``name`` of all images, as ``like``'s dtype and device."""
+    return torch.tensor(np.array([getattr(p, name) for p in params]), dtype=like.dtype).to(like.device)
+
+
+def _column(params: Sequence[ISPParams], name: str, like: torch.Tensor) -> torch.Tensor:
+    """The per-image scalar ``name`` of all images as ``(N, 1, 1, 1)``."""
+    return per_image([getattr(p, name) for p in params], like)
+
+
+def unprocess(srgb: torch.Tensor, params: Sequence[ISPParams], stages: Stages | None = None) -> torch.Tensor:
+    """Inverse ISP: ``(N, 3, H, W)`` sRGB in ``[0, 1]``, ``H, W`` even -> ``(N, 1, H, W)`` clean RAW."""
+    # Undo the global tone curve (smoothstep), giving gamma-encoded sRGB.
+    x = inverse_smoothstep(srgb)
+    # Undo the display gamma (2.2): linear RGB.
+    x = gamma_expansion(x, 2.2)
+    if stages is not None:
+        stages["linear RGB"] = x
+    # Linear RGB -> this image's camera RGB.
+    x = apply_ccm(x, _matrices(params, "rgb2cam", x))
+    # Undo white balance and digital gain, protecting highlights.
+    x = safe_invert_gains(x, *(_column(params, k, x) for k in ("rgb_gain", "red_gain", "blue_gain")))
+    # Sample the Bayer mosaic.
+    raw = mosaic(x, [p.cfa for p in params])
+    if stages is not None:
+        stages["RAW (clean)"] = raw
+    return raw
+
+
+def add_noise(raw: torch.Tensor, params: Sequence[ISPParams]) -> torch.Tensor:
+    """Sensor noise in RAW: ``(N, 1, H, W)`` -> ``(N, 1, H, W)``, drawn from each image's ``noise_seed``."""
+    return add_raw_noise(
+        raw,
+        shot=_column(params, "shot_noise", raw),
+        read=_column(params, "read_noise", raw),
+        gaussian_sigma=_column(params, "gaussian_sigma", raw),
+        poisson_lambda=[p.poisson_lambda for p in params],
+        generators=noise_generators([p.noise_seed for p in params], raw.device),
+    )
+
+
+def process(raw: torch.Tensor, params: Sequence[ISPParams], stages: Stages | None = None) -> torch.Tensor:
+    """Forward ISP: ``(N, 1, H, W)`` RAW -> ``(N, 3, H, W)`` sRGB in ``[0, 1]`` (before JPEG)."""
+    cfa = [p.cfa for p in params]
+    # White balance and digital gain as the camera set them (with errors), clipped at sensor saturation.
+    x = apply_raw_gains(
+        raw, cfa, *(_column(params, k, raw) for k in ("digital_gain", "wb_red_gain", "wb_blue_gain"))
+    )
+    # Demosaic (bilinear or Malvar-He-Cutler) to camera RGB.
+    x = demosaic(x, cfa, [p.demosaic for p in params])
+    if stages is not None:
+        stages["demosaiced"] = x
+    # Optional Gaussian denoise.
+    x = denoise(x, [p.denoise_sigma for p in params])
+    # Camera RGB -> linear RGB with the (possibly perturbed) colour matrix.
+    x = apply_ccm(x, _matrices(params, "cam2rgb", x)).clamp(0.0, 1.0)
+    # Display gamma.
+    x = gamma_compression(x, _column(params, "gamma", x))
+    # Global tone curve.
+    x = tone_curve(x, _column(params, "tone_strength", x))
+    if stages is not None:
+        stages["gamma + tone"] = x
+    # Sharpening (unsharp mask).
+    x = unsharp_mask(x, _column(params, "sharpen_amount", x), [p.sharpen_sigma for p in params])
+    return x.clamp(0.0, 1.0)
+
+
+def degrade(
+    clean: torch.Tensor, params: Sequence[ISPParams], *, jpeg: bool = True, keep_stages: bool = False
+) -> SimResult:
+    """Degrade ``clean`` ``(N, 3, H, W)`` float32 sRGB in ``[0, 1]`` with the given per-image parameters.
+
+    ``jpeg=False`` skips the JPEG stage (the returned params then record ``jpeg_quality=None``).
+    """
+    check_srgb_batch(clean)
+    n, _, h, w = clean.shape
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise ImageError(f"clean images must be at least {MIN_SIDE}x{MIN_SIDE}, got H={h} W={w}")
+    if len(params) != n or not all(isinstance(p, ISPParams) for p in params):
+        raise ParamsError(f"need one ISPParams per image: {n} images, got {len(params)} records")
+    if not jpeg:
+        params = [p if p.jpeg_quality is None else _without_jpeg(p) for p in params]
+    stages: Stages | None = {} if keep_stages else None
+    # Reflect-pad odd sizes to even for the Bayer mosaic.
+    x = F.pad(clean, (0, w % 2, 0, h % 2), mode="reflect") if (h % 2 or w % 2) else clean
+    # Inverse ISP to clean RAW.
+    raw = unprocess(x, params, stages)
+    # Sensor and protocol noise in RAW.
+    raw = add_noise(raw, params)
+    if stages is not None:
+        stages["RAW (noisy)"] = raw
+    # Forward ISP with this camera's hyperparameters; crop the padding back.
+    out = process(raw, params, stages)[:, :, :h, :w]
+    # JPEG at each image's quality (on the CPU).
+    out = jpeg_compress(out, [p.jpeg_quality for p in params])
+    return SimResult(clean=clean, degraded=out, params=list(params), stages=stages or {})
+
+
+def _without_jpeg(p: ISPParams) -> ISPParams:
+    """``p`` with the JPEG stage switched off."""
+    d = p.to_dict()
+    d["jpeg_quality"] = None
+    return ISPParams.from_dict(d)
+
+
+def simulate(
+    clean: torch.Tensor,
+    preset: str = "train",
+    *,
+    seed: int | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    params: Sequence[ISPParams] | None = None,
+    jpeg: bool = True,
+    keep_stages: bool = False,
+) -> SimResult:
+    """Draw per-image ISP parameters from ``preset`` and degrade ``clean`` with them.
+
+    Args:
+        clean: ``(N, 3, H, W)`` float32 sRGB in ``[0, 1]``, CPU or CUDA.
+        preset: a name in :data:`~training.isp.presets.PRESETS`.
+        seed: an int (image ``i`` gets ``stable_seed(seed, i)``) or one int per image (e.g. from
+            :func:`stable_seed` per file). Exactly one of ``seed``, ``generator``, ``params`` is given.
+        generator: a torch generator (any device), advanced by one draw per call.
+        params: records from an earlier result, to reproduce it exactly.
+        jpeg: ``False`` skips JPEG.
+        keep_stages: also return intermediate images (for inspection).
+
+    Returns:
+        A :class:`SimResult`; on CPU the same (image, seed) always gives bit-identical output.
+    """
+    if params is None:
+        check_srgb_batch(clean)
+        p = get_preset(preset)
+        params = [sample_params(p, s) for s in image_seeds(clean.shape[0], seed, generator)]
+    elif seed is not None or generator is not None:
+        raise ParamsError("pass params alone, or a seed/generator to draw them, not both")
+    return degrade(clean, params, jpeg=jpeg, keep_stages=keep_stages)
+
+
+def simulate_two_views(
+    clean: torch.Tensor,
+    preset: str = "train",
+    *,
+    seed: int | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    jpeg: bool = True,
+) -> tuple[SimResult, SimResult]:
+    """Two independent degradations of the same clean batch (Stage I's two views ``x1, x2``).
+
+    The second view's per-image seed is derived from the first's, so both are reproducible from one seed.
+    """
+    check_srgb_batch(clean)
+    p = get_preset(preset)
+    seeds = image_seeds(clean.shape[0], seed, generator)
+    first = [sample_params(p, s) for s in seeds]
+    second = [sample_params(p, stable_seed(s, "second view")) for s in seeds]
+    return degrade(clean, first, jpeg=jpeg), degrade(clean, second, jpeg=jpeg)

@@ -1,0 +1,128 @@
+"""Forward ISP stages: RAW Bayer mosaic -> camera RGB -> linear RGB -> sRGB.
+
+Every function is pure and works on batched tensors on any device; per-image hyperparameters are
+``(N, 1, 1, 1)`` tensors (or sequences where a stage groups images).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from training.isp.ops import gaussian_blur
+from training.isp.unprocess import cfa_onehot
+
+# Demosaicking kernels on the raw mosaic, 5x5. Slot 0: green at a red/blue site; slot 1: red/blue at a
+# green site whose horizontal neighbours have that colour; slot 2: same with vertical neighbours; slot 3:
+# red at a blue site (and blue at a red site).
+_BILINEAR = (
+    torch.tensor(
+        [
+            [[0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [0, 1, 0, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]],
+            [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 2, 0, 2, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+            [[0, 0, 0, 0, 0], [0, 0, 2, 0, 0], [0, 0, 0, 0, 0], [0, 0, 2, 0, 0], [0, 0, 0, 0, 0]],
+            [[0, 0, 0, 0, 0], [0, 1, 0, 1, 0], [0, 0, 0, 0, 0], [0, 1, 0, 1, 0], [0, 0, 0, 0, 0]],
+        ],
+        dtype=torch.float32,
+    )
+    / 4.0
+)
+# Malvar, He and Cutler (ICASSP 2004), "High-quality linear interpolation for demosaicing of Bayer-patterned
+# color images": the same four slots with gradient-corrected 5x5 filters.
+_MALVAR = (
+    torch.tensor(
+        [
+            [[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]],
+            [[0, 0, 0.5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1], [0, -1, 0, -1, 0], [0, 0, 0.5, 0, 0]],
+            [[0, 0, -1, 0, 0], [0, -1, 4, -1, 0], [0.5, 0, 5, 0, 0.5], [0, -1, 4, -1, 0], [0, 0, -1, 0, 0]],
+            [[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5], [0, 2, 0, 2, 0], [0, 0, -1.5, 0, 0]],
+        ],
+        dtype=torch.float32,
+    )
+    / 8.0
+)
+DEMOSAIC_KERNELS = {"bilinear": _BILINEAR, "malvar": _MALVAR}
+
+
+def apply_raw_gains(
+    raw: torch.Tensor,
+    cfa: Sequence[str],
+    digital_gain: torch.Tensor,
+    red_gain: torch.Tensor,
+    blue_gain: torch.Tensor,
+) -> torch.Tensor:
+    """White balance and digital gain on the mosaic, then clip to the sensor range.
+
+    ``raw`` ``(N, 1, H, W)``, gains ``(N, 1, 1, 1)`` -> ``(N, 1, H, W)`` in ``[0, 1]``.
+    """
+    n, _, h, w = raw.shape
+    onehot = cfa_onehot(cfa, raw.device).to(raw.dtype)
+    channel_gains = torch.cat([red_gain, torch.ones_like(red_gain), blue_gain], dim=1) * digital_gain
+    tile = (onehot * channel_gains).sum(dim=1).view(n, 1, 1, 2, 1, 2)
+    return (raw.view(n, 1, h // 2, 2, w // 2, 2) * tile).view(n, 1, h, w).clamp(0.0, 1.0)
+
+
+def _slot(site: str, channel: str, horizontal_neighbour: str) -> int:
+    """Which filtered map (0 = raw value, 1..4 = kernel slots 0..3) gives ``channel`` at ``site``."""
+    if site == channel:
+        return 0
+    if channel == "G":
+        return 1
+    if site == "G":
+        return 2 if horizontal_neighbour == channel else 3
+    return 4
+
+
+def _demosaic_group(raw: torch.Tensor, pattern: str, method: str) -> torch.Tensor:
+    """Demosaic images that share one CFA pattern and method: ``(M, 1, H, W)`` -> ``(M, 3, H, W)``."""
+    kernels = DEMOSAIC_KERNELS[method].to(raw).unsqueeze(1)
+    filtered = F.conv2d(F.pad(raw, (2, 2, 2, 2), mode="reflect"), kernels)
+    maps = torch.cat([raw, filtered], dim=1)
+    out = torch.empty(raw.shape[0], 3, raw.shape[2], raw.shape[3], dtype=raw.dtype, device=raw.device)
+    for site_index, site in enumerate(pattern):
+        dy, dx = divmod(site_index, 2)
+        horizontal_neighbour = pattern[dy * 2 + (1 - dx)]
+        for c, channel in enumerate("RGB"):
+            out[:, c, dy::2, dx::2] = maps[:, _slot(site, channel, horizontal_neighbour), dy::2, dx::2]
+    return out
+
+
+def demosaic(raw: torch.Tensor, cfa: Sequence[str], methods: Sequence[str]) -> torch.Tensor:
+    """Demosaic ``(N, 1, H, W)`` RAW (``H, W`` even) to ``(N, 3, H, W)`` camera RGB, linear, not clipped.
+
+    Image ``n`` uses pattern ``cfa[n]`` and method ``methods[n]`` (``"bilinear"`` or ``"malvar"``), both
+    realised as 5x5 convolutions with reflect padding (which keeps the Bayer phase at the borders).
+    """
+    out = torch.empty(raw.shape[0], 3, raw.shape[2], raw.shape[3], dtype=raw.dtype, device=raw.device)
+    for key in sorted(set(zip(cfa, methods, strict=True))):
+        idx = [i for i, k in enumerate(zip(cfa, methods, strict=True)) if k == key]
+        index = torch.tensor(idx, device=raw.device)
+        out[index] = _demosaic_group(raw[index], *key)
+    return out
+
+
+def denoise(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+    """Optional Gaussian denoise, one sigma (pixels, 0 = off) per image; ``(N, 3, H, W)`` -> same shape."""
+    if max(sigma) <= 0:
+        return image
+    return gaussian_blur(image, sigma)
+
+
+def gamma_compression(linear: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Linear -> display-encoded: ``max(x, 1e-8) ** (1 / gamma)``; ``gamma`` ``(N, 1, 1, 1)``."""
+    return linear.clamp_min(1e-8) ** (1.0 / gamma)
+
+
+def tone_curve(image: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """Global tone curve: ``(1 - s) x + s (3x^2 - 2x^3)``; ``s`` ``(N, 1, 1, 1)``; 1 = smoothstep."""
+    smooth = image * image * (3.0 - 2.0 * image)
+    return image + strength * (smooth - image)
+
+
+def unsharp_mask(image: torch.Tensor, amount: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+    """Sharpen: ``x + amount * (x - blur_sigma(x))``, clipped to ``[0, 1]``; ``amount`` ``(N, 1, 1, 1)``."""
+    if float(amount.max()) <= 0:
+        return image
+    return (image + amount * (image - gaussian_blur(image, sigma))).clamp(0.0, 1.0)
