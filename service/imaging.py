@@ -1,0 +1,100 @@
+"""Decoding request images and encoding results.
+
+Decoded pixels are ``(H, W, 3)`` float32 sRGB in [0, 1], EXIF orientation applied. The pixel-count limit is
+checked from the header, before any pixel is decoded (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import BadInput, TooLarge, UnsupportedMedia
+
+ACCEPTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp"}
+OUTPUT_MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded request image: ``pixels`` (H, W, 3) float32 sRGB in [0, 1]; ``bit_depth`` 8 or 16."""
+
+    pixels: np.ndarray
+    source_format: str
+    bit_depth: int
+
+    @property
+    def height(self) -> int:
+        """Rows (after EXIF orientation)."""
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Columns (after EXIF orientation)."""
+        return int(self.pixels.shape[1])
+
+
+def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode PNG (8/16-bit), JPEG or WebP bytes to ``(H, W, 3)`` float32 sRGB in [0, 1].
+
+    Raises ``UnsupportedMedia`` (not an image / other format), ``TooLarge`` (width*height > ``max_pixels``,
+    checked from the header) and ``BadInput`` (truncated or corrupt pixel data).
+    """
+    if not data:
+        raise BadInput("empty body: send the image bytes or a multipart field 'file'")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError as exc:
+            raise UnsupportedMedia(
+                f"body ({len(data)} bytes, starts {data[:8]!r}) is not a PNG, JPEG or WebP image"
+            ) from exc
+        except Image.DecompressionBombError as exc:
+            raise TooLarge(f"image is a decompression bomb: {exc}") from exc
+        fmt = ACCEPTED_FORMATS.get(image.format or "")
+        if fmt is None:
+            raise UnsupportedMedia(f"image format {image.format} is not supported (PNG, JPEG, WebP)")
+        width, height = image.size
+        if width * height > max_pixels:
+            raise TooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+        try:
+            image.load()
+            pixels, depth = _to_float_rgb(ImageOps.exif_transpose(image))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise BadInput(
+                f"{fmt} image {width}x{height} cannot be decoded (truncated or corrupt): {exc}"
+            ) from exc
+    if pixels.shape[0] < 1 or pixels.shape[1] < 1:
+        raise BadInput(f"image has an empty dimension: {width}x{height}")
+    return DecodedImage(pixels, fmt, depth)
+
+
+def _to_float_rgb(image: Image.Image) -> tuple[np.ndarray, int]:
+    """PIL image of any mode -> ((H, W, 3) float32 in [0, 1], bit depth)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        gray = np.asarray(image, dtype=np.float32) / 65535.0
+        return np.repeat(np.clip(gray, 0.0, 1.0)[..., None], 3, axis=2), 16
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.float32) / 255.0, 8
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` float in [0, 1] -> uint8 (rounded, clipped)."""
+    return (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def encode_image(pixels: np.ndarray, fmt: str, quality: int = 95) -> bytes:
+    """Encode ``(H, W, 3)`` float sRGB in [0, 1] as 8-bit PNG or JPEG (``quality`` 1..100)."""
+    image = Image.fromarray(to_uint8(pixels), mode="RGB")
+    buffer = io.BytesIO()
+    if fmt == "jpeg":
+        image.save(buffer, format="JPEG", quality=quality)
+    else:
+        image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -1,0 +1,76 @@
+"""The queue interface both backends implement, and the byte codec Redis jobs and results use.
+
+A request submits its tiles ``(n, 3, T, T)`` float32 sRGB [0, 1] and gets back, per requested output name,
+``(n, C, T/s, T/s)`` float32 in tile order. Tiles of different requests share batches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class TileResult:
+    """Outputs of one request's tiles, with the longest queue wait and the model time of its batches."""
+
+    outputs: dict[str, np.ndarray]
+    queue_wait_s: float
+    compute_s: float
+
+
+class TileQueue(Protocol):
+    """A batching queue in front of one restoration model."""
+
+    model_ref: str
+
+    async def start(self) -> None:
+        """Open connections / start the batcher task."""
+
+    async def close(self) -> None:
+        """Stop the batcher task / close connections."""
+
+    async def submit(self, tiles: np.ndarray, outputs: list[str], timeout_s: float) -> TileResult:
+        """Queue ``tiles``; raises QueueFull, DeadlineExceeded, Unavailable or InferenceError."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` when the queue cannot take work (Redis down)."""
+
+
+def pack(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    """Serialise a JSON header and float32/uint8 arrays: ``<json>\\n<raw bytes ...>`` (no pickle)."""
+    specs = []
+    blobs = []
+    for name, array in arrays.items():
+        contiguous = np.ascontiguousarray(array)
+        specs.append({"name": name, "dtype": str(contiguous.dtype), "shape": list(contiguous.shape)})
+        blobs.append(contiguous.tobytes())
+    head = json.dumps({**header, "arrays": specs}).encode()
+    return head + b"\n" + b"".join(blobs)
+
+
+def unpack(message: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Inverse of ``pack``; raises ``ValueError`` on a malformed message."""
+    head, sep, body = message.partition(b"\n")
+    if not sep:
+        raise ValueError("message has no header line")
+    header = json.loads(head)
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for spec in header.pop("arrays", []):
+        dtype = np.dtype(spec["dtype"])
+        if dtype not in (np.dtype(np.float32), np.dtype(np.uint8)):
+            raise ValueError(f"unsupported dtype {dtype}")
+        count = int(np.prod(spec["shape"]))
+        size = count * dtype.itemsize
+        if offset + size > len(body):
+            raise ValueError(f"array {spec['name']} overruns the message")
+        arrays[spec["name"]] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(
+            spec["shape"]
+        )
+        offset += size
+    return header, arrays

@@ -1,0 +1,170 @@
+"""The Redis Streams backend, API side: XADD one job per tile, then collect results from a per-request list.
+
+Keys (``p`` = ``DIR_STREAM_PREFIX``, ``m`` = ``name/version``):
+``p:jobs:m`` the job stream (consumer group ``workers``), ``p:dead:m`` the dead-letter stream,
+``p:res:<request id>`` the result list (workers RPUSH, TTL ``DIR_RESULT_TTL_S``).
+Workers XDEL a job after XACK, so the stream length is the number of tiles not yet answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.batching import BatchPolicy
+from service.errors import DeadlineExceeded, InferenceError, QueueFull, Unavailable
+from service.queue import TileResult, pack, unpack
+
+GROUP = "workers"
+
+
+def stream_key(prefix: str, model_ref: str) -> str:
+    """The job stream of ``model_ref``."""
+    return f"{prefix}:jobs:{model_ref}"
+
+
+def dead_key(prefix: str, model_ref: str) -> str:
+    """The dead-letter stream of ``model_ref``."""
+    return f"{prefix}:dead:{model_ref}"
+
+
+def result_key(prefix: str, request_id: str) -> str:
+    """The result list of one request."""
+    return f"{prefix}:res:{request_id}"
+
+
+def job_fields(
+    request_id: str, index: int, tile: np.ndarray, outputs: list[str], enqueued: float, deadline: float
+) -> dict[Any, Any]:
+    """Stream fields of one tile job (times are Unix seconds; ``tile`` is (3, T, T) float32)."""
+    return {
+        "req": request_id,
+        "idx": index,
+        "enq": repr(enqueued),
+        "deadline": repr(deadline),
+        "outputs": ",".join(outputs),
+        "data": pack({}, {"tile": tile.astype(np.float32, copy=False)}),
+    }
+
+
+def _unavailable(url: str, exc: Exception) -> Unavailable:
+    return Unavailable(f"Redis queue {url} is unreachable: {exc}")
+
+
+class RedisQueue:
+    """API side of the Redis backend; any number of ``dir-worker`` processes serve the stream."""
+
+    def __init__(
+        self, url: str, model_ref: str, policy: BatchPolicy, prefix: str, poll_s: float = 1.0
+    ) -> None:
+        self.model_ref = model_ref
+        self.url = url
+        self._policy = policy
+        self._prefix = prefix
+        self._poll_s = poll_s
+        self._stream = stream_key(prefix, model_ref)
+        self._client: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2.0, socket_timeout=poll_s + 5.0, health_check_interval=10
+        )
+        self._group_ready = False
+
+    async def start(self) -> None:
+        """Create the consumer group when Redis answers; a down Redis is retried on the next request."""
+        with contextlib.suppress(Unavailable):
+            await self._ensure_group()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` when Redis does not answer PING."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            self._group_ready = False
+            raise _unavailable(self.url, exc) from exc
+
+    async def depth(self) -> int:
+        """Tiles queued or being computed for this model."""
+        return int(await self._client.xlen(self._stream))
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._client.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise _unavailable(self.url, exc) from exc
+        except (RedisError, OSError) as exc:
+            raise _unavailable(self.url, exc) from exc
+        self._group_ready = True
+
+    async def submit(self, tiles: np.ndarray, outputs: list[str], timeout_s: float) -> TileResult:
+        """XADD every tile, then BLPOP results until all arrived or the deadline passed."""
+        started = time.time()
+        deadline = started + timeout_s
+        request_id = uuid.uuid4().hex
+        key = result_key(self._prefix, request_id)
+        count = int(tiles.shape[0])
+        try:
+            await self._ensure_group()
+            depth = await self.depth()
+            if not self._policy.admit(depth, count):
+                raise QueueFull(
+                    f"Redis queue {self._stream} holds {depth} tiles; {count} more exceed the bound "
+                    f"{self._policy.bound}"
+                )
+            pipe = self._client.pipeline(transaction=False)
+            for i in range(count):
+                pipe.xadd(self._stream, job_fields(request_id, i, tiles[i], outputs, started, deadline))
+            await pipe.execute()
+            return await self._collect(key, count, outputs, deadline)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._group_ready = False
+            raise _unavailable(self.url, exc) from exc
+        except ResponseError as exc:
+            self._group_ready = False
+            raise _unavailable(self.url, exc) from exc
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.delete(key)
+
+    async def _collect(self, key: str, count: int, outputs: list[str], deadline: float) -> TileResult:
+        parts: dict[str, list[np.ndarray | None]] = {o: [None] * count for o in outputs}
+        remaining = count
+        wait_s = 0.0
+        compute: dict[str, float] = {}
+        while remaining:
+            left = deadline - time.time()
+            if left <= 0:
+                raise DeadlineExceeded(f"{remaining} of {count} tiles not computed before the deadline")
+            item = await self._client.blpop([key], timeout=min(left, self._poll_s))
+            if item is None:
+                continue
+            try:
+                header, arrays = unpack(item[1] if isinstance(item[1], bytes) else item[1].encode())
+            except ValueError as exc:
+                raise InferenceError(f"malformed result from a worker: {exc}") from exc
+            if header.get("error"):
+                if header.get("kind") == "deadline":
+                    raise DeadlineExceeded(str(header["error"]))
+                raise InferenceError(str(header["error"]))
+            index = int(header["idx"])
+            if parts[outputs[0]][index] is None:
+                remaining -= 1
+            for name in outputs:
+                parts[name][index] = arrays[name]
+            wait_s = max(wait_s, float(header.get("wait", 0.0)))
+            compute[str(header.get("batch", index))] = float(header.get("compute", 0.0))
+        stacked = {name: np.stack(values) for name, values in parts.items()}  # type: ignore[arg-type]
+        return TileResult(stacked, wait_s, sum(compute.values()))

@@ -1,0 +1,175 @@
+"""Reading model_store entries: pick a version, verify every file's sha256, build ONNX Runtime sessions.
+
+Layout: ``<store>/<name>/<version>/manifest.json`` (schema in ``service.manifest``) next to ``model.onnx``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import ValidationError
+
+from service.errors import InferenceError, ModelStoreError
+from service.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model_store entry: its folder and parsed manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def ref(self) -> str:
+        """``name/version``, the id used in headers, metrics labels and Redis stream names."""
+        return f"{self.manifest.name}/{self.manifest.version}"
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key for versions like ``0.1.0`` or ``1.2.0-rc1``: numeric parts compare as numbers."""
+    parts = re.split(r"[.\-+]", version)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+def list_entries(store: Path, task: str | None = None) -> list[ModelEntry]:
+    """Every readable entry under ``store`` (optionally only ``task``), sorted by name then version.
+
+    Folders without a manifest are skipped; a malformed manifest raises ``ModelStoreError``.
+    """
+    entries: list[ModelEntry] = []
+    if not store.is_dir():
+        return entries
+    for manifest_path in sorted(store.glob(f"*/*/{MANIFEST_NAME}")):
+        try:
+            manifest = read_manifest(manifest_path.parent)
+        except (ValidationError, ValueError) as exc:
+            raise ModelStoreError(f"malformed manifest {manifest_path}: {exc}") from exc
+        if task is None or manifest.task == task:
+            entries.append(ModelEntry(manifest_path.parent, manifest))
+    entries.sort(key=lambda e: (e.manifest.name, version_key(e.manifest.version)))
+    return entries
+
+
+def resolve_entry(store: Path, spec: str, task: str) -> ModelEntry:
+    """The entry named by ``spec`` (``name`` -> highest version, or ``name/version``) with task ``task``.
+
+    An empty ``spec`` picks the first entry of that task (highest version of the first name).
+    """
+    entries = list_entries(store, task)
+    name, _, version = spec.partition("/")
+    matching = [e for e in entries if not name or e.manifest.name == name]
+    if version:
+        matching = [e for e in matching if e.manifest.version == version]
+    if not matching:
+        have = ", ".join(e.ref for e in entries) or "none"
+        raise ModelStoreError(f"no {task} entry {spec or '(any)'} under {store} (entries for {task}: {have})")
+    if not name:
+        first = matching[0].manifest.name
+        matching = [e for e in matching if e.manifest.name == first]
+    return matching[-1]
+
+
+def verify_entry(entry: ModelEntry) -> None:
+    """Check every file listed in the manifest against its sha256; the ONNX file must be listed.
+
+    Raises ``ModelStoreError`` naming the file, the expected and the actual digest.
+    """
+    manifest = entry.manifest
+    if manifest.file_sha256(manifest.onnx_file) is None:
+        raise ModelStoreError(
+            f"{entry.path}: manifest records no sha256 for {manifest.onnx_file}; refusing it"
+        )
+    for f in manifest.files:
+        target = entry.path / f.path
+        if not target.is_file():
+            raise ModelStoreError(f"{entry.path}: file {f.path} listed in the manifest is missing")
+        actual = sha256_file(target)
+        if actual != f.sha256:
+            raise ModelStoreError(
+                f"{target}: sha256 mismatch (manifest {f.sha256}, file {actual}); refusing to load it"
+            )
+
+
+def choose_providers(requested: list[str] | None) -> list[str]:
+    """ONNX Runtime providers: ``requested`` when given (validated), else CUDA when present, then CPU."""
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ModelStoreError(f"providers {missing} are not available (available: {available})")
+        return requested
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def make_session(onnx_path: Path, providers: list[str] | None, threads: int) -> ort.InferenceSession:
+    """An ONNX Runtime session with ``threads`` intra-op threads; load failures become ``ModelStoreError``."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(
+            str(onnx_path), sess_options=options, providers=choose_providers(providers)
+        )
+    except (RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+        raise ModelStoreError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
+
+
+class RestoreModel:
+    """A verified restoration entry and its session.
+
+    ``run`` takes tiles ``(N, 3, T, T)`` float32 sRGB in [0, 1] (T a multiple of ``size_multiple``) and
+    returns the requested outputs: ``restored`` ``(N, 3, T, T)`` in [0, 1]; ``r_plus``/``r0``/``pilot``
+    ``(N, C, T/s, T/s)`` with ``s = scale``.
+    """
+
+    def __init__(self, entry: ModelEntry, session: ort.InferenceSession | None) -> None:
+        self.entry = entry
+        self.session = session
+        manifest = entry.manifest
+        self.input_name = manifest.inputs[0].name
+        self.output_names = [o.name for o in manifest.outputs]
+        self.size_multiple = manifest.size_multiple
+        first_dim = manifest.inputs[0].shape[0] if manifest.inputs[0].shape else "N"
+        self.fixed_batch: int | None = first_dim if isinstance(first_dim, int) else None
+
+    @classmethod
+    def load(
+        cls, entry: ModelEntry, providers: list[str] | None, threads: int, with_session: bool = True
+    ) -> RestoreModel:
+        """Verify ``entry`` and build its session (``with_session=False``: manifest only, for a Redis API)."""
+        verify_entry(entry)
+        session = (
+            make_session(entry.path / entry.manifest.onnx_file, providers, threads) if with_session else None
+        )
+        return cls(entry, session)
+
+    @property
+    def ref(self) -> str:
+        """``name/version`` of the loaded entry."""
+        return self.entry.ref
+
+    def run(self, tiles: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        """Run one batch; ORT failures become ``InferenceError`` carrying the batch shape."""
+        if self.session is None:
+            raise InferenceError(f"{self.ref} was loaded without a session (Redis API process)")
+        unknown = [o for o in outputs if o not in self.output_names]
+        if unknown:
+            raise InferenceError(f"{self.ref} has no outputs {unknown} (it has {self.output_names})")
+        feed = np.ascontiguousarray(tiles, dtype=np.float32)
+        try:
+            if self.fixed_batch == 1 and feed.shape[0] > 1:
+                parts = [
+                    self.session.run(outputs, {self.input_name: feed[i : i + 1]}) for i in range(len(feed))
+                ]
+                return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(outputs)}
+            values: list[Any] = self.session.run(outputs, {self.input_name: feed})
+        except Exception as exc:
+            raise InferenceError(f"{self.ref} failed on a batch of shape {feed.shape}: {exc}") from exc
+        return {name: np.asarray(v, dtype=np.float32) for name, v in zip(outputs, values, strict=True)}

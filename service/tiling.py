@@ -1,0 +1,132 @@
+"""Cutting images into fixed-size overlapping tiles and stitching per-tile outputs back without seams.
+
+Every tile of every request has the same shape ``(3, T, T)``, so tiles from different requests can share a
+batch. Overlaps are blended with separable linear ramps (weights normalised per pixel), so the stitched
+result has no visible seams when the overlap covers the model's boundary effects.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.errors import BadInput
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tile layout over an image of ``height x width`` pixels, padded to ``padded_height x padded_width``.
+
+    ``ys``/``xs`` are the top/left pixel offsets of the tile rows/columns (multiples of the model's
+    ``size_multiple``); tile ``k`` is at ``(ys[k // len(xs)], xs[k % len(xs)])``.
+    """
+
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+    tile: int
+    overlap: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        """Number of tiles."""
+        return len(self.ys) * len(self.xs)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def _offsets(length: int, tile: int, stride: int) -> tuple[int, ...]:
+    offsets = list(range(0, max(length - tile, 0) + 1, stride))
+    if offsets[-1] + tile < length:
+        offsets.append(length - tile)
+    return tuple(offsets)
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int, multiple: int) -> TileGrid:
+    """Plan tiles of side ``tile`` overlapping by at least ``overlap`` over an ``height x width`` image.
+
+    The image is padded (reflect) to at least one tile and to a multiple of ``multiple``; the last tile of a
+    row or column is shifted back to end at the padded border.
+    """
+    if tile % multiple or overlap % multiple:
+        raise BadInput(f"tile {tile} and overlap {overlap} must be multiples of the model's {multiple}")
+    if not 0 <= overlap < tile:
+        raise BadInput(f"tile overlap {overlap} must be in [0, tile={tile})")
+    padded_h = max(tile, _round_up(height, multiple))
+    padded_w = max(tile, _round_up(width, multiple))
+    stride = tile - overlap
+    return TileGrid(
+        height,
+        width,
+        padded_h,
+        padded_w,
+        tile,
+        overlap,
+        _offsets(padded_h, tile, stride),
+        _offsets(padded_w, tile, stride),
+    )
+
+
+def extract_tiles(pixels: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """``(H, W, 3)`` float32 image -> ``(grid.count, 3, T, T)`` float32 tiles (NCHW), reflect-padded."""
+    pad_h, pad_w = grid.padded_height - grid.height, grid.padded_width - grid.width
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+    if pad_h or pad_w:
+        widths = ((0, 0), (0, pad_h), (0, pad_w))
+        chw = (
+            np.pad(chw, widths, mode="reflect")
+            if min(grid.height, grid.width) > 1
+            else np.pad(chw, widths, mode="edge")
+        )
+    t = grid.tile
+    tiles = np.empty((grid.count, 3, t, t), dtype=np.float32)
+    for k, (y, x) in enumerate((y, x) for y in grid.ys for x in grid.xs):
+        tiles[k] = chw[:, y : y + t, x : x + t]
+    return tiles
+
+
+def _ramp(size: int, overlap: int, rise: bool, fall: bool) -> np.ndarray:
+    """1-D blend weight: linear ramp over ``overlap`` samples at each side that has a neighbour."""
+    weight = np.ones(size, dtype=np.float32)
+    if overlap > 0:
+        ramp = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        if rise:
+            weight[:overlap] = np.minimum(weight[:overlap], ramp)
+        if fall:
+            weight[size - overlap :] = np.minimum(weight[size - overlap :], ramp[::-1])
+    return weight
+
+
+def stitch_tiles(outputs: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """Blend per-tile outputs ``(n, C, T/s, T/s)`` into ``(C, ceil(H/s), ceil(W/s))`` float32.
+
+    ``s`` (the output's downscale factor) is inferred from the tile outputs' side.
+    """
+    n, channels, side, side_w = outputs.shape
+    if n != grid.count or side != side_w or grid.tile % side:
+        raise BadInput(
+            f"tile outputs {outputs.shape} do not match a grid of {grid.count} tiles of {grid.tile}"
+        )
+    scale = grid.tile // side
+    overlap = grid.overlap // scale
+    acc = np.zeros((channels, grid.padded_height // scale, grid.padded_width // scale), dtype=np.float32)
+    total = np.zeros(acc.shape[1:], dtype=np.float32)
+    last_y, last_x = len(grid.ys) - 1, len(grid.xs) - 1
+    for k in range(n):
+        i, j = divmod(k, len(grid.xs))
+        y, x = grid.ys[i] // scale, grid.xs[j] // scale
+        weight = np.outer(
+            _ramp(side, overlap, i > 0, i < last_y),
+            _ramp(side, overlap, j > 0, j < last_x),
+        )
+        acc[:, y : y + side, x : x + side] += outputs[k] * weight
+        total[y : y + side, x : x + side] += weight
+    acc /= total
+    return acc[:, : math.ceil(grid.height / scale), : math.ceil(grid.width / scale)]
