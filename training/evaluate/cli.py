@@ -1,0 +1,98 @@
+"""``dir-eval``: score restoration methods on the named protocols and write JSON / Markdown / figures.
+
+Example (the issue's command)::
+
+    dir-eval --protocol ablation --datasets cset14,bsd100 --methods all --json OUT.json --report OUT.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from training.evaluate.errors import EvaluationError
+from training.evaluate.methods import MethodContext, method_names, resolve_methods
+from training.evaluate.protocols import protocol_names
+from training.evaluate.report import write_report
+from training.evaluate.runner import RunResult, run_protocol
+from training.paths import REPO_ROOT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``dir-eval``."""
+    p = argparse.ArgumentParser(
+        prog="dir-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument(
+        "--protocol",
+        default="ablation",
+        help=f"comma-separated protocols, or 'all' ({', '.join(protocol_names())})",
+    )
+    p.add_argument("--datasets", default=None, help="comma-separated datasets (default: each protocol's own)")
+    p.add_argument(
+        "--methods",
+        default="all",
+        help=f"comma-separated methods or 'all' ({', '.join(method_names())}, onnx:<dir>)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="at most N images per dataset (first N by file name)"
+    )
+    p.add_argument(
+        "--run", type=Path, default=None, help="training run folder for autoencoder / dir-* methods"
+    )
+    p.add_argument("--model-store", type=Path, default=REPO_ROOT / "model_store", help="model_store root")
+    p.add_argument("--json", type=Path, default=None, help="write all per-image scores as JSON here")
+    p.add_argument(
+        "--report", type=Path, default=None, help="write the Markdown report here (figures in img/)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return p
+
+
+def _protocols(text: str) -> list[str]:
+    return protocol_names() if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 on an evaluation error, with its message on stderr)."""
+    args = build_parser().parse_args(argv)
+    command = "dir-eval " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    ctx = MethodContext(run_dir=args.run, model_store=args.model_store)
+    datasets = [d.strip() for d in args.datasets.split(",")] if args.datasets else None
+    try:
+        methods = resolve_methods(args.methods)
+        runs: list[RunResult] = []
+        for protocol in _protocols(args.protocol):
+            run = run_protocol(protocol, methods, ctx, datasets, args.limit, progress=not args.no_progress)
+            runs.append(run)
+            for m in run.methods:
+                if m.reason is not None:
+                    print(f"[{protocol}] {m.method}: not run: {m.reason}", file=sys.stderr)
+    except EvaluationError as exc:
+        print(f"dir-eval: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": command, "runs": [r.to_json() for r in runs]}, indent=1))
+    if args.report:
+        write_report(runs, args.report, command)
+    for run in runs:
+        print(f"\n## {run.protocol}")
+        for m in run.methods:
+            cells = [f"{m.method:14s}"]
+            for ds in run.datasets:
+                s = m.summary(ds)
+                if s is not None:
+                    value = (
+                        f"{s.psnr:.2f} dB"
+                        if s.psnr is not None
+                        else f"nr {s.nr:.2f}"
+                        if s.nr is not None
+                        else "-"
+                    )
+                    cells.append(f"{ds} {value} ({s.s_per_mp:.2f} s/MP)")
+            print("  ".join(cells) if m.reason is None else f"{m.method:14s}  not run: {m.reason}")
+    return 0

@@ -1,0 +1,322 @@
+"""Registry of restoration methods scored side by side: ``degraded batch -> restored batch``.
+
+Every method maps ``(N, 3, H, W)`` float32 sRGB in [0, 1] to the same shape in [0, 1], for any H, W.
+Methods are built lazily from a :class:`MethodContext` (where weights, checkpoints and the model store are),
+so a method whose files are absent raises :class:`MethodUnavailableError` only when it is asked for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import bm3d
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.evaluate.errors import MethodUnavailableError, UnknownNameError
+from training.evaluate.kair import load_dncnn_color_blind, load_ffdnet_color
+from training.evaluate.metrics import estimate_noise_sigma
+from training.paths import REPO_ROOT, dataset_dir
+
+DiRVariant = Literal["full", "no_pilot", "r0_only", "autoencoder"]
+"""The checkpoint variants of ``training.models.load_system``."""
+
+Restorer = Callable[[torch.Tensor], torch.Tensor]
+"""``(N, 3, H, W)`` float32 sRGB [0, 1] -> ``(N, 3, H, W)`` float32 sRGB [0, 1]."""
+
+DEFAULT_STORE_ENTRY = "dir-restore"
+NLM_H_PER_SIGMA = 0.5
+"""OpenCV NLM filter strength h = hColor = 0.5 x estimated sigma (0-255 scale); picked on two
+bsds500_train images with Gaussian noise 0.03-0.15 (never on an evaluation set)."""
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """Where methods find their files.
+
+    ``run_dir``: a training run folder (stage2.pt, ablation-<variant>.pt) for the checkpoint-backed methods;
+    ``model_store``: the model_store root; ``kair_zoo``: the KAIR weights folder.
+    """
+
+    run_dir: Path | None = None
+    model_store: Path = REPO_ROOT / "model_store"
+    kair_zoo: Path = field(default_factory=lambda: dataset_dir("kair_denoisers") / "model_zoo")
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One registered method.
+
+    ``family``: "reference" (the degraded input), "peer" (classical / pretrained denoisers), "dir" (our
+    checkpoints) or "shipped" (an ONNX model_store entry). ``table5`` holds the paper's Table 5 row flags
+    (r0, A, pilot) for the DiR ablations.
+    """
+
+    name: str
+    label: str
+    family: str
+    build: Callable[[MethodContext], Restorer]
+    description: str
+    table5: tuple[bool, bool, bool] | None = None
+
+
+def _per_image(fn: Callable[[np.ndarray], np.ndarray]) -> Restorer:
+    """Lift an HWC float32 [0, 1] numpy denoiser to a batched tensor restorer."""
+
+    def restore(batch: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for img in batch:
+            hwc = np.ascontiguousarray(img.permute(1, 2, 0).cpu().numpy(), dtype=np.float32)
+            outs.append(torch.from_numpy(np.ascontiguousarray(fn(hwc), dtype=np.float32)).permute(2, 0, 1))
+        return torch.stack(outs).clamp(0.0, 1.0)
+
+    return restore
+
+
+def _sigma_hwc(hwc: np.ndarray) -> float:
+    return estimate_noise_sigma(torch.from_numpy(hwc).permute(2, 0, 1))
+
+
+def _build_identity(ctx: MethodContext) -> Restorer:
+    return lambda batch: batch.clamp(0.0, 1.0)
+
+
+def _build_bm3d(ctx: MethodContext) -> Restorer:
+    profile = bm3d.BM3DProfileLC()
+
+    def run(hwc: np.ndarray) -> np.ndarray:
+        sigma = max(_sigma_hwc(hwc), 1e-3)
+        return np.asarray(bm3d.bm3d_rgb(hwc, sigma, profile=profile))
+
+    return _per_image(run)
+
+
+def _build_nlm(ctx: MethodContext) -> Restorer:
+    def run(hwc: np.ndarray) -> np.ndarray:
+        h = NLM_H_PER_SIGMA * _sigma_hwc(hwc) * 255.0
+        bgr = np.ascontiguousarray((hwc[..., ::-1] * 255.0 + 0.5).clip(0, 255).astype(np.uint8))
+        out = cv2.fastNlMeansDenoisingColored(bgr, None, h, h, 7, 21)
+        return out[..., ::-1].astype(np.float32) / 255.0
+
+    return _per_image(run)
+
+
+def _build_dncnn(ctx: MethodContext) -> Restorer:
+    net = load_dncnn_color_blind(ctx.kair_zoo).to(ctx.device)
+
+    def restore(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return net(batch.to(ctx.device)).clamp(0.0, 1.0).cpu()
+
+    return restore
+
+
+def _build_ffdnet(ctx: MethodContext) -> Restorer:
+    net = load_ffdnet_color(ctx.kair_zoo).to(ctx.device)
+
+    def restore(batch: torch.Tensor) -> torch.Tensor:
+        sigma = torch.tensor([estimate_noise_sigma(img) * 255.0 for img in batch])
+        with torch.inference_mode():
+            return net(batch.to(ctx.device), sigma.to(ctx.device)).clamp(0.0, 1.0).cpu()
+
+    return restore
+
+
+def _checkpoint_builder(variant: DiRVariant) -> Callable[[MethodContext], Restorer]:
+    def build(ctx: MethodContext) -> Restorer:
+        if ctx.run_dir is None:
+            raise MethodUnavailableError(
+                f"method needs a training run folder (--run RUNDIR) for variant {variant!r}"
+            )
+        if not ctx.run_dir.exists():
+            raise MethodUnavailableError(f"run folder not found: {ctx.run_dir}")
+        try:
+            from training.models import load_system
+        except ImportError as exc:
+            raise MethodUnavailableError(f"training.models is not importable: {exc}") from exc
+        try:
+            system = load_system(ctx.run_dir, variant=variant, device=ctx.device)
+        except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
+            raise MethodUnavailableError(
+                f"cannot load variant {variant!r} from {ctx.run_dir}: {exc}"
+            ) from exc
+
+        def restore(batch: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return system.restore(batch.to(ctx.device)).clamp(0.0, 1.0).cpu()
+
+        return restore
+
+    return build
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[^\d.\-_]+", version))
+
+
+def latest_store_entry(model_store: Path, name: str = DEFAULT_STORE_ENTRY) -> Path:
+    """The highest version folder ``model_store/<name>/<version>/`` holding a manifest.json."""
+    root = model_store / name
+    versions = sorted(
+        (d for d in root.glob("*") if (d / "manifest.json").is_file()), key=lambda d: _version_key(d.name)
+    )
+    if not versions:
+        raise MethodUnavailableError(f"no model_store entry with a manifest.json under {root}")
+    return versions[-1]
+
+
+class OnnxRestorer:
+    """Scores a model_store entry exactly as shipped: its ONNX file through onnxruntime (CPU EP).
+
+    Inputs are reflect-padded on the bottom/right to the manifest's ``size_multiple`` and the output cropped
+    back. The file's sha256 is checked against the manifest when recorded.
+    """
+
+    def __init__(self, entry_dir: Path) -> None:
+        import onnxruntime as ort
+
+        from service.manifest import read_manifest, sha256_file
+
+        if not (entry_dir / "manifest.json").is_file():
+            raise MethodUnavailableError(f"no manifest.json in model_store entry {entry_dir}")
+        self.manifest = read_manifest(entry_dir)
+        self.entry_dir = entry_dir
+        onnx_path = entry_dir / self.manifest.onnx_file
+        if not onnx_path.is_file():
+            raise MethodUnavailableError(f"ONNX file not found: {onnx_path}")
+        expected = self.manifest.file_sha256(self.manifest.onnx_file)
+        if expected is not None and sha256_file(onnx_path) != expected:
+            raise MethodUnavailableError(f"sha256 of {onnx_path} does not match its manifest")
+        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self.input_name = self.manifest.inputs[0].name
+        outputs = [o.name for o in self.manifest.outputs]
+        self.output_name = "restored" if "restored" in outputs else outputs[0]
+        self.multiple = self.manifest.size_multiple
+
+    @property
+    def version(self) -> str:
+        """``<name>/<version>`` of the entry."""
+        return f"{self.manifest.name}/{self.manifest.version}"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` [0, 1] -> ``(N, 3, H, W)`` [0, 1]."""
+        h, w = batch.shape[-2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        x = F.pad(batch, (0, pw, 0, ph), mode="reflect") if ph or pw else batch
+        (out,) = self.session.run(
+            [self.output_name], {self.input_name: x.contiguous().numpy().astype(np.float32)}
+        )
+        return torch.from_numpy(out)[..., :h, :w].clamp(0.0, 1.0)
+
+
+def _build_store_default(ctx: MethodContext) -> Restorer:
+    return OnnxRestorer(latest_store_entry(ctx.model_store))
+
+
+def _onnx_entry_builder(entry_dir: Path) -> Callable[[MethodContext], Restorer]:
+    def build(ctx: MethodContext) -> Restorer:
+        return OnnxRestorer(entry_dir)
+
+    return build
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec(
+            "identity", "Degraded input", "reference", _build_identity, "the degraded input, unchanged"
+        ),
+        MethodSpec(
+            "bm3d",
+            "BM3D",
+            "peer",
+            _build_bm3d,
+            "bm3d package 4.x, bm3d_rgb (opponent colour space), low-complexity profile, sigma per image by "
+            "wavelet-MAD (skimage estimate_sigma)",
+        ),
+        MethodSpec(
+            "nlm",
+            "OpenCV NLM",
+            "peer",
+            _build_nlm,
+            "cv2.fastNlMeansDenoisingColored, template 7, search 21, h = hColor = 0.5 x est. sigma (0-255)",
+        ),
+        MethodSpec("dncnn", "DnCNN-B (colour)", "peer", _build_dncnn, "KAIR dncnn_color_blind.pth, blind"),
+        MethodSpec(
+            "ffdnet",
+            "FFDNet (colour)",
+            "peer",
+            _build_ffdnet,
+            "KAIR ffdnet_color.pth, sigma map = estimated sigma",
+        ),
+        MethodSpec(
+            "autoencoder",
+            "Auto-Encoder",
+            "dir",
+            _checkpoint_builder("autoencoder"),
+            "plain encoder/decoder of equal size, same budget (run folder)",
+        ),
+        MethodSpec(
+            "dir-r0",
+            "DiR: r0 only",
+            "dir",
+            _checkpoint_builder("r0_only"),
+            "decoder on the baseline DiR r0 (run folder)",
+            (True, False, False),
+        ),
+        MethodSpec(
+            "dir-no-pilot",
+            "DiR: r0 + A, no pilot",
+            "dir",
+            _checkpoint_builder("no_pilot"),
+            "alignment network guided by r0 (run folder)",
+            (True, True, False),
+        ),
+        MethodSpec(
+            "dir-full",
+            "DiR: full (r0 + A + pilot)",
+            "dir",
+            _checkpoint_builder("full"),
+            "the paper's full method, PyTorch checkpoint (run folder)",
+            (True, True, True),
+        ),
+        MethodSpec(
+            "onnx",
+            "DiR shipped (ONNX)",
+            "shipped",
+            _build_store_default,
+            f"highest version of model_store/{DEFAULT_STORE_ENTRY}, run by onnxruntime",
+        ),
+    )
+}
+
+
+def method_names() -> list[str]:
+    """Registered method names, in table order (``onnx:<entry_dir>`` is accepted beside these)."""
+    return list(METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec of a registered method, or of ``onnx:<entry_dir>`` (any model_store entry folder)."""
+    if name.startswith("onnx:"):
+        entry = Path(name.removeprefix("onnx:"))
+        return MethodSpec(
+            name, f"ONNX {entry.parent.name}/{entry.name}", "shipped", _onnx_entry_builder(entry), str(entry)
+        )
+    if name not in METHODS:
+        raise UnknownNameError("method", name, [*METHODS, "onnx:<entry_dir>"])
+    return METHODS[name]
+
+
+def resolve_methods(names: str) -> list[MethodSpec]:
+    """Comma-separated names (or ``all``) -> specs; ``all`` is every registered method."""
+    if names.strip() == "all":
+        return list(METHODS.values())
+    return [get_method(n.strip()) for n in names.split(",") if n.strip()]

@@ -1,0 +1,202 @@
+"""Run methods over a protocol's samples and collect per-image scores, timings and figure crops."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from statistics import fmean
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.evaluate.errors import EvaluationError, MethodUnavailableError
+from training.evaluate.methods import MethodContext, MethodSpec, OnnxRestorer
+from training.evaluate.metrics import psnr, ssim
+from training.evaluate.protocols import Sample, get_protocol
+
+NoReferenceScore = Callable[[torch.Tensor], float]
+"""(1, 3, H, W) sRGB [0, 1] -> a no-reference quality score (lower is better)."""
+
+FIGURE_CROP = 160
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One method on one image: PSNR (dB) / SSIM where a reference exists, a no-reference score where one
+    is computed, wall-clock seconds of the restore call and the image size in megapixels."""
+
+    dataset: str
+    name: str
+    psnr: float | None
+    ssim: float | None
+    nr: float | None
+    seconds: float
+    megapixels: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Means over the images of one dataset; ``s_per_mp`` = total seconds / total megapixels."""
+
+    n: int
+    psnr: float | None
+    ssim: float | None
+    nr: float | None
+    s_per_mp: float
+
+
+@dataclass
+class MethodResult:
+    """All scores of one method; ``reason`` says why a method did not run (then ``scores`` is empty)."""
+
+    method: str
+    label: str
+    family: str
+    description: str
+    table5: tuple[bool, bool, bool] | None
+    reason: str | None = None
+    version: str | None = None
+    scores: list[ImageScore] = field(default_factory=list)
+
+    def summary(self, dataset: str) -> Summary | None:
+        """Means over ``dataset``'s images, or None where the method has no scores there."""
+        rows = [s for s in self.scores if s.dataset == dataset]
+        if not rows:
+            return None
+
+        def mean(values: list[float | None]) -> float | None:
+            kept = [v for v in values if v is not None]
+            return fmean(kept) if kept else None
+
+        mp = sum(r.megapixels for r in rows)
+        return Summary(
+            n=len(rows),
+            psnr=mean([r.psnr for r in rows]),
+            ssim=mean([r.ssim for r in rows]),
+            nr=mean([r.nr for r in rows]),
+            s_per_mp=sum(r.seconds for r in rows) / mp,
+        )
+
+
+@dataclass
+class RunResult:
+    """One protocol run: what ran, where, and every method's scores. ``crops``: per dataset, the label ->
+    (h, w, 3) uint8 sRGB crop of the first image, for the figure."""
+
+    protocol: str
+    description: str
+    paper_table: str
+    datasets: list[str]
+    limit: int | None
+    machine: str
+    started: str
+    methods: list[MethodResult]
+    nr_name: str | None = None
+    crops: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-serialisable dict (crops left out)."""
+        out = asdict(self)
+        out.pop("crops")
+        out["summaries"] = {
+            m.method: {ds: (asdict(s) if (s := m.summary(ds)) else None) for ds in self.datasets}
+            for m in self.methods
+        }
+        return out
+
+
+def machine_description() -> str:
+    """CPU model, logical cores and torch threads of this machine, in words."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return (
+        f"{model}, {os.cpu_count()} logical cores (shared), torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, {platform.system()} {platform.release()}"
+    )
+
+
+def _crop_box(sample: Sample) -> tuple[slice, slice]:
+    h, w = sample.degraded.shape[-2:]
+    size = min(FIGURE_CROP, h, w)
+    top, left = (h - size) // 2, (w - size) // 2
+    return slice(top, top + size), slice(left, left + size)
+
+
+def _to_uint8(img: torch.Tensor, box: tuple[slice, slice]) -> np.ndarray:
+    crop = img[0, :, box[0], box[1]].permute(1, 2, 0).clamp(0, 1).numpy()
+    return (crop * 255.0 + 0.5).astype(np.uint8)
+
+
+def run_protocol(
+    protocol: str,
+    methods: Sequence[MethodSpec],
+    ctx: MethodContext,
+    datasets: Sequence[str] | None = None,
+    limit: int | None = None,
+    nr_score: tuple[str, NoReferenceScore] | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Score every method on the protocol's samples (the same degraded tensors for all methods).
+
+    ``limit``: at most this many images per dataset (the first ones, sorted by file name). ``nr_score``:
+    (name, function) of a no-reference score computed on every output of a dataset without reference.
+    A method that cannot be built is recorded with its reason and skipped.
+    """
+    spec = get_protocol(protocol)
+    names = list(datasets) if datasets else list(spec.default_datasets)
+    samples = [s for ds in names for s in spec.samples(ds, limit)]
+    run = RunResult(
+        protocol=protocol,
+        description=spec.description,
+        paper_table=spec.paper_table,
+        datasets=names,
+        limit=limit,
+        machine=machine_description(),
+        started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        methods=[],
+        nr_name=nr_score[0] if nr_score else None,
+    )
+    first = {ds: next(s for s in samples if s.dataset == ds) for ds in names}
+    for ds, sample in first.items():
+        box = _crop_box(sample)
+        run.crops[ds] = {"Degraded": _to_uint8(sample.degraded, box)}
+        if sample.clean is not None:
+            run.crops[ds] = {"Clean": _to_uint8(sample.clean, box), **run.crops[ds]}
+    for mspec in methods:
+        result = MethodResult(mspec.name, mspec.label, mspec.family, mspec.description, mspec.table5)
+        run.methods.append(result)
+        try:
+            restore = mspec.build(ctx)
+        except MethodUnavailableError as exc:
+            result.reason = str(exc)
+            continue
+        if isinstance(restore, OnnxRestorer):
+            result.version = restore.version
+        for sample in tqdm(samples, desc=f"{protocol}:{mspec.name}", unit="img", disable=not progress):
+            start = time.perf_counter()
+            out = restore(sample.degraded)
+            seconds = time.perf_counter() - start
+            if out.shape != sample.degraded.shape:
+                shapes = f"{tuple(out.shape)} for input {tuple(sample.degraded.shape)}"
+                raise EvaluationError(f"method {mspec.name} returned shape {shapes}")
+            p = s = nr = None
+            if sample.clean is not None:
+                p, s = psnr(out, sample.clean)[0], ssim(out, sample.clean)[0]
+            elif nr_score is not None:
+                nr = nr_score[1](out)
+            result.scores.append(
+                ImageScore(sample.dataset, sample.name, p, s, nr, seconds, sample.megapixels)
+            )
+            if sample is first[sample.dataset] and mspec.family != "reference":
+                run.crops[sample.dataset][mspec.label] = _to_uint8(out, _crop_box(sample))
+    return run
