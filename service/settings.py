@@ -19,40 +19,54 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DIR_", extra="ignore")
 
-    model_store: Path = Field(DEFAULT_MODEL_STORE, description="root of model_store/<name>/<version>/")
+    model_store: Path = Field(
+        default=DEFAULT_MODEL_STORE, description="root of model_store/<name>/<version>/"
+    )
     restore_model: str = Field(
-        "dir-restore", description="restoration entry: 'name' (highest version) or 'name/version'"
+        default="dir-restore", description="restoration entry: 'name' (highest version) or 'name/version'"
     )
     detect_model: str = Field(
-        "", description="detector entry 'name' or 'name/version'; empty: the first task=detect entry found"
+        default="",
+        description="detector entry 'name' or 'name/version'; empty: the first task=detect entry found",
     )
-    queue: str = Field("embedded", description="'embedded' (in-process asyncio) or a redis:// URL")
-    max_batch: int = Field(8, ge=1, description="most tiles in one model call")
+    queue: str = Field(default="embedded", description="'embedded' (in-process asyncio) or a redis:// URL")
+    max_batch: int = Field(default=8, ge=1, description="most tiles in one model call")
     max_queue_delay_ms: float = Field(
-        5.0, ge=0, description="longest a tile waits for a batch to fill (0 = batching off)"
+        default=5.0, ge=0, description="longest a tile waits for a batch to fill (0 = batching off)"
     )
-    queue_bound: int = Field(512, ge=1, description="tiles waiting per model; beyond it: 429")
-    request_timeout_s: float = Field(60.0, gt=0, description="per-request deadline; past it: 504")
-    max_body_bytes: int = Field(50 * 1024 * 1024, gt=0, description="largest request body (413 beyond)")
+    queue_bound: int = Field(default=512, ge=1, description="tiles waiting per model; beyond it: 429")
+    request_timeout_s: float = Field(default=60.0, gt=0, description="per-request deadline; past it: 504")
+    max_body_bytes: int = Field(
+        default=50 * 1024 * 1024, gt=0, description="largest request body (413 beyond)"
+    )
     max_pixels: int = Field(
-        40_000_000, gt=0, description="largest width*height accepted, checked before decoding (413 beyond)"
+        default=40_000_000,
+        gt=0,
+        description="largest width*height accepted, checked before decoding (413 beyond)",
     )
-    api_keys: str = Field("", description="comma-separated bearer tokens; empty: model endpoints are open")
+    api_keys: str = Field(
+        default="", description="comma-separated bearer tokens; empty: model endpoints are open"
+    )
     providers: str = Field(
-        "auto", description="comma-separated ONNX Runtime providers; 'auto': CUDA when available, else CPU"
+        default="auto",
+        description="comma-separated ONNX Runtime providers; 'auto': CUDA when available, else CPU",
     )
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = CPU cores")
-    host: str = Field("127.0.0.1", description="dir-serve bind address")
-    port: int = Field(8000, ge=0, le=65535, description="dir-serve port")
-    tile_size: int = Field(0, ge=0, description="tile side in pixels; 0 = the manifest's tile.size")
-    tile_overlap: int = Field(-1, ge=-1, description="tile overlap (px); -1 = manifest tile.overlap")
-    stream_prefix: str = Field("dir", description="prefix of every Redis key and stream the service uses")
-    result_ttl_s: int = Field(120, ge=1, description="TTL of per-request result keys in Redis")
+    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = CPU cores")
+    host: str = Field(default="127.0.0.1", description="dir-serve bind address")
+    port: int = Field(default=8000, ge=0, le=65535, description="dir-serve port")
+    tile_size: int = Field(default=0, ge=0, description="tile side in pixels; 0 = the manifest's tile.size")
+    tile_overlap: int = Field(default=-1, ge=-1, description="tile overlap (px); -1 = manifest tile.overlap")
+    stream_prefix: str = Field(
+        default="dir", description="prefix of every Redis key and stream the service uses"
+    )
+    result_ttl_s: int = Field(default=120, ge=1, description="TTL of per-request result keys in Redis")
     claim_idle_ms: int = Field(
-        30_000, ge=1, description="pending Redis job idle this long is reclaimed (XAUTOCLAIM)"
+        default=30_000, ge=1, description="pending Redis job idle this long is reclaimed (XAUTOCLAIM)"
     )
-    max_deliveries: int = Field(3, ge=1, description="deliveries of one Redis job before it is dead-lettered")
-    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 429/503")
+    max_deliveries: int = Field(
+        default=3, ge=1, description="deliveries of one Redis job before it is dead-lettered"
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 429/503")
 
     @field_validator("queue")
     @classmethod

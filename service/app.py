@@ -1,0 +1,469 @@
+"""The FastAPI application: ``create_app(settings)`` builds it; the lifespan loads models, queue and metrics.
+
+Routes stay thin: read input, call ``Restorer``/the detector, encode. Every ``ServiceError`` is mapped to its
+status code with a JSON ``ErrorBody`` at one boundary (``_service_error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service import detection
+from service.batching import BatchPolicy
+from service.embedded import EmbeddedQueue
+from service.errors import BadInput, ModelStoreError, ServiceError, Unavailable
+from service.http import (
+    b64_array,
+    check_api_key,
+    image_format,
+    npy_bytes,
+    parse_outputs,
+    read_image_body,
+    safetensors_bytes,
+)
+from service.imaging import OUTPUT_MEDIA, DecodedImage, decode_image, encode_image, to_uint8
+from service.metrics import Metrics
+from service.pipeline import Restorer, tile_geometry
+from service.queue import TileQueue
+from service.redis_queue import RedisQueue
+from service.schemas import (
+    ArrayPayload,
+    DetectionOut,
+    DetectResponse,
+    ErrorBody,
+    ModelInfo,
+    ModelsResponse,
+    ReadyResponse,
+    RepresentJson,
+)
+from service.settings import Settings
+from service.store import RestoreModel, list_entries, resolve_entry
+
+log = logging.getLogger("dir.service")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+API_VERSION = "1.0.0"
+NO_DETECTOR = (
+    "no detector installed; run `dir-models add-detector yolo-fastestv2 PATH/TO/weights.pth` "
+    "(or add a YOLOv5/YOLOv8 ONNX export) to create a task=detect entry under the model store"
+)
+
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        401: "missing or unknown API key (when DIR_API_KEYS is set)",
+        413: "body or pixel count over the limit",
+        415: "not a PNG, JPEG or WebP image",
+        422: "truncated image or bad parameter",
+        429: "queue full (Retry-After)",
+        503: "model or queue unavailable (Retry-After)",
+        504: "deadline passed",
+    }.items()
+}
+
+
+@dataclass
+class ServiceState:
+    """What the lifespan builds and the routes use."""
+
+    settings: Settings
+    metrics: Metrics
+    model: RestoreModel
+    queue: TileQueue
+    restorer: Restorer
+    detector: detection.Detector | None
+    detector_error: str
+
+    def remaining(self, started: float) -> float:
+        """Seconds left of the request deadline for a request that arrived at ``started`` (perf_counter)."""
+        return max(self.settings.request_timeout_s - (time.perf_counter() - started), 1e-3)
+
+
+def _load_detector(settings: Settings) -> tuple[detection.Detector | None, str]:
+    name, _, version = settings.detect_model.partition("/")
+    path = (
+        settings.model_store / name / version
+        if version
+        else detection.find_detector(settings.model_store, name or None)
+    )
+    if path is None or not path.is_dir():
+        return None, NO_DETECTOR
+    try:
+        return detection.load_detector(path, settings.provider_list, settings.threads), ""
+    except ModelStoreError as exc:
+        log.error("detector entry %s refused: %s", path, exc.message)
+        return None, f"detector entry {path} could not be loaded: {exc.message}"
+
+
+async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
+    """Load and verify the restoration entry, build the queue, load the detector when one is installed.
+
+    Raises ``ModelStoreError`` (missing entry, sha256 mismatch, bad graph): the service refuses to start.
+    """
+    entry = resolve_entry(settings.model_store, settings.restore_model, "restore")
+    model = await asyncio.to_thread(
+        RestoreModel.load, entry, settings.provider_list, settings.threads, not settings.uses_redis
+    )
+    policy = BatchPolicy(settings.max_batch, settings.max_queue_delay_ms / 1000.0, settings.queue_bound)
+    queue: TileQueue
+    if settings.uses_redis:
+        queue = RedisQueue(settings.queue, model.ref, policy, settings.stream_prefix)
+    else:
+        queue = EmbeddedQueue(model.ref, model.run, policy, metrics)
+    await queue.start()
+    tile, overlap = tile_geometry(model, settings.tile_size, settings.tile_overlap)
+    detector, detector_error = await asyncio.to_thread(_load_detector, settings)
+    log.info("serving %s (tiles %d/%d, queue %s)", model.ref, tile, overlap, settings.queue.split("@")[-1])
+    return ServiceState(
+        settings, metrics, model, queue, Restorer(model, queue, tile, overlap), detector, detector_error
+    )
+
+
+def _state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+def _timing_headers(
+    state: ServiceState, decode_s: float, queue_s: float, compute_s: float, total_s: float
+) -> dict[str, str]:
+    return {
+        "X-Model": state.model.ref,
+        "X-Model-Version": state.model.entry.manifest.version,
+        "Server-Timing": (
+            f"decode;dur={decode_s * 1000:.1f}, queue;dur={queue_s * 1000:.1f}, "
+            f"compute;dur={compute_s * 1000:.1f}, total;dur={total_s * 1000:.1f}"
+        ),
+    }
+
+
+async def _decode(request: Request, state: ServiceState) -> tuple[DecodedImage, float]:
+    check_api_key(request, state.settings)
+    data = await read_image_body(request, state.settings.max_body_bytes)
+    started = time.perf_counter()
+    image = await asyncio.to_thread(decode_image, data, state.settings.max_pixels)
+    return image, time.perf_counter() - started
+
+
+def _png_b64(pixels_u8: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels_u8).save(buffer, format="PNG", compress_level=1)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _route_label(request: Request) -> str:
+    route = request.scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
+
+
+def _install_boundary(app: FastAPI, metrics_of: Callable[[], Metrics | None]) -> None:
+    """Error mapping and request metrics."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        metrics = metrics_of()
+        if exc.reason and metrics is not None:
+            metrics.rejected.labels(exc.reason).inc()
+        headers = {"Retry-After": str(app.state.retry_after)} if exc.retry_after else None
+        body = ErrorBody(error=exc.code, message=exc.message).model_dump()
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics = metrics_of()
+        if metrics is not None:
+            metrics.rejected.labels("bad_input").inc()
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse(ErrorBody(error="bad_input", message=details).model_dump(), status_code=422)
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        metrics = metrics_of()
+        if metrics is not None:
+            metrics.request_duration.labels(_route_label(request), str(response.status_code)).observe(
+                time.perf_counter() - started
+            )
+        return response
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Nothing heavy happens here: models, queue and metrics are built in the lifespan."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = Metrics()
+        app.state.metrics = metrics
+        state = await build_state(settings, metrics)
+        app.state.service = state
+        try:
+            yield
+        finally:
+            await state.queue.close()
+
+    app = FastAPI(
+        title="DiR-ISP inference service",
+        version=API_VERSION,
+        description=(
+            "Restoration, degradation-independent representations (DiR) and detection for camera ISP "
+            "output (Guo, Luo, Wu, CVPR 2024). See docs/SERVICE.md."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.metrics = None
+    app.state.retry_after = settings.retry_after_s
+    _install_boundary(app, lambda: app.state.metrics)
+    _install_routes(app)
+    if (STATIC_DIR / "index.html").is_file():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+        @app.get("/", include_in_schema=False)
+        async def index() -> FileResponse:
+            return FileResponse(STATIC_DIR / "index.html")
+
+    return app
+
+
+def _install_routes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["ops"], summary="Liveness (always open)")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: restoration model loaded and queue reachable",
+        response_model=ReadyResponse,
+        responses={503: {"model": ReadyResponse}},
+    )
+    async def readyz(request: Request) -> JSONResponse:
+        state: ServiceState | None = getattr(request.app.state, "service", None)
+        checks = {"model": state.model.ref if state else "not loaded"}
+        ready = state is not None
+        if state is not None:
+            try:
+                await state.queue.ping()
+                checks["queue"] = "ok"
+            except Unavailable as exc:
+                checks["queue"] = exc.message
+                ready = False
+            checks["detector"] = state.detector.manifest.name if state.detector else state.detector_error
+        body = ReadyResponse(ready=ready, checks=checks).model_dump()
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", tags=["models"], summary="Model store entries", response_model=ModelsResponse)
+    async def models(request: Request) -> ModelsResponse:
+        state = _state(request)
+        check_api_key(request, state.settings)
+        detector = state.detector
+        detector_ref = f"{detector.manifest.name}/{detector.manifest.version}" if detector else None
+        serving = {state.model.ref, detector_ref}
+        infos = [
+            ModelInfo(
+                name=e.manifest.name,
+                version=e.manifest.version,
+                task=e.manifest.task,
+                loaded=e.ref in serving,
+                description=e.manifest.description,
+                tile=e.manifest.tile.model_dump() if e.manifest.tile else None,
+                outputs=[o.name for o in e.manifest.outputs],
+                metrics=e.manifest.metrics,
+            )
+            for e in await asyncio.to_thread(list_entries, state.settings.model_store)
+        ]
+        return ModelsResponse(restore=state.model.ref, detect=detector_ref, models=infos)
+
+    @app.post(
+        "/v1/restore",
+        tags=["models"],
+        summary="Restore a camera image (PNG, JPEG or WebP in; PNG or JPEG out)",
+        openapi_extra=IMAGE_BODY,
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {}, "image/jpeg": {}}},
+            406: {"model": ErrorBody},
+            **ERRORS,
+        },
+    )
+    async def restore(
+        request: Request,
+        format: Literal["png", "jpeg", "jpg"] | None = Query(
+            None, description="output format; overrides Accept"
+        ),
+        quality: int = Query(95, ge=1, le=100, description="JPEG quality"),
+    ) -> Response:
+        started = time.perf_counter()
+        state = _state(request)
+        fmt = image_format(format, request.headers.get("accept", ""))
+        image, decode_s = await _decode(request, state)
+        result = await state.restorer.infer(image, ["restored"], state.remaining(started))
+        body = await asyncio.to_thread(encode_image, result.restored_hwc(), fmt, quality)
+        headers = _timing_headers(
+            state, decode_s, result.queue_wait_s, result.compute_s, time.perf_counter() - started
+        )
+        headers["X-Tiles"] = str(result.tiles)
+        headers["X-Image-Size"] = f"{image.width}x{image.height}"
+        return Response(body, media_type=OUTPUT_MEDIA[fmt], headers=headers)
+
+    @app.post(
+        "/v1/represent",
+        tags=["models"],
+        summary="The DiR representation r+ (and r0 / pilot on request) as .npy, safetensors or JSON",
+        openapi_extra=IMAGE_BODY,
+        response_class=Response,
+        responses={
+            200: {
+                "content": {
+                    "application/octet-stream": {},
+                    "application/json": {
+                        "schema": RepresentJson.model_json_schema(ref_template="#/components/schemas/{model}")
+                    },
+                }
+            },
+            **ERRORS,
+        },
+    )
+    async def represent(
+        request: Request,
+        outputs: str = Query(
+            "r_plus", description="comma-separated: r_plus, r0, pilot (restored also allowed)"
+        ),
+        format: Literal["npy", "safetensors", "json"] = Query(
+            "npy", description="npy (one output), safetensors or json (base64; for small images)"
+        ),
+    ) -> Response:
+        started = time.perf_counter()
+        state = _state(request)
+        names = parse_outputs(outputs)
+        state.restorer.check_outputs(names)
+        if format == "npy" and len(names) != 1:
+            raise BadInput(
+                f"format=npy carries one array, {len(names)} requested ({names}); use safetensors or json"
+            )
+        image, decode_s = await _decode(request, state)
+        result = await state.restorer.infer(image, names, state.remaining(started))
+        headers = _timing_headers(
+            state, decode_s, result.queue_wait_s, result.compute_s, time.perf_counter() - started
+        )
+        arrays = result.arrays
+        scales = {n: max(1, round(image.height / a.shape[1])) for n, a in arrays.items()}
+        headers["X-Array-Names"] = ",".join(names)
+        headers["X-Array-Shapes"] = ";".join(f"{n}={'x'.join(map(str, a.shape))}" for n, a in arrays.items())
+        headers["X-Array-Dtype"] = "float32"
+        headers["X-Array-Layout"] = "CHW"
+        headers["X-Array-Scales"] = ",".join(f"{n}={s}" for n, s in scales.items())
+        if format == "json":
+            payload = RepresentJson(
+                model=state.model.ref,
+                width=image.width,
+                height=image.height,
+                arrays={
+                    n: ArrayPayload(shape=list(a.shape), dtype="float32", scale=scales[n], data=b64_array(a))
+                    for n, a in arrays.items()
+                },
+            )
+            return JSONResponse(payload.model_dump(), headers=headers)
+        if format == "safetensors":
+            meta = {
+                "model": state.model.ref,
+                "layout": "CHW",
+                "width": str(image.width),
+                "height": str(image.height),
+            }
+            body = await asyncio.to_thread(safetensors_bytes, arrays, meta)
+            return Response(body, media_type="application/octet-stream", headers=headers)
+        array = arrays[names[0]]
+        headers["X-Array-Shape"] = ",".join(map(str, array.shape))
+        return Response(npy_bytes(array), media_type="application/octet-stream", headers=headers)
+
+    @app.post(
+        "/v1/detect",
+        tags=["models"],
+        summary="COCO detections on the DiR-restored image",
+        openapi_extra=IMAGE_BODY,
+        response_model=DetectResponse,
+        responses=ERRORS,
+    )
+    async def detect(
+        request: Request,
+        compare: bool = Query(False, description="also detect on the unrestored input"),
+        annotate: bool = Query(False, description="include a PNG of the restored image with boxes drawn"),
+        conf: float | None = Query(
+            None, ge=0.0, le=1.0, description="score threshold (default: the manifest's)"
+        ),
+        iou: float | None = Query(None, ge=0.0, le=1.0, description="NMS IoU (default: the manifest's)"),
+    ) -> DetectResponse:
+        started = time.perf_counter()
+        state = _state(request)
+        check_api_key(request, state.settings)
+        detector = state.detector
+        if detector is None:
+            raise Unavailable(state.detector_error)
+        image, decode_s = await _decode(request, state)
+        result = await state.restorer.infer(image, ["restored"], state.remaining(started))
+        restored = to_uint8(result.restored_hwc())
+        detect_started = time.perf_counter()
+        found = await asyncio.to_thread(detector.detect, restored, conf, iou)
+        baseline = (
+            await asyncio.to_thread(detector.detect, to_uint8(image.pixels), conf, iou) if compare else None
+        )
+        detect_s = time.perf_counter() - detect_started
+        annotated = _png_b64(detection.draw_detections(restored, found)) if annotate else None
+        return DetectResponse(
+            model=state.model.ref,
+            detector=f"{detector.manifest.name}/{detector.manifest.version}",
+            width=image.width,
+            height=image.height,
+            detections=[DetectionOut(**d.to_dict()) for d in found],
+            input_detections=[DetectionOut(**d.to_dict()) for d in baseline]
+            if baseline is not None
+            else None,
+            annotated_image=annotated,
+            timings_ms={
+                "decode": decode_s * 1000,
+                "queue": result.queue_wait_s * 1000,
+                "compute": result.compute_s * 1000,
+                "detect": detect_s * 1000,
+                "total": (time.perf_counter() - started) * 1000,
+            },
+        )

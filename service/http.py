@@ -1,0 +1,106 @@
+"""Request/response helpers for the routes: body reading with limits, auth, content negotiation, encoders."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import AsyncGenerator
+
+import numpy as np
+from fastapi import Request
+from safetensors.numpy import save as safetensors_save
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from service.errors import BadInput, NotAcceptable, TooLarge, Unauthorized
+from service.settings import Settings
+
+IMAGE_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}
+ACCEPT_IMAGE = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/*": "png", "*/*": "png"}
+
+
+def check_api_key(request: Request, settings: Settings) -> None:
+    """Raise ``Unauthorized`` unless keys are off or ``Authorization: Bearer <key>`` names a known key."""
+    keys = settings.api_key_set
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or token.strip() not in keys:
+        raise Unauthorized("missing or unknown API key: send 'Authorization: Bearer <key>'")
+
+
+async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
+
+
+async def read_image_body(request: Request, limit: int) -> bytes:
+    """The image bytes of a raw body or of multipart field ``file``; ``TooLarge`` past ``limit`` bytes.
+
+    The Content-Length header is checked before reading; chunked bodies are counted while streaming.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return body
+    try:
+        form = await MultiPartParser(request.headers, _once(body), max_files=1, max_fields=8).parse()
+    except MultiPartException as exc:
+        raise BadInput(f"malformed multipart body: {exc.message}") from exc
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise BadInput("multipart body has no file field named 'file'")
+    data = await upload.read()
+    await form.close()
+    return data
+
+
+def image_format(fmt: str | None, accept: str) -> str:
+    """Output format: the ``format`` parameter when given, else the first image type in Accept, else PNG."""
+    if fmt:
+        chosen = IMAGE_FORMATS.get(fmt.lower())
+        if chosen is None:
+            raise BadInput(f"format={fmt!r} is not one of png, jpeg")
+        return chosen
+    if not accept.strip():
+        return "png"
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in ACCEPT_IMAGE:
+            return ACCEPT_IMAGE[media]
+    raise NotAcceptable(
+        f"Accept {accept!r} names no image type this endpoint produces (image/png, image/jpeg)"
+    )
+
+
+def parse_outputs(outputs: str) -> list[str]:
+    """``"r_plus,r0"`` -> ``["r_plus", "r0"]`` (order kept, duplicates dropped)."""
+    names = [o.strip() for o in outputs.split(",") if o.strip()]
+    return list(dict.fromkeys(names))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """A single array as ``.npy`` bytes (NumPy format 1.0, no pickle)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """Several named arrays as one safetensors file."""
+    return safetensors_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata)
+
+
+def b64_array(array: np.ndarray) -> str:
+    """Little-endian C-order bytes of ``array``, base64."""
+    return base64.b64encode(
+        np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    ).decode()

@@ -1,0 +1,82 @@
+"""JSON bodies of the API (they define openapi.yaml's schemas)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a stable ``error`` code and a human message naming the offending value."""
+
+    error: str = Field(description="bad_input, unsupported_media_type, too_large, queue_full, ...")
+    message: str
+
+
+class ArrayPayload(BaseModel):
+    """One array in the JSON variant of /v1/represent: little-endian C-order bytes, base64."""
+
+    shape: list[int] = Field(description="(C, ceil(H/s), ceil(W/s))")
+    dtype: str
+    scale: int = Field(description="downscale factor s relative to the input image")
+    data: str = Field(description="base64 of the raw little-endian bytes")
+
+
+class RepresentJson(BaseModel):
+    """JSON variant of /v1/represent."""
+
+    model: str
+    width: int
+    height: int
+    arrays: dict[str, ArrayPayload]
+
+
+class DetectionOut(BaseModel):
+    """One detection; ``box`` is [x1, y1, x2, y2] in pixels of the (EXIF-oriented) input image."""
+
+    class_id: int
+    class_name: str
+    score: float
+    box: list[float]
+
+
+class DetectResponse(BaseModel):
+    """Detections on the DiR-restored image (and, with ``compare=true``, on the unrestored input)."""
+
+    model: str = Field(description="restoration model name/version")
+    detector: str = Field(description="detector name/version")
+    width: int
+    height: int
+    detections: list[DetectionOut]
+    input_detections: list[DetectionOut] | None = Field(None, description="with compare=true: on the input")
+    annotated_image: str | None = Field(None, description="with annotate=true: base64 PNG with boxes drawn")
+    timings_ms: dict[str, float]
+
+
+class ModelInfo(BaseModel):
+    """One model_store entry."""
+
+    name: str
+    version: str
+    task: str
+    loaded: bool
+    description: str
+    tile: dict[str, int] | None
+    outputs: list[str]
+    metrics: dict[str, Any]
+
+
+class ModelsResponse(BaseModel):
+    """The entries under the model store and which are serving."""
+
+    restore: str | None
+    detect: str | None
+    models: list[ModelInfo]
+
+
+class ReadyResponse(BaseModel):
+    """Readiness: models loaded and queue reachable."""
+
+    ready: bool
+    checks: dict[str, str]
