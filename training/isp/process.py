@@ -112,13 +112,13 @@ def denoise(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
 
 def gamma_compression(linear: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """Linear -> display-encoded: ``max(x, 1e-8) ** (1 / gamma)``; ``gamma`` ``(N, 1, 1, 1)``."""
-    return linear.clamp_min(1e-8) ** (1.0 / gamma)
+    return linear.clamp_min(1e-8).log_().div_(gamma).exp_()
 
 
 def tone_curve(image: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
     """Global tone curve: ``(1 - s) x + s (3x^2 - 2x^3)``; ``s`` ``(N, 1, 1, 1)``; 1 = smoothstep."""
-    smooth = image * image * (3.0 - 2.0 * image)
-    return image + strength * (smooth - image)
+    smooth = (3.0 - 2.0 * image).mul_(image).mul_(image).sub_(image)
+    return smooth.mul_(strength).add_(image)
 
 
 def unsharp_mask(image: torch.Tensor, amount: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:

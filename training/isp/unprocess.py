@@ -27,12 +27,12 @@ def cfa_onehot(cfa: Sequence[str], device: torch.device) -> torch.Tensor:
 def inverse_smoothstep(srgb: torch.Tensor) -> torch.Tensor:
     """Undo the smoothstep tone curve ``3x^2 - 2x^3``; ``[0, 1] -> [0, 1]``, any shape."""
     x = srgb.clamp(0.0, 1.0)
-    return 0.5 - torch.sin(torch.asin(1.0 - 2.0 * x) / 3.0)
+    return x.mul_(-2.0).add_(1.0).asin_().div_(3.0).sin_().neg_().add_(0.5)
 
 
 def gamma_expansion(image: torch.Tensor, gamma: float = 2.2) -> torch.Tensor:
-    """Display-encoded -> linear: ``max(x, 1e-8) ** gamma``."""
-    return image.clamp_min(1e-8) ** gamma
+    """Display-encoded -> linear: ``max(x, 1e-8) ** gamma`` (as ``exp(gamma * log(x))``, faster on CPU)."""
+    return image.clamp_min(1e-8).log_().mul_(gamma).exp_()
 
 
 def safe_invert_gains(
