@@ -219,6 +219,7 @@ class Detector:
         self.conf = float(extra.get("conf_threshold", 0.25))
         self.iou = float(extra.get("nms_iou", 0.45))
         self.max_det = int(extra.get("max_det", 300))
+        self.eval_conf = float(extra.get("eval_conf_threshold", 0.001))
         if self.channel_order not in ("RGB", "BGR") or self.resize_mode not in ("stretch", "letterbox"):
             raise ModelStoreError(
                 f"detector entry {entry_dir}: channel_order {self.channel_order!r} must be RGB or BGR and "
