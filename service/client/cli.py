@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     represent = sub.add_parser("represent", help="save the DiR representation of IN as .npy")
     represent.add_argument("input", type=Path, metavar="IN")
     represent.add_argument("-o", "--out", required=True, type=Path, metavar="OUT.npy")
+    represent.add_argument(
+        "--output", choices=("r_plus", "r0", "pilot"), default="r_plus", help="which array"
+    )
 
     detect = sub.add_parser("detect", help="detect objects on the restored image")
     detect.add_argument("input", type=Path, metavar="IN")
@@ -111,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_restore_all(args))
     with DirClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
         if args.command == "represent":
-            rep = client.represent(args.input)
+            rep = client.represent(args.input, output=args.output)
             rep.save(args.out)
             print(f"{args.out}: shape {tuple(rep.array.shape)} dtype {rep.array.dtype}")
         elif args.command == "detect":

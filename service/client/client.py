@@ -23,8 +23,7 @@ from service.client.retry import RetryPolicy, parse_retry_after
 ImageInput = str | os.PathLike[str] | bytes
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-MODEL_HEADER = "x-dir-model"
-TIMING_PREFIX = "x-dir-timing-"
+MODEL_HEADER = "x-model"
 
 _MEDIA_TYPES = {
     ".jpg": "image/jpeg",
@@ -47,14 +46,17 @@ def read_image(image: ImageInput) -> tuple[bytes, str]:
 
 
 def _timings(headers: httpx.Headers) -> dict[str, float]:
-    """Server-reported timings in seconds from ``x-dir-timing-<name>`` headers (values in milliseconds)."""
+    """Server-reported timings in seconds from ``Server-Timing: name;dur=<ms>, ...``."""
     out: dict[str, float] = {}
-    for key, value in headers.items():
-        if key.lower().startswith(TIMING_PREFIX):
-            try:
-                out[key.lower().removeprefix(TIMING_PREFIX)] = float(value) / 1000.0
-            except ValueError:
-                continue
+    for metric in headers.get("server-timing", "").split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        for param in params:
+            key, _, value = param.partition("=")
+            if name and key == "dur":
+                try:
+                    out[name] = float(value) / 1000.0
+                except ValueError:
+                    continue
     return out
 
 
@@ -119,16 +121,17 @@ class _Protocol:
         try:
             body = response.json()
             detections = [Detection.from_json(d) for d in body["detections"]]
-            unrestored_raw = body.get("unrestored")
-            unrestored = None if unrestored_raw is None else [Detection.from_json(d) for d in unrestored_raw]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            baseline = body.get("input_detections")
+            unrestored = None if baseline is None else [Detection.from_json(d) for d in baseline]
+            timings = {str(k): float(v) / 1000.0 for k, v in body.get("timings_ms", {}).items()}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DirClientError(f"server sent an unexpected /v1/detect body: {exc}") from exc
-        model = body.get("model") if isinstance(body.get("model"), str) else None
         return DetectResult(
             detections=detections,
             unrestored=unrestored,
-            model=model or response.headers.get(MODEL_HEADER),
-            timings=_timings(response.headers),
+            model=body.get("model"),
+            detector=body.get("detector"),
+            timings=timings,
             latency_s=latency_s,
             raw=body,
         )
@@ -205,10 +208,10 @@ class DirClient(_Protocol):
         )
         return self.restore_result(response, latency)
 
-    def represent(self, image: ImageInput) -> Representation:
-        """The DiR representation of one image as a NumPy array."""
+    def represent(self, image: ImageInput, *, output: str = "r_plus") -> Representation:
+        """One DiR array of an image (``r_plus``, ``r0`` or ``pilot``; C x H/s x W/s float32)."""
         response, latency = self.request(
-            "POST", "/v1/represent", params={"format": "npy"}, **self.image_request(image)
+            "POST", "/v1/represent", params={"format": "npy", "outputs": output}, **self.image_request(image)
         )
         return self.represent_result(response, latency)
 
@@ -291,10 +294,10 @@ class AsyncDirClient(_Protocol):
         )
         return self.restore_result(response, latency)
 
-    async def represent(self, image: ImageInput) -> Representation:
-        """The DiR representation of one image as a NumPy array."""
+    async def represent(self, image: ImageInput, *, output: str = "r_plus") -> Representation:
+        """One DiR array of an image (``r_plus``, ``r0`` or ``pilot``; C x H/s x W/s float32)."""
         response, latency = await self.request(
-            "POST", "/v1/represent", params={"format": "npy"}, **self.image_request(image)
+            "POST", "/v1/represent", params={"format": "npy", "outputs": output}, **self.image_request(image)
         )
         return self.represent_result(response, latency)
 

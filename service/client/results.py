@@ -80,11 +80,15 @@ class Detection:
 
 @dataclass(frozen=True)
 class DetectResult:
-    """Detections on the restored image, and on the unrestored input when ``compare`` was asked for."""
+    """Detections on the restored image, and on the unrestored input when ``compare`` was asked for.
+
+    ``model`` is the restoration model and ``detector`` the detector (both ``name/version``).
+    """
 
     detections: list[Detection]
     unrestored: list[Detection] | None
     model: str | None
+    detector: str | None
     timings: dict[str, float]
     latency_s: float
     raw: dict[str, Any] = field(repr=False)

@@ -64,7 +64,11 @@ def _scripted(statuses: list[tuple[int, dict[str, str]]]) -> tuple[httpx.MockTra
         if len(seen) <= len(statuses):
             status, headers = statuses[len(seen) - 1]
             return httpx.Response(status, headers=headers, json={"message": f"busy ({status})"})
-        headers = {"content-type": "image/png", "x-dir-model": "m/1"}
+        headers = {
+            "content-type": "image/png",
+            "x-model": "m/1",
+            "server-timing": "decode;dur=2.0, compute;dur=10",
+        }
         return httpx.Response(200, headers=headers, content=_png())
 
     return httpx.MockTransport(handler), seen
@@ -79,6 +83,7 @@ def test_retry_policy_honours_retry_after_then_succeeds() -> None:
     assert len(seen) == 4
     assert waits == [2.0, 1.0, 1.0]  # Retry-After twice, then backoff for attempt 3 (0.25 * 2**2)
     assert result.model == "m/1"
+    assert result.timings == {"decode": 0.002, "compute": 0.01}
     assert result.media_type == "image/png"
     assert seen[0].url.params["format"] == "png"
 
@@ -139,7 +144,7 @@ class _FlakyServer:
         if self.calls <= self.failures:
             return Response('{"message": "queue full"}', 503, {"Retry-After": "0"}, "application/json")
         assert body == b"payload"
-        return Response(_png(), 200, {"X-DiR-Model": "dir-restore/test"}, "image/png")
+        return Response(_png(), 200, {"X-Model": "dir-restore/test"}, "image/png")
 
     async def represent(self) -> Response:
         buf = io.BytesIO()

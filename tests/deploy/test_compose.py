@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,8 @@ def test_ports_agree_with_settings_and_prometheus(stack: dict[str, Any]) -> None
     assert jobs["dir-api"]["static_configs"][0]["targets"] == [f"api:{port}"]
     for name, job in (("worker", "dir-worker"), ("worker-gpu", "dir-worker-gpu")):
         service = stack["services"][name]
-        metrics_port = int(_env(service)["DIR_METRICS_PORT"])
+        command = service["command"]
+        metrics_port = int(command[command.index("--metrics-port") + 1])
         assert [str(p) for p in service["expose"]] == [str(metrics_port)]
         sd = jobs[job]["dns_sd_configs"][0]
         assert sd["names"] == [name]
@@ -138,11 +140,27 @@ def test_volumes_exist_or_are_declared(stack: dict[str, Any]) -> None:
             assert path.exists(), f"{name}: bind source {source} does not exist"
 
 
-def test_metrics_tmpfs_matches_the_images(stack: dict[str, Any]) -> None:
-    multiproc = df.dockerfile_env(df.dockerfile(df.DOCKERFILES[0]))["PROMETHEUS_MULTIPROC_DIR"]
+def test_single_process_metrics_in_every_container(stack: dict[str, Any]) -> None:
+    """dir-worker serves --metrics-port only in single-process mode (one process per container)."""
+    for path in df.DOCKERFILES:
+        assert "PROMETHEUS_MULTIPROC_DIR" not in df.dockerfile_env(df.dockerfile(path))
     for name in DIR_SERVICES:
-        tmpfs = [t.split(":")[0] for t in stack["services"][name]["tmpfs"]]
-        assert tmpfs == [multiproc]
+        assert "PROMETHEUS_MULTIPROC_DIR" not in _env(stack["services"][name])
+
+
+def test_command_flags_are_accepted_by_the_console_scripts(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in DIR_SERVICES:
+        command = stack["services"][name]["command"]
+        entry = df.console_scripts()[command[0]]
+        module, _, func = entry.partition(":")
+        with pytest.raises(SystemExit) as exit_info:
+            getattr(importlib.import_module(module), func)(["--help"])
+        assert exit_info.value.code == 0
+        usage = capsys.readouterr().out
+        for flag in (c for c in command[1:] if c.startswith("--")):
+            assert flag in usage, f"{name}: {command[0]} has no {flag} option"
 
 
 def test_gpu_profile_reserves_a_gpu(stack: dict[str, Any]) -> None:

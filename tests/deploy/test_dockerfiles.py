@@ -61,7 +61,6 @@ def test_environment_is_settings_only(dockerfile: Path, monkeypatch: pytest.Monk
     assert settings.host == "0.0.0.0"
     expose = [i.args for i in df.final_stage(df.dockerfile(dockerfile)) if i.keyword == "EXPOSE"]
     assert expose == [str(settings.port)]
-    assert "PROMETHEUS_MULTIPROC_DIR" in env
 
 
 def test_extras_installed_exist_in_pyproject(dockerfile: Path) -> None:
