@@ -1,0 +1,129 @@
+"""Service fixtures: a model store with a tiny exported model, a real Redis, an in-process app client.
+
+Redis: 127.0.0.1:6379 when it answers; otherwise a throwaway ``redis-server`` on a free port (no
+persistence, killed at session end); otherwise Redis tests skip with the reason. Never a mock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from service.app import create_app
+from service.settings import Settings
+from tests.service.fixture_model import build_entry
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis_server(port: int) -> subprocess.Popen[bytes]:
+    """A throwaway ``redis-server`` on ``port`` (no RDB, no AOF); waits until it answers PING."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no Redis answers on 127.0.0.1:6379 and no redis-server binary is installed")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        if _answers(port):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    pytest.skip(f"redis-server did not answer on port {port}")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a real Redis: the local one on 6379, or a throwaway server started for this session."""
+    if _answers(6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    port = free_port()
+    proc = start_redis_server(port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A unique key prefix for one test; every key under it is deleted afterwards."""
+    value = f"dirtest-{uuid.uuid4().hex[:12]}"
+    yield value
+    client = redis.Redis.from_url(redis_url)
+    with contextlib.suppress(redis.RedisError):
+        for key in client.scan_iter(f"{value}:*"):
+            client.delete(key)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def fixture_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store with the tiny test entry ``dir-restore/0.0.1`` (tiles 64, overlap 16)."""
+    store = tmp_path_factory.mktemp("store")
+    build_entry(store)
+    return store
+
+
+@pytest.fixture
+def make_settings(fixture_store: Path) -> Callable[..., Settings]:
+    """Factory: ``Settings`` on the fixture store with one ORT thread, overridden by keyword."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"model_store": fixture_store, "intra_op_threads": 1, "detect_model": ""}
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, behind an in-process httpx client."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service", timeout=60) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+def image_bytes(path: Path, fmt: str | None = None, **save: Any) -> bytes:
+    """File bytes, or the image re-encoded as ``fmt`` (e.g. "WEBP") with PIL save options."""
+    if fmt is None:
+        return path.read_bytes()
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(path).convert("RGB").save(buffer, format=fmt, **save)
+    return buffer.getvalue()

@@ -1,0 +1,252 @@
+"""Every endpoint on the embedded backend, with real images (cset14, rni15, yolo_fastestv2 samples)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load as safetensors_load
+
+from service.settings import Settings
+from tests.service.conftest import image_bytes, serve
+
+
+def png16_rgb(pixels: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (colour type 2, depth 16) from (H, W, 3) uint16."""
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture
+def lenna(dataset: Callable[[str], Path]) -> Path:
+    return dataset("cset14") / "lenna.png"
+
+
+@pytest.fixture
+def camera_jpeg(dataset: Callable[[str], Path]) -> Path:
+    return dataset("yolo_fastestv2") / "img" / "000004.jpg"
+
+
+def decode(body: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(body))
+    image.load()
+    return image
+
+
+async def test_restore_png_raw_body(make_settings: Callable[..., Settings], lenna: Path) -> None:
+    async with serve(make_settings()) as client:
+        response = await client.post(
+            "/v1/restore", content=lenna.read_bytes(), headers={"Content-Type": "image/png"}
+        )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-model-version"] == "0.0.1"
+    assert response.headers["x-model"] == "dir-restore/0.0.1"
+    assert "compute;dur=" in response.headers["server-timing"]
+    out = decode(response.content)
+    assert out.size == (512, 512) and out.format == "PNG"
+    source = np.asarray(Image.open(lenna).convert("RGB"), dtype=np.float32)
+    assert np.abs(np.asarray(out, dtype=np.float32) - source).mean() < 20
+
+
+@pytest.mark.parametrize(
+    ("query", "accept", "expected"),
+    [
+        ("", "image/jpeg", "JPEG"),
+        ("?format=png", "image/jpeg", "PNG"),
+        ("?format=jpeg&quality=70", "", "JPEG"),
+    ],
+)
+async def test_restore_output_format(
+    make_settings: Callable[..., Settings], camera_jpeg: Path, query: str, accept: str, expected: str
+) -> None:
+    async with serve(make_settings()) as client:
+        headers = {"Accept": accept} if accept else {}
+        response = await client.post(f"/v1/restore{query}", content=camera_jpeg.read_bytes(), headers=headers)
+    assert response.status_code == 200, response.text
+    out = decode(response.content)
+    assert out.format == expected
+    assert out.size == Image.open(camera_jpeg).size
+
+
+async def test_restore_multipart_jpeg_webp_and_16bit(
+    make_settings: Callable[..., Settings], camera_jpeg: Path, dataset: Callable[[str], Path]
+) -> None:
+    rni = sorted(dataset("rni15").glob("*.png"))[0]
+    grey16 = io.BytesIO()
+    grey = np.asarray(Image.open(rni).convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(grey).save(grey16, format="PNG")
+    rgb16 = png16_rgb(np.asarray(Image.open(rni).convert("RGB"), dtype=np.uint16) * 257)
+    async with serve(make_settings()) as client:
+        multipart = await client.post(
+            "/v1/restore", files={"file": ("cam.jpg", camera_jpeg.read_bytes(), "image/jpeg")}
+        )
+        webp = await client.post("/v1/restore", content=image_bytes(rni, "WEBP", quality=80))
+        g16 = await client.post("/v1/restore", content=grey16.getvalue())
+        c16 = await client.post("/v1/restore", content=rgb16)
+    for response in (multipart, webp, g16, c16):
+        assert response.status_code == 200, response.text
+    assert decode(multipart.content).size == Image.open(camera_jpeg).size
+    assert (
+        decode(webp.content).size
+        == decode(g16.content).size
+        == decode(c16.content).size
+        == Image.open(rni).size
+    )
+
+
+async def test_exif_orientation_is_applied(make_settings: Callable[..., Settings], camera_jpeg: Path) -> None:
+    source = Image.open(camera_jpeg)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    source.save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    async with serve(make_settings()) as client:
+        response = await client.post("/v1/restore", content=buffer.getvalue())
+    assert response.status_code == 200, response.text
+    width, height = source.size
+    assert decode(response.content).size == (height, width)
+    assert response.headers["x-image-size"] == f"{height}x{width}"
+
+
+async def test_represent_formats(make_settings: Callable[..., Settings], camera_jpeg: Path) -> None:
+    body = camera_jpeg.read_bytes()
+    width, height = Image.open(camera_jpeg).size
+    latent = (8, -(-height // 4), -(-width // 4))
+    async with serve(make_settings()) as client:
+        npy = await client.post("/v1/represent", content=body)
+        r0 = await client.post("/v1/represent?outputs=r0", content=body)
+        st = await client.post("/v1/represent?outputs=r_plus,r0,pilot&format=safetensors", content=body)
+        js = await client.post("/v1/represent?outputs=r_plus&format=json", content=body)
+    for response in (npy, r0, st, js):
+        assert response.status_code == 200, response.text
+    r_plus = np.load(io.BytesIO(npy.content), allow_pickle=False)
+    assert r_plus.shape == latent and r_plus.dtype == np.float32
+    assert npy.headers["x-array-shape"] == ",".join(map(str, latent))
+    assert npy.headers["x-array-dtype"] == "float32"
+    assert not np.allclose(np.load(io.BytesIO(r0.content)), r_plus)
+    tensors = safetensors_load(st.content)
+    assert set(tensors) == {"r_plus", "r0", "pilot"}
+    np.testing.assert_array_equal(tensors["r_plus"], r_plus)
+    payload = js.json()["arrays"]["r_plus"]
+    assert payload["shape"] == list(latent) and payload["scale"] == 4
+    decoded = np.frombuffer(base64.b64decode(payload["data"]), dtype="<f4").reshape(latent)
+    np.testing.assert_array_equal(decoded, r_plus)
+
+
+@pytest.mark.parametrize("query", ["?outputs=r_plus,r0", "?outputs=nonsense", "?format=pickle"])
+async def test_represent_bad_parameters(
+    make_settings: Callable[..., Settings], lenna: Path, query: str
+) -> None:
+    async with serve(make_settings()) as client:
+        response = await client.post(f"/v1/represent{query}", content=lenna.read_bytes())
+    assert response.status_code == 422
+    assert response.json()["message"]
+
+
+async def test_detect_without_detector_is_503(
+    make_settings: Callable[..., Settings], camera_jpeg: Path
+) -> None:
+    async with serve(make_settings()) as client:
+        response = await client.post("/v1/detect", content=camera_jpeg.read_bytes())
+        ready = await client.get("/readyz")
+    assert response.status_code == 503
+    assert "no detector installed" in response.json()["message"]
+    assert "dir-models add-detector" in response.json()["message"]
+    assert response.headers["retry-after"]
+    assert ready.status_code == 200
+
+
+async def test_ops_endpoints(make_settings: Callable[..., Settings]) -> None:
+    async with serve(make_settings()) as client:
+        health = await client.get("/healthz")
+        ready = await client.get("/readyz")
+        models = await client.get("/v1/models")
+    assert health.json() == {"status": "ok"}
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    listing = models.json()
+    assert listing["restore"] == "dir-restore/0.0.1" and listing["detect"] is None
+    assert listing["models"][0]["loaded"] is True
+    assert listing["models"][0]["outputs"] == ["restored", "r_plus", "r0", "pilot"]
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and line.split(" ")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_move(make_settings: Callable[..., Settings], lenna: Path) -> None:
+    async with serve(make_settings()) as client:
+        before = (await client.get("/metrics")).text
+        await client.post("/v1/restore", content=lenna.read_bytes())
+        await client.post("/v1/restore", content=b"not an image")
+        after = (await client.get("/metrics")).text
+    model = "dir-restore/0.0.1"
+    ok = {"endpoint": "/v1/restore", "status": "200"}
+    assert (
+        _sample(after, "dir_request_duration_seconds_count", **ok)
+        == _sample(before, "dir_request_duration_seconds_count", **ok) + 1
+    )
+    assert _sample(after, "dir_batch_size_count", model=model) > _sample(
+        before, "dir_batch_size_count", model=model
+    )
+    assert _sample(after, "dir_batch_size_sum", model=model) >= 100  # lenna is 100 tiles of 64 px
+    assert _sample(after, "dir_queue_wait_seconds_count", model=model) >= 100
+    assert _sample(after, "dir_compute_seconds_count", model=model) > 0
+    assert "dir_queue_depth" in after
+    assert _sample(after, "dir_rejected_total", reason="bad_input") == 1
+
+
+async def test_api_keys(make_settings: Callable[..., Settings], lenna: Path) -> None:
+    async with serve(make_settings(api_keys="k1, k2")) as client:
+        missing = await client.post("/v1/restore", content=lenna.read_bytes())
+        wrong = await client.post(
+            "/v1/represent", content=lenna.read_bytes(), headers={"Authorization": "Bearer x"}
+        )
+        good = await client.post(
+            "/v1/restore", content=lenna.read_bytes(), headers={"Authorization": "Bearer k2"}
+        )
+        models = await client.get("/v1/models")
+        health = await client.get("/healthz")
+        metrics = (await client.get("/metrics")).text
+    assert missing.status_code == wrong.status_code == models.status_code == 401
+    assert good.status_code == 200
+    assert health.status_code == 200
+    assert _sample(metrics, "dir_rejected_total", reason="unauthorized") == 3
+
+
+async def test_static_demo_page(make_settings: Callable[..., Settings]) -> None:
+    index = Path(__file__).resolve().parents[2] / "service" / "static" / "index.html"
+    if not index.is_file():
+        pytest.skip("service/static/index.html is absent")
+    async with serve(make_settings()) as client:
+        response = await client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
