@@ -1,12 +1,13 @@
 """Detection mAP (COCO-style and VOC-style) over YOLO-format labelled images; numpy + Pillow only.
 
-Protocol (``interpolation="coco101"``, the default): per image keep the ``max_det`` (100) highest-scoring
-predictions; per class, predictions are matched greedily in descending score order to the unmatched ground
-truth box of the same class with the highest IoU, a match needing IoU >= threshold (pycocotools' rule,
-without crowd boxes or area ranges since YOLO labels have neither). Precision is made monotone
-(non-increasing in recall) and sampled at the 101 recall points 0, 0.01, ..., 1 (0 where the recall is never
-reached); AP is their mean. Classes without ground truth in the dataset are left out of the mean; a class
-with ground truth but no predictions scores 0. mAP@0.5:0.95 averages mAP over IoU 0.50, 0.55, ..., 0.95.
+Protocol (``interpolation="coco101"``, the default; on coco128_val it equals pycocotools' COCOeval to all
+printed digits): per image and class keep the ``max_det`` (100) highest-scoring predictions (pycocotools'
+maxDets rule); per class, predictions are matched greedily in descending score order to the unmatched
+ground truth box of the same class with the highest IoU, a match needing IoU >= threshold (no crowd boxes
+or area ranges: YOLO labels have neither). Precision is made monotone (non-increasing in recall) and
+sampled at the 101 recall points 0, 0.01, ..., 1 (0 where the recall is never reached); AP is their mean.
+Classes without ground truth in the dataset are left out of the mean; a class with ground truth but no
+predictions scores 0. mAP@0.5:0.95 averages mAP over IoU 0.50, 0.55, ..., 0.95.
 
 ``interpolation="voc_all"`` is the all-point (area under the monotone precision/recall curve) AP of
 VOC2010+, kept to compare with numbers reported that way (e.g. SOURCE.md's 0.331 for Yolo-FastestV2).
@@ -172,7 +173,12 @@ def ap_per_class(
     for pred, gt in zip(predictions, ground_truths, strict=True):
         if pred.scores is None:
             raise ValueError("predictions need scores")
-        order = np.argsort(-pred.scores, kind="mergesort")[:max_det]
+        order = np.argsort(-pred.scores, kind="mergesort")
+        rank = np.zeros(len(order), dtype=np.int64)  # position within its class, by descending score
+        for c in np.unique(pred.classes):
+            in_class = pred.classes[order] == c
+            rank[in_class] = np.arange(int(in_class.sum()))
+        order = order[rank < max_det]
         top = Boxes(pred.xyxy[order], pred.classes[order], pred.scores[order])
         scores.append(pred.scores[order])
         classes.append(top.classes)
