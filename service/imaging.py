@@ -54,8 +54,14 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
             raise UnsupportedMedia(
                 f"body ({len(data)} bytes, starts {data[:8]!r}) is not a PNG, JPEG or WebP image"
             ) from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise BadInput(
+                f"body ({len(data)} bytes) looks like an image but its header is corrupt: {exc}"
+            ) from exc
         except Image.DecompressionBombError as exc:
-            raise TooLarge(f"image is a decompression bomb: {exc}") from exc
+            raise TooLarge(
+                f"image header claims a decompression bomb ({exc}); the limit is {max_pixels} pixels"
+            ) from exc
         fmt = ACCEPTED_FORMATS.get(image.format or "")
         if fmt is None:
             raise UnsupportedMedia(f"image format {image.format} is not supported (PNG, JPEG, WebP)")
