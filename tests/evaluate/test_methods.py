@@ -1,0 +1,137 @@
+"""Every registered method restores a synthetic noisy image to a higher PSNR than its input."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from service.manifest import Manifest, ModelFile, TensorSpec, sha256_file, write_manifest
+from training.evaluate.errors import MethodUnavailableError, UnknownNameError
+from training.evaluate.methods import (
+    MethodContext,
+    OnnxRestorer,
+    get_method,
+    latest_store_entry,
+    method_names,
+    resolve_methods,
+)
+from training.evaluate.metrics import psnr
+from training.evaluate.protocols import load_rgb
+from training.paths import REPO_ROOT
+
+NOISE_SIGMA = 0.08
+
+
+@pytest.fixture(scope="module")
+def noisy_pair(dataset: Callable[[str], Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 96x96 crop of Set14 'lenna' (clean) and the same crop with Gaussian noise sigma 0.08 (seed 0)."""
+    clean = load_rgb(dataset("cset14") / "lenna.png")[..., 200:296, 200:296].contiguous()
+    g = torch.Generator().manual_seed(0)
+    noisy = (clean + NOISE_SIGMA * torch.randn(clean.shape, generator=g)).clamp(0, 1)
+    return clean, noisy
+
+
+def _context() -> MethodContext:
+    """Checkpoint methods use ``$DIR_EVAL_RUN`` or ``runs/default`` when one exists (else they skip)."""
+    run = Path(os.environ.get("DIR_EVAL_RUN", REPO_ROOT / "runs" / "default"))
+    return MethodContext(run_dir=run if run.exists() else None)
+
+
+@pytest.mark.parametrize("name", [n for n in method_names() if n != "identity"])
+def test_method_raises_psnr_of_a_noisy_crop(name: str, noisy_pair: tuple[torch.Tensor, torch.Tensor]) -> None:
+    clean, noisy = noisy_pair
+    try:
+        restore = get_method(name).build(_context())
+    except MethodUnavailableError as exc:
+        pytest.skip(f"{name} has no model here: {exc}")
+    out = restore(noisy)
+    assert out.shape == noisy.shape
+    assert out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert psnr(out, clean)[0] > psnr(noisy, clean)[0]
+
+
+def test_identity_returns_its_input(noisy_pair: tuple[torch.Tensor, torch.Tensor]) -> None:
+    _, noisy = noisy_pair
+    assert torch.equal(get_method("identity").build(MethodContext())(noisy), noisy)
+
+
+def test_unknown_method_lists_valid_names() -> None:
+    with pytest.raises(UnknownNameError, match="valid methods: identity, bm3d"):
+        resolve_methods("identity,nope")
+    assert [m.name for m in resolve_methods("all")] == method_names()
+
+
+def test_checkpoint_method_without_run_says_what_is_missing() -> None:
+    with pytest.raises(MethodUnavailableError, match="--run"):
+        get_method("dir-full").build(MethodContext(run_dir=None))
+
+
+def _blur_entry(entry: Path, multiple: int) -> Path:
+    """A model_store entry whose ONNX graph is a 3x3 average pool (a crude denoiser) on ``image``."""
+    node = helper.make_node(
+        "AveragePool", ["image"], ["restored"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0
+    )
+    spec_in = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    spec_out = helper.make_tensor_value_info("restored", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    model = helper.make_model(
+        helper.make_graph([node], "blur", [spec_in], [spec_out]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    entry.mkdir(parents=True)
+    onnx.save(model, entry / "model.onnx")
+    write_manifest(
+        entry,
+        Manifest(
+            name="dir-restore",
+            version=entry.name,
+            opset=17,
+            inputs=[TensorSpec(name="image", shape=["N", 3, "H", "W"])],
+            outputs=[TensorSpec(name="restored", shape=["N", 3, "H", "W"])],
+            size_multiple=multiple,
+            files=[ModelFile(path="model.onnx", sha256=sha256_file(entry / "model.onnx"))],
+        ),
+    )
+    return entry
+
+
+def test_onnx_entry_pads_to_size_multiple_and_picks_the_highest_version(
+    tmp_path: Path, noisy_pair: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    _blur_entry(tmp_path / "dir-restore" / "2", multiple=8)
+    _blur_entry(tmp_path / "dir-restore" / "10", multiple=8)
+    entry = latest_store_entry(tmp_path)
+    assert entry.name == "10"
+    clean, noisy = noisy_pair
+    crop_clean, crop_noisy = clean[..., :93, :90], noisy[..., :93, :90]  # not multiples of 8
+    out = get_method("onnx").build(MethodContext(model_store=tmp_path))(crop_noisy)
+    assert out.shape == crop_noisy.shape
+    assert psnr(out, crop_clean)[0] > psnr(crop_noisy, crop_clean)[0]
+    assert get_method(f"onnx:{entry}").build(MethodContext()).__class__ is OnnxRestorer
+
+
+def test_onnx_entry_with_a_wrong_sha256_is_refused(tmp_path: Path) -> None:
+    entry = _blur_entry(tmp_path / "dir-restore" / "1", multiple=1)
+    (entry / "model.onnx").write_bytes((entry / "model.onnx").read_bytes() + b"\0")
+    with pytest.raises(MethodUnavailableError, match="sha256"):
+        OnnxRestorer(entry)
+
+
+def test_missing_model_store_entry_names_the_folder(tmp_path: Path) -> None:
+    with pytest.raises(MethodUnavailableError, match=str(tmp_path / "dir-restore")):
+        latest_store_entry(tmp_path)
+
+
+def test_ffdnet_keeps_odd_sizes(noisy_pair: tuple[torch.Tensor, torch.Tensor]) -> None:
+    _, noisy = noisy_pair
+    odd = noisy[..., :31, :45]
+    out = get_method("ffdnet").build(MethodContext())(odd)
+    assert out.shape == odd.shape
+    assert np.isfinite(out.numpy()).all()
