@@ -1,15 +1,23 @@
-"""Deployment-test helpers: run an ASGI app under a real uvicorn server on a free loopback port."""
+"""Deployment-test helpers: model stores for the real app, and a real uvicorn server on a loopback port."""
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.settings import Settings
+from tests.service.fixture_model import build_entry
+from training.detect.export import install_yolo_fastestv2
 
 
 def free_port() -> int:
@@ -47,3 +55,38 @@ def serve(app: Any, ready_path: str = "/healthz") -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def restore_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store holding only the tiny stand-in restoration entry (no detector installed)."""
+    store = tmp_path_factory.mktemp("store-restore")
+    build_entry(store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def detector_store(tmp_path_factory: pytest.TempPathFactory, dataset: Callable[[str], Path]) -> Path:
+    """The stand-in restoration entry plus Yolo-FastestV2 installed from the shared weights (as
+    ``dir-models add-detector`` does); skips where the weights are absent."""
+    weights = sorted(dataset("yolo_fastestv2").glob("modelzoo/*.pth"))
+    if not weights:
+        pytest.skip("no Yolo-FastestV2 .pth under yolo_fastestv2/modelzoo")
+    store = tmp_path_factory.mktemp("store-detect")
+    build_entry(store)
+    install_yolo_fastestv2(weights[0], store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def sample_jpeg(dataset: Callable[[str], Path]) -> Path:
+    """A real camera JPEG with people in it (yolo_fastestv2/img/000139.jpg)."""
+    path = dataset("yolo_fastestv2") / "img" / "000139.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+def app_for(store: Path) -> FastAPI:
+    """The real service app on ``store``, embedded queue, CPU."""
+    return create_app(Settings(model_store=store, queue="embedded", providers="CPUExecutionProvider"))

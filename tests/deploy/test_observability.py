@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+import pytest
+from fastapi.testclient import TestClient
 
-from service.metrics import Metrics
 from tests.deploy import deployfiles as df
+from tests.deploy.conftest import app_for
 
 CONTRACT = {
     "dir_request_duration_seconds",
@@ -21,12 +23,19 @@ CONTRACT = {
 }
 
 
-def _exported() -> set[str]:
-    return df.exposition_sample_names(Metrics(CollectorRegistry()).exposition().decode())
+@pytest.fixture(scope="module")
+def scraped(restore_store: Path, sample_jpeg: Path) -> tuple[str, set[str]]:
+    """The real app's /metrics text after one restore, and the paths the app serves."""
+    app = app_for(restore_store)
+    with TestClient(app) as client:
+        client.post("/v1/restore", content=sample_jpeg.read_bytes()).raise_for_status()
+        text = client.get("/metrics").text
+    paths = {str(getattr(route, "path", "")) for route in app.routes}
+    return text, paths
 
 
-def test_dashboard_queries_name_only_exported_metrics() -> None:
-    exported = _exported()
+def test_dashboard_queries_name_only_exported_metrics(scraped: tuple[str, set[str]]) -> None:
+    exported = df.exposition_sample_names(scraped[0])
     used = {name for expr in df.dashboard_exprs() for name in df.METRIC_NAME.findall(expr)}
     assert used, "the dashboard has queries"
     missing = used - exported
@@ -51,8 +60,17 @@ def test_dashboard_panels_are_unique_and_use_the_provisioned_datasource() -> Non
         assert panel["description"]
 
 
-def test_prometheus_scrapes_the_metrics_path() -> None:
+def test_the_scrape_moved_after_a_request(scraped: tuple[str, set[str]]) -> None:
+    text = scraped[0]
+    assert 'dir_request_duration_seconds_count{endpoint="/v1/restore",status="200"} 1.0' in text
+    assert "dir_compute_seconds_count" in text
+
+
+def test_prometheus_scrapes_the_paths_the_service_serves(scraped: tuple[str, set[str]]) -> None:
     prom = df.load_yaml(df.PROMETHEUS)
     paths = {job["job_name"]: job.get("metrics_path", "/metrics") for job in prom["scrape_configs"]}
     assert set(paths) == {"dir-api", "dir-worker", "dir-worker-gpu"}
-    assert set(paths.values()) == {"/metrics"}
+    assert paths["dir-api"] in scraped[1]
+    # dir-worker --metrics-port serves prometheus_client's start_http_server, which answers /metrics
+    assert {paths["dir-worker"], paths["dir-worker-gpu"]} == {"/metrics"}
+    assert "/healthz" in scraped[1], "the images' HEALTHCHECK path"
