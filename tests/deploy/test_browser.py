@@ -1,0 +1,112 @@
+"""The demo page in a real browser: Playwright driving Debian's chromium against the real app on loopback.
+
+Installs nothing: the browser is /usr/bin/chromium (``apt-get install chromium``); there is no
+browser-download step. Screenshots go to test-artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import app_for, serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.is_file() or shutil.which(str(CHROMIUM)) is None:
+        reason = f"{CHROMIUM} is absent (apt-get install chromium)"
+        print(f"SKIP browser tests: {reason}")
+        pytest.skip(reason)
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is absent")
+    with playwright_api.sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield instance
+        instance.close()
+
+
+def _open_page(browser: Any, url: str) -> tuple[Any, list[str]]:
+    page = browser.new_page(viewport={"width": 1100, "height": 960})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.goto(url + "/")
+    return page, problems
+
+
+def _wait_restored(page: Any) -> None:
+    page.wait_for_function(
+        "() => { const img = document.getElementById('restored-img');"
+        " return img.complete && img.naturalWidth > 0; }",
+        timeout=60_000,
+    )
+
+
+def test_restore_split_and_detection_boxes(browser: Any, detector_store: Path, sample_jpeg: Path) -> None:
+    with serve(app_for(detector_store)) as url:
+        page, problems = _open_page(browser, url)
+        page.check("#toggle-boxes")
+        page.set_input_files("#file", str(sample_jpeg))
+        _wait_restored(page)
+        page.wait_for_selector("#boxes .det", timeout=60_000)
+        sizes = page.evaluate(
+            "() => [document.getElementById('input-img').naturalWidth,"
+            " document.getElementById('restored-img').naturalWidth]"
+        )
+        assert sizes[0] == sizes[1] > 0
+        labels = page.locator("#boxes .det span").all_inner_texts()
+        assert any(label.startswith("person") for label in labels)
+        assert "restore" in page.locator("#latency").inner_text()
+        assert " ms" in page.locator("#latency").inner_text()
+        assert page.locator("#error").is_hidden()
+
+        area = page.locator("#compare").bounding_box()
+        page.mouse.move(area["x"] + area["width"] * 0.5, area["y"] + area["height"] * 0.5)
+        page.mouse.down()
+        page.mouse.move(area["x"] + area["width"] * 0.3, area["y"] + area["height"] * 0.5)
+        page.mouse.up()
+        assert int(page.locator("#split-range").input_value()) == 30
+        assert "30%" in page.locator("#restored-layer").get_attribute("style")
+
+        page.uncheck("#toggle-boxes")
+        assert page.locator("#boxes .det").count() == 0
+        page.check("#toggle-boxes")
+        assert page.locator("#boxes .det").count() == len(labels)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo_page_detections.png"), full_page=True)
+        assert problems == []
+
+
+def test_errors_are_shown_in_the_page(browser: Any, restore_store: Path, sample_jpeg: Path) -> None:
+    with serve(app_for(restore_store)) as url:
+        page, problems = _open_page(browser, url)
+        page.set_input_files("#file", str(sample_jpeg))
+        _wait_restored(page)
+        page.check("#toggle-boxes")
+        error = page.locator("#error")
+        error.wait_for(state="visible", timeout=60_000)
+        assert "Detection failed: HTTP 503" in error.inner_text()
+        assert "no detector installed" in error.inner_text()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo_page_no_detector.png"), full_page=True)
+
+        page.set_input_files("#file", files=[{"name": "x.jpg", "mimeType": "image/jpeg", "buffer": b"nope"}])
+        page.wait_for_function("() => document.getElementById('error').textContent.includes('HTTP 4')")
+        assert "Restore failed: HTTP 415" in error.inner_text()
+        assert problems == []
