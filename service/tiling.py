@@ -93,10 +93,14 @@ def extract_tiles(pixels: np.ndarray, grid: TileGrid) -> np.ndarray:
 
 
 def _ramp(size: int, overlap: int, rise: bool, fall: bool) -> np.ndarray:
-    """1-D blend weight: linear ramp over ``overlap`` samples at each side that has a neighbour."""
+    """1-D blend weight of one tile: 1 inside; at each side that has a neighbour, 0 over the outer quarter of
+    the overlap (where zero padding distorts the model's output most), then a linear ramp to 1 over its
+    middle half. Neighbours' weights sum to a positive value everywhere."""
     weight = np.ones(size, dtype=np.float32)
     if overlap > 0:
-        ramp = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        margin = overlap // 4
+        width = max(overlap - 2 * margin, 1)
+        ramp = np.clip((np.arange(overlap, dtype=np.float32) - margin + 0.5) / width, 0.0, 1.0)
         if rise:
             weight[:overlap] = np.minimum(weight[:overlap], ramp)
         if fall:
