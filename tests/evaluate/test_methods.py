@@ -48,10 +48,10 @@ def _context() -> MethodContext:
 def test_method_raises_psnr_of_a_noisy_crop(name: str, noisy_pair: tuple[torch.Tensor, torch.Tensor]) -> None:
     clean, noisy = noisy_pair
     try:
-        restore = get_method(name).build(_context())
+        restore = get_method(name).bind(_context())
     except MethodUnavailableError as exc:
         pytest.skip(f"{name} has no model here: {exc}")
-    out = restore(noisy)
+    out = restore(noisy, clean)
     assert out.shape == noisy.shape
     assert out.dtype == torch.float32
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
@@ -60,7 +60,7 @@ def test_method_raises_psnr_of_a_noisy_crop(name: str, noisy_pair: tuple[torch.T
 
 def test_identity_returns_its_input(noisy_pair: tuple[torch.Tensor, torch.Tensor]) -> None:
     _, noisy = noisy_pair
-    assert torch.equal(get_method("identity").build(MethodContext())(noisy), noisy)
+    assert torch.equal(get_method("identity").bind(MethodContext())(noisy, None), noisy)
 
 
 def test_unknown_method_lists_valid_names() -> None:
@@ -69,9 +69,15 @@ def test_unknown_method_lists_valid_names() -> None:
     assert [m.name for m in resolve_methods("all")] == method_names()
 
 
+def test_oracle_peer_refuses_images_without_reference(noisy_pair: tuple[torch.Tensor, torch.Tensor]) -> None:
+    _, noisy = noisy_pair
+    with pytest.raises(MethodUnavailableError, match="clean reference"):
+        get_method("ffdnet-oracle").bind(MethodContext())(noisy, None)
+
+
 def test_checkpoint_method_without_run_says_what_is_missing() -> None:
     with pytest.raises(MethodUnavailableError, match="--run"):
-        get_method("dir-full").build(MethodContext(run_dir=None))
+        get_method("dir-full").bind(MethodContext(run_dir=None))
 
 
 def _blur_entry(entry: Path, multiple: int) -> Path:
@@ -111,10 +117,12 @@ def test_onnx_entry_pads_to_size_multiple_and_picks_the_highest_version(
     assert entry.name == "10"
     clean, noisy = noisy_pair
     crop_clean, crop_noisy = clean[..., :93, :90], noisy[..., :93, :90]  # not multiples of 8
-    out = get_method("onnx").build(MethodContext(model_store=tmp_path))(crop_noisy)
+    bound = get_method("onnx").bind(MethodContext(model_store=tmp_path))
+    assert bound.version == "dir-restore/10"
+    out = bound(crop_noisy, None)
     assert out.shape == crop_noisy.shape
     assert psnr(out, crop_clean)[0] > psnr(crop_noisy, crop_clean)[0]
-    assert get_method(f"onnx:{entry}").build(MethodContext()).__class__ is OnnxRestorer
+    assert get_method(f"onnx:{entry}").bind(MethodContext()).version == "dir-restore/10"
 
 
 def test_onnx_entry_with_a_wrong_sha256_is_refused(tmp_path: Path) -> None:
@@ -132,6 +140,6 @@ def test_missing_model_store_entry_names_the_folder(tmp_path: Path) -> None:
 def test_ffdnet_keeps_odd_sizes(noisy_pair: tuple[torch.Tensor, torch.Tensor]) -> None:
     _, noisy = noisy_pair
     odd = noisy[..., :31, :45]
-    out = get_method("ffdnet").build(MethodContext())(odd)
+    out = get_method("ffdnet").bind(MethodContext())(odd, None)
     assert out.shape == odd.shape
     assert np.isfinite(out.numpy()).all()

@@ -30,6 +30,9 @@ DiRVariant = Literal["full", "no_pilot", "r0_only", "autoencoder"]
 Restorer = Callable[[torch.Tensor], torch.Tensor]
 """``(N, 3, H, W)`` float32 sRGB [0, 1] -> ``(N, 3, H, W)`` float32 sRGB [0, 1]."""
 
+OracleRestorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(degraded, clean)`` -> restored: a peer told the true noise level, measured against the clean image."""
+
 DEFAULT_STORE_ENTRY = "dir-restore"
 NLM_H_PER_SIGMA = 0.5
 """OpenCV NLM filter strength h = hColor = 0.5 x estimated sigma (0-255 scale); picked on two
@@ -51,6 +54,25 @@ class MethodContext:
 
 
 @dataclass(frozen=True)
+class BoundMethod:
+    """A built method: ``(degraded, clean or None) -> restored``; ``version`` names a model_store entry."""
+
+    name: str
+    plain: Restorer | None = None
+    oracle: OracleRestorer | None = None
+    version: str | None = None
+
+    def __call__(self, degraded: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
+        """Restore ``degraded`` (N, 3, H, W) [0, 1]; ``clean`` is used only by oracle peers."""
+        if self.oracle is not None:
+            if clean is None:
+                raise MethodUnavailableError(f"{self.name} needs a clean reference")
+            return self.oracle(degraded, clean)
+        assert self.plain is not None
+        return self.plain(degraded)
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """One registered method.
 
@@ -62,9 +84,26 @@ class MethodSpec:
     name: str
     label: str
     family: str
-    build: Callable[[MethodContext], Restorer]
+    build: Callable[[MethodContext], Restorer] | None
     description: str
     table5: tuple[bool, bool, bool] | None = None
+    build_oracle: Callable[[MethodContext], OracleRestorer] | None = None
+    """Set (``build`` None) for peers told the true noise level; they run only where a reference exists."""
+
+    def bind(self, ctx: MethodContext) -> BoundMethod:
+        """Build the method once (raises :class:`MethodUnavailableError` where its files are absent)."""
+        if self.build_oracle is not None:
+            return BoundMethod(self.name, oracle=self.build_oracle(ctx))
+        if self.build is None:
+            raise MethodUnavailableError(f"method {self.name} has no builder")
+        plain = self.build(ctx)
+        version = plain.version if isinstance(plain, OnnxRestorer) else None
+        return BoundMethod(self.name, plain=plain, version=version)
+
+    @property
+    def oracle(self) -> bool:
+        """True where the method needs the clean reference."""
+        return self.build_oracle is not None
 
 
 def _per_image(fn: Callable[[np.ndarray], np.ndarray]) -> Restorer:
@@ -84,18 +123,40 @@ def _sigma_hwc(hwc: np.ndarray) -> float:
     return estimate_noise_sigma(torch.from_numpy(hwc).permute(2, 0, 1))
 
 
+def oracle_noise_sigma(degraded: torch.Tensor, clean: torch.Tensor) -> float:
+    """The true noise level of one degraded image ``(1, 3, H, W)``: the standard deviation of the high-pass
+    part of ``degraded - clean`` (residual minus its 9x9 local mean, so colour and tone shifts drop out)."""
+    r = (degraded - clean).double()
+    return float((r - F.avg_pool2d(r, 9, 1, 4, count_include_pad=False)).std())
+
+
+def _oracle(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> OracleRestorer:
+    def restore(degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        outs = [
+            fn(d[None], oracle_noise_sigma(d[None], c[None])) for d, c in zip(degraded, clean, strict=True)
+        ]
+        return torch.cat(outs).clamp(0.0, 1.0)
+
+    return restore
+
+
 def _build_identity(ctx: MethodContext) -> Restorer:
     return lambda batch: batch.clamp(0.0, 1.0)
 
 
+def _bm3d_image(hwc: np.ndarray, sigma: float) -> np.ndarray:
+    return np.asarray(bm3d.bm3d_rgb(hwc, max(sigma, 1e-3), profile=bm3d.BM3DProfileLC()))
+
+
 def _build_bm3d(ctx: MethodContext) -> Restorer:
-    profile = bm3d.BM3DProfileLC()
+    return _per_image(lambda hwc: _bm3d_image(hwc, _sigma_hwc(hwc)))
 
-    def run(hwc: np.ndarray) -> np.ndarray:
-        sigma = max(_sigma_hwc(hwc), 1e-3)
-        return np.asarray(bm3d.bm3d_rgb(hwc, sigma, profile=profile))
 
-    return _per_image(run)
+def _build_bm3d_oracle(ctx: MethodContext) -> OracleRestorer:
+    def one(degraded: torch.Tensor, sigma: float) -> torch.Tensor:
+        return _per_image(lambda hwc: _bm3d_image(hwc, sigma))(degraded)
+
+    return _oracle(one)
 
 
 def _build_nlm(ctx: MethodContext) -> Restorer:
@@ -127,6 +188,16 @@ def _build_ffdnet(ctx: MethodContext) -> Restorer:
             return net(batch.to(ctx.device), sigma.to(ctx.device)).clamp(0.0, 1.0).cpu()
 
     return restore
+
+
+def _build_ffdnet_oracle(ctx: MethodContext) -> OracleRestorer:
+    net = load_ffdnet_color(ctx.kair_zoo).to(ctx.device)
+
+    def one(degraded: torch.Tensor, sigma: float) -> torch.Tensor:
+        with torch.inference_mode():
+            return net(degraded.to(ctx.device), torch.tensor([sigma * 255.0], device=ctx.device)).cpu()
+
+    return _oracle(one)
 
 
 def _checkpoint_builder(variant: DiRVariant) -> Callable[[MethodContext], Restorer]:
@@ -255,6 +326,22 @@ METHODS: dict[str, MethodSpec] = {
             "peer",
             _build_ffdnet,
             "KAIR ffdnet_color.pth, sigma map = estimated sigma",
+        ),
+        MethodSpec(
+            "bm3d-oracle",
+            "BM3D (oracle sigma)",
+            "peer",
+            None,
+            "BM3D told the true noise level (high-pass std of degraded - clean): the peer's best case",
+            build_oracle=_build_bm3d_oracle,
+        ),
+        MethodSpec(
+            "ffdnet-oracle",
+            "FFDNet (oracle sigma)",
+            "peer",
+            None,
+            "FFDNet with its noise map at the true noise level: the peer's best case",
+            build_oracle=_build_ffdnet_oracle,
         ),
         MethodSpec(
             "autoencoder",

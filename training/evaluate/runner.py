@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from training.evaluate.errors import EvaluationError, MethodUnavailableError
-from training.evaluate.methods import MethodContext, MethodSpec, OnnxRestorer
+from training.evaluate.methods import MethodContext, MethodSpec
 from training.evaluate.metrics import psnr, ssim
 from training.evaluate.protocols import Sample, get_protocol
 
@@ -176,15 +176,15 @@ def run_protocol(
         result = MethodResult(mspec.name, mspec.label, mspec.family, mspec.description, mspec.table5)
         run.methods.append(result)
         try:
-            restore = mspec.build(ctx)
+            restore = mspec.bind(ctx)
         except MethodUnavailableError as exc:
             result.reason = str(exc)
             continue
-        if isinstance(restore, OnnxRestorer):
-            result.version = restore.version
-        for sample in tqdm(samples, desc=f"{protocol}:{mspec.name}", unit="img", disable=not progress):
+        result.version = restore.version
+        usable = [s for s in samples if s.clean is not None] if mspec.oracle else samples
+        for sample in tqdm(usable, desc=f"{protocol}:{mspec.name}", unit="img", disable=not progress):
             start = time.perf_counter()
-            out = restore(sample.degraded)
+            out = restore(sample.degraded, sample.clean)
             seconds = time.perf_counter() - start
             if out.shape != sample.degraded.shape:
                 shapes = f"{tuple(out.shape)} for input {tuple(sample.degraded.shape)}"
