@@ -61,8 +61,8 @@ def contact_sheet(result: SimResult, index: int = 0, max_side: int = 256) -> Ima
     """A labelled RGB sheet of image ``index`` of ``result`` (simulated with ``keep_stages=True``).
 
     Panels: clean, linear RGB, noisy RAW (each site in its filter colour, white balance undone),
-    demosaiced camera RGB (after the forward gains, before the colour matrix), gamma + tone, degraded. Linear panels are shown with a viewing gamma of 1/2.2. A
-    last line lists the drawn hyperparameters.
+    demosaiced camera RGB (after the forward gains, before the colour matrix), gamma + tone, degraded.
+    Linear panels are shown with a viewing gamma of 1/2.2. Two last lines list the drawn hyperparameters.
     """
     p = result.params[index]
     h, w = result.clean.shape[-2:]

@@ -1,0 +1,53 @@
+"""RAW noise matches its model on flat patches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.isp.noise import add_raw_noise, noise_generators
+from training.isp.ops import per_image
+
+SIDE = 256  # 65536 samples per patch: the variance estimate's relative standard error is about 0.6%
+
+
+def noisy_flat(
+    level: float, shot: float, read: float, sigma: float, lam: float, seed: int = 0
+) -> torch.Tensor:
+    raw = torch.full((1, 1, SIDE, SIDE), level)
+    return add_raw_noise(
+        raw,
+        shot=per_image([shot], raw),
+        read=per_image([read], raw),
+        gaussian_sigma=per_image([sigma], raw),
+        poisson_lambda=[lam],
+        generators=noise_generators([seed], raw.device),
+    )
+
+
+@pytest.mark.parametrize(
+    ("level", "shot", "read", "sigma", "lam"),
+    [
+        (0.2, 0.01, 1e-4, 0.0, 0.0),  # heteroscedastic sensor noise
+        (0.6, 1e-3, 2e-6, 0.0, 0.0),
+        (0.3, 0.0, 0.0, 0.075, 0.0),  # ablation-level Gaussian
+        (0.3, 0.0, 0.0, 0.25, 0.03),  # low light: Poisson + Gaussian
+        (0.05, 0.0, 0.0, 0.0, 0.02),  # Poisson alone at a dark level (2.5 photo-electrons)
+    ],
+)
+def test_variance_matches_the_model(level: float, shot: float, read: float, sigma: float, lam: float) -> None:
+    out = noisy_flat(level, shot, read, sigma, lam)
+    expected = shot * level + read + sigma**2 + lam * level
+    assert float(out.mean()) == pytest.approx(level, abs=4 * (expected / SIDE**2) ** 0.5)
+    assert float(out.var()) == pytest.approx(expected, rel=0.04)
+
+
+def test_noise_depends_only_on_the_image_seed() -> None:
+    a = noisy_flat(0.3, 0.01, 1e-4, 0.05, 0.02, seed=5)
+    b = noisy_flat(0.3, 0.01, 1e-4, 0.05, 0.02, seed=5)
+    c = noisy_flat(0.3, 0.01, 1e-4, 0.05, 0.02, seed=6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_no_noise_is_identity() -> None:
+    assert torch.equal(noisy_flat(0.4, 0.0, 0.0, 0.0, 0.0), torch.full((1, 1, SIDE, SIDE), 0.4))
