@@ -29,7 +29,7 @@ def test_bad_images_are_named(image: torch.Tensor, match: str) -> None:
 
 
 def test_not_a_tensor() -> None:
-    with pytest.raises(ImageError, match="torch.Tensor, got ndarray"):
+    with pytest.raises(ImageError, match=r"torch\.Tensor, got ndarray"):
         check_srgb_batch(np.zeros((1, 3, 8, 8), dtype=np.float32))  # type: ignore[arg-type]
 
 

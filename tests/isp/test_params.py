@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def test_json_round_trip_is_exact(params: ISPParams) -> None:
         ("wb_red_gain", float("inf"), "wb_red_gain"),
     ],
 )
-def test_invalid_fields_are_named(params: ISPParams, field: str, value: object, match: str) -> None:
+def test_invalid_fields_are_named(params: ISPParams, field: str, value: Any, match: str) -> None:
     with pytest.raises(ParamsError, match=match):
         dataclasses.replace(params, **{field: value})
 
