@@ -1,0 +1,246 @@
+"""The Redis Streams backend against a real Redis: end to end, a worker SIGKILLed mid-batch, dead letters,
+Redis outages (503, then recovery without restart), queue bound and deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from service.metrics import Metrics
+from service.queue import unpack
+from service.redis_queue import GROUP, dead_key, result_key, stream_key
+from service.settings import Settings
+from service.store import RestoreModel, resolve_entry
+from service.tiling import plan_tiles
+from service.worker import Worker
+from tests.service.conftest import free_port, serve, start_redis_server
+
+pytestmark = pytest.mark.redis
+MODEL = "dir-restore/0.0.1"
+FACE_TILES = plan_tiles(276, 276, tile=64, overlap=16, multiple=4).count
+
+
+@contextlib.contextmanager
+def worker_thread(settings: Settings, metrics: Metrics | None = None) -> Iterator[Worker]:
+    """An in-process ``Worker`` serving until the block exits."""
+    model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
+    client = redis.Redis.from_url(settings.queue, socket_connect_timeout=1.0, socket_timeout=10.0)
+    worker = Worker(client, model, settings, metrics or Metrics(), consumer="thread-worker")
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        client.close()
+
+
+def spawn_worker(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+    """``dir-worker`` as a real subprocess (same interpreter)."""
+    code = "import sys; from service.cli import worker; worker(sys.argv[1:])"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "--name", name, "--log-level", "warning"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.fixture
+def small_png(dataset: Callable[[str], Path]) -> bytes:
+    return (dataset("cset14") / "face.png").read_bytes()  # 276x276
+
+
+@pytest.fixture
+def redis_settings(
+    make_settings: Callable[..., Settings], redis_url: str, prefix: str
+) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        return make_settings(queue=redis_url, stream_prefix=prefix, **overrides)
+
+    return make
+
+
+async def test_redis_backend_matches_embedded(
+    make_settings: Callable[..., Settings], redis_settings: Callable[..., Settings], small_png: bytes
+) -> None:
+    async with serve(make_settings()) as client:
+        embedded = await client.post("/v1/restore", content=small_png)
+        embedded_latent = await client.post("/v1/represent", content=small_png)
+    settings = redis_settings()
+    metrics = Metrics()
+    async with serve(settings) as client:
+        ready = await client.get("/readyz")
+        with worker_thread(settings, metrics):
+            responses = await asyncio.gather(
+                *[client.post("/v1/restore", content=small_png) for _ in range(6)]
+            )
+            latent = await client.post("/v1/represent", content=small_png)
+    assert ready.status_code == 200
+    for response in responses:
+        assert response.status_code == 200, response.text
+        a = np.asarray(Image.open(io.BytesIO(response.content)), dtype=np.int16)
+        b = np.asarray(Image.open(io.BytesIO(embedded.content)), dtype=np.int16)
+        assert np.abs(a - b).max() <= 1
+    np.testing.assert_allclose(
+        np.load(io.BytesIO(latent.content)), np.load(io.BytesIO(embedded_latent.content)), atol=1e-4
+    )
+    batches = metrics.batch_size.labels(MODEL)
+    assert batches._sum.get() == 7 * FACE_TILES  # type: ignore[attr-defined]
+    client_redis = redis.Redis.from_url(settings.queue)
+    assert client_redis.xlen(stream_key(settings.stream_prefix, MODEL)) == 0
+    client_redis.close()
+
+
+async def test_worker_killed_mid_batch_loses_nothing(
+    redis_settings: Callable[..., Settings],
+    fixture_store: Path,
+    redis_url: str,
+    prefix: str,
+    small_png: bytes,
+    tmp_path: Path,
+) -> None:
+    settings = redis_settings(request_timeout_s=120)
+    stream = stream_key(prefix, MODEL)
+    base = {
+        "DIR_QUEUE": redis_url,
+        "DIR_MODEL_STORE": str(fixture_store),
+        "DIR_STREAM_PREFIX": prefix,
+        "DIR_INTRA_OP_THREADS": "1",
+    }
+    multiproc = tmp_path / "prom"
+    multiproc.mkdir()
+    # Worker 1 takes every queued job into one batch, then waits (10 min) for it to fill: it holds them.
+    doomed = spawn_worker({**base, "DIR_MAX_BATCH": "100000", "DIR_MAX_QUEUE_DELAY_MS": "600000"}, "doomed")
+    rescuer: subprocess.Popen[bytes] | None = None
+    probe = redis.Redis.from_url(redis_url)
+    try:
+        async with serve(settings) as client:
+            requests = [asyncio.create_task(client.post("/v1/restore", content=small_png)) for _ in range(4)]
+            held = 0
+            for _ in range(1200):
+                info = probe.xpending(stream, GROUP) if probe.exists(stream) else {"consumers": []}
+                held = sum(c["pending"] for c in info["consumers"] if c["name"] in (b"doomed", "doomed"))
+                if held >= 4 * FACE_TILES or (held and probe.xlen(stream) == held):
+                    break
+                await asyncio.sleep(0.05)
+            assert held > 0, "worker 1 never took a batch"
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait()
+            rescue_env = {**base, "DIR_CLAIM_IDLE_MS": "300", "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+            rescuer = spawn_worker(rescue_env, "rescuer")
+            responses = await asyncio.gather(*requests)
+        assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+        assert probe.xlen(stream) == 0
+    finally:
+        probe.close()
+        for proc in (doomed, rescuer):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(multiproc))
+    assert (registry.get_sample_value("dir_redeliveries_total") or 0) >= held
+
+
+def test_poison_job_is_dead_lettered_after_n_deliveries(
+    redis_settings: Callable[..., Settings], prefix: str
+) -> None:
+    settings = redis_settings(claim_idle_ms=30, max_deliveries=2)
+    model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
+    client = redis.Redis.from_url(settings.queue)
+    metrics = Metrics()
+    worker = Worker(client, model, settings, metrics, consumer="poison-test")
+    worker.ensure_group()
+    stream, dead = stream_key(prefix, MODEL), dead_key(prefix, MODEL)
+    client.xadd(
+        stream,
+        {
+            "req": "victim",
+            "idx": 0,
+            "enq": "0",
+            "deadline": "1e12",
+            "outputs": "restored",
+            "data": b"not a packed tile",
+        },
+    )
+    for _ in range(500):
+        worker.step(block_ms=20)
+        if client.xlen(dead):
+            break
+    assert client.xlen(dead) == 1
+    assert client.xlen(stream) == 0
+    entry = client.xrange(dead)[0][1]
+    assert int(entry[b"deliveries"]) == 3
+    header, _ = unpack(client.lpop(result_key(prefix, "victim")))  # type: ignore[arg-type]
+    assert "dead-lettered" in header["error"]
+    assert metrics.dead_letters._value.get() == 1  # type: ignore[attr-defined]
+    assert metrics.redeliveries._value.get() == 1  # type: ignore[attr-defined]
+    client.close()
+
+
+async def test_redis_deadline_and_queue_full(
+    redis_settings: Callable[..., Settings], prefix: str, small_png: bytes
+) -> None:
+    settings = redis_settings(queue_bound=40, request_timeout_s=1.0)
+    probe = redis.Redis.from_url(settings.queue)
+    async with serve(settings) as client:  # no worker: nothing gets computed
+        first = asyncio.create_task(client.post("/v1/restore", content=small_png))
+        while not probe.exists(stream_key(prefix, MODEL)) or probe.xlen(stream_key(prefix, MODEL)) == 0:
+            await asyncio.sleep(0.01)
+        second = await client.post("/v1/restore", content=small_png)
+        timed_out = await first
+    probe.close()
+    assert second.status_code == 429 and second.headers["retry-after"]
+    assert timed_out.status_code == 504
+
+
+async def test_redis_outage_is_503_then_recovers_without_restart(
+    make_settings: Callable[..., Settings], prefix: str, small_png: bytes
+) -> None:
+    port = free_port()
+    server = start_redis_server(port)
+    settings = make_settings(queue=f"redis://127.0.0.1:{port}/0", stream_prefix=prefix, request_timeout_s=20)
+    try:
+        async with serve(settings) as client:
+            with worker_thread(settings):
+                before = await client.post("/v1/restore", content=small_png)
+                server.kill()
+                server.wait()
+                down = await client.post("/v1/restore", content=small_png)
+                not_ready = await client.get("/readyz")
+                server = start_redis_server(port)
+                after = None
+                for _ in range(100):
+                    after = await client.post("/v1/restore", content=small_png)
+                    if after.status_code == 200:
+                        break
+                    await asyncio.sleep(0.2)
+                ready = await client.get("/readyz")
+    finally:
+        server.kill()
+        server.wait()
+    assert before.status_code == 200
+    assert down.status_code == 503 and down.headers["retry-after"]
+    assert "unreachable" in down.json()["message"]
+    assert not_ready.status_code == 503
+    assert after is not None and after.status_code == 200, after.text if after else None
+    assert ready.status_code == 200
