@@ -13,7 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from training.evaluate.errors import EvaluationError
+from training.evaluate.detect import DetectRun, run_detect
+from training.evaluate.errors import EvaluationError, UnknownNameError
 from training.evaluate.methods import MethodContext, method_names, resolve_methods
 from training.evaluate.protocols import protocol_names
 from training.evaluate.report import write_report
@@ -29,13 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--protocol",
         default="ablation",
-        help=f"comma-separated protocols, or 'all' ({', '.join(protocol_names())})",
+        help=f"comma-separated protocols, or 'all' ({', '.join(ALL_PROTOCOLS)})",
     )
     p.add_argument("--datasets", default=None, help="comma-separated datasets (default: each protocol's own)")
     p.add_argument(
         "--methods",
         default="all",
         help=f"comma-separated methods or 'all' ({', '.join(method_names())}, onnx:<dir>)",
+    )
+    p.add_argument(
+        "--detect-methods",
+        default=DETECT_METHODS,
+        help=f"methods scored on 'detect' (128 images of 640 px; slow peers left out; default {DETECT_METHODS})",
     )
     p.add_argument(
         "--limit", type=int, default=None, help="at most N images per dataset (first N by file name)"
@@ -52,8 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+ALL_PROTOCOLS = [*protocol_names(), "detect"]
+DETECT_METHODS = "identity,nlm,ffdnet,dir-full,onnx"
+
+
 def _protocols(text: str) -> list[str]:
-    return protocol_names() if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    names = ALL_PROTOCOLS if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    for name in names:
+        if name not in ALL_PROTOCOLS:
+            raise UnknownNameError("protocol", name, ALL_PROTOCOLS)
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,11 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     datasets = [d.strip() for d in args.datasets.split(",")] if args.datasets else None
     try:
         methods = resolve_methods(args.methods)
-        runs: list[RunResult] = []
+        runs: list[RunResult | DetectRun] = []
         for protocol in _protocols(args.protocol):
-            run = run_protocol(protocol, methods, ctx, datasets, args.limit, progress=not args.no_progress)
-            runs.append(run)
-            for m in run.methods:
+            if protocol == "detect":
+                detect_methods = resolve_methods(args.detect_methods)
+                runs.append(run_detect(detect_methods, ctx, args.limit, progress=not args.no_progress))
+                continue
+            image_run = run_protocol(
+                protocol, methods, ctx, datasets, args.limit, progress=not args.no_progress
+            )
+            runs.append(image_run)
+            for m in image_run.methods:
                 if m.reason is not None:
                     print(f"[{protocol}] {m.method}: not run: {m.reason}", file=sys.stderr)
     except EvaluationError as exc:
@@ -81,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         write_report(runs, args.report, command)
     for run in runs:
         print(f"\n## {run.protocol}")
+        if isinstance(run, DetectRun):
+            for row in run.rows:
+                value = f"mAP@0.5 {row.map50:.3f}" if row.map50 is not None else f"not run: {row.reason}"
+                print(f"{row.condition:32s} {value}")
+            continue
         for m in run.methods:
             cells = [f"{m.method:14s}"]
             for ds in run.datasets:

@@ -1,0 +1,199 @@
+"""The ``detect`` protocol: detector mAP on clean, ISP-degraded and restored coco128_val images.
+
+Each image (H, W, 3) uint8 RGB is cropped to even H, W, degraded by the ISP preset ``default-isp`` (the
+paper's "default params ISP" baseline of Table 2) at a seed fixed by the image content, optionally restored
+by a method, and re-quantised to uint8 before the detector sees it. mAP is computed by
+``training.detect.metrics.evaluate_detector`` (COCO 101-point AP at IoU 0.5 and 0.5:0.95).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.evaluate.errors import DatasetMissingError, MethodUnavailableError, ProtocolError
+from training.evaluate.methods import MethodContext, MethodSpec
+from training.evaluate.runner import machine_description
+
+DETECT_PRESET = "default-isp"
+DETECT_DATASET = "coco128_val"
+PAPER_TABLE2 = {"degraded": (34.1, 21.4), "restored": (63.9, 43.3)}
+"""Paper Table 2 (YOLOv3 on MS COCO): mAP@0.5 and mAP@0.5:0.95 (%) for the default-params ISP and DiR."""
+
+
+@dataclass(frozen=True)
+class DetectRow:
+    """One detector input condition: mAP (fractions in [0, 1]), restore seconds per megapixel."""
+
+    condition: str
+    method: str | None
+    map50: float | None
+    map50_95: float | None
+    s_per_mp: float | None
+    reason: str | None = None
+    version: str | None = None
+
+
+@dataclass
+class DetectRun:
+    """The ``detect`` protocol's result."""
+
+    detector: str
+    n_images: int
+    n_boxes: int
+    limit: int | None
+    machine: str
+    started: str
+    rows: list[DetectRow] = field(default_factory=list)
+    protocol: str = "detect"
+    description: str = (
+        f"coco128_val through the synthetic ISP preset '{DETECT_PRESET}' (untuned default ISP: fixed gains, "
+        "mean colour matrix, bilinear demosaic, sensor noise, JPEG 90); the detector scores clean, degraded "
+        "and restored images"
+    )
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-serialisable dict."""
+        return asdict(self)
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    h, w = image.shape[:2]
+    rgb = image[: h - h % 2, : w - w % 2].astype(np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def degrade_for_detection(image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W, 3) uint8 RGB -> (clean, degraded), each (1, 3, H', W') float32 [0, 1] with H', W' even.
+
+    The seed is ``stable_seed("default-isp", "coco128_val", <sha256 of the pixels, 16 hex>)``.
+    """
+    from training.isp import simulate, stable_seed
+
+    clean = _to_tensor(image)
+    key = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
+    with torch.no_grad():
+        degraded = simulate(clean, preset=DETECT_PRESET, seed=stable_seed(DETECT_PRESET, DETECT_DATASET, key))
+    return clean, degraded.degraded.float().clamp(0, 1)
+
+
+@dataclass
+class _Timer:
+    seconds: float = 0.0
+    megapixels: float = 0.0
+
+    @property
+    def s_per_mp(self) -> float | None:
+        return self.seconds / self.megapixels if self.megapixels else None
+
+
+def _restoring_transform(
+    restore: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], timer: _Timer, bar: tqdm
+) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 RGB -> degrade -> restore (timed) -> uint8 RGB, ticking ``bar`` once per image."""
+
+    def transform(image: np.ndarray) -> np.ndarray:
+        clean, degraded = degrade_for_detection(image)
+        start = time.perf_counter()
+        out = restore(degraded, clean)
+        timer.seconds += time.perf_counter() - start
+        timer.megapixels += degraded.shape[-2] * degraded.shape[-1] / 1e6
+        bar.update(1)
+        return _to_uint8(out)
+
+    return transform
+
+
+def _subset(images: Path, labels: Path, limit: int, tmp: Path) -> tuple[Path, Path]:
+    """Symlink the first ``limit`` images (sorted) and their labels into ``tmp``."""
+    (tmp / "images").mkdir()
+    (tmp / "labels").mkdir()
+    for p in sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit]:
+        (tmp / "images" / p.name).symlink_to(p)
+        label = labels / f"{p.stem}.txt"
+        if label.is_file():
+            (tmp / "labels" / label.name).symlink_to(label)
+    return tmp / "images", tmp / "labels"
+
+
+def run_detect(
+    methods: Sequence[MethodSpec],
+    ctx: MethodContext,
+    limit: int | None = None,
+    progress: bool = True,
+) -> DetectRun:
+    """Score the installed detector on clean, degraded (``identity``) and restored (other methods) inputs.
+
+    The detector is the highest-version ``task="detect"`` entry of ``ctx.model_store`` (install one with
+    ``dir-models add-detector``); raises :class:`ProtocolError` where none is installed.
+    """
+    from service.detection import find_detector, load_detector
+    from training.detect.metrics import coco128_dirs, evaluate_detector
+
+    entry = find_detector(ctx.model_store)
+    if entry is None:
+        raise ProtocolError(
+            f"protocol 'detect' needs a detector under {ctx.model_store}: install one with "
+            "`dir-models add-detector yolo-fastestv2 <weights.pth>`"
+        )
+    detector = load_detector(entry, providers=["CPUExecutionProvider"])
+    images, labels = coco128_dirs()
+    if not images.is_dir():
+        raise DatasetMissingError(f"dataset folder not found: {images}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if limit is not None:
+            images, labels = _subset(images, labels, limit, Path(tmp))
+        n = len([p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")])
+
+        def score(transform: Callable[[np.ndarray], np.ndarray] | None) -> dict[str, float]:
+            return evaluate_detector(detector, images, labels, transform=transform)
+
+        clean = score(None)
+        run = DetectRun(
+            detector=f"{detector.name}/{detector.version}",
+            n_images=int(clean["n_images"]),
+            n_boxes=int(clean["n_boxes"]),
+            limit=limit,
+            machine=machine_description(),
+            started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        )
+        run.rows.append(
+            DetectRow("Clean (no ISP degradation)", None, clean["map50"], clean["map50_95"], None)
+        )
+        for spec in methods:
+            try:
+                restore = spec.bind(ctx)
+            except MethodUnavailableError as exc:
+                run.rows.append(DetectRow(spec.label, spec.name, None, None, None, str(exc)))
+                continue
+            bar = tqdm(total=n, desc=f"detect:{spec.name}", unit="img", disable=not progress)
+            timer = _Timer()
+            transform = _restoring_transform(restore, timer, bar)
+            result = score(transform)
+            bar.close()
+            label = "Degraded (default ISP)" if spec.family == "reference" else spec.label
+            run.rows.append(
+                DetectRow(
+                    label,
+                    spec.name,
+                    result["map50"],
+                    result["map50_95"],
+                    timer.s_per_mp,
+                    None,
+                    restore.version,
+                )
+            )
+    return run
