@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--detect-methods",
         default=DETECT_METHODS,
-        help=f"methods scored on 'detect' (128 images of 640 px; slow peers left out; default {DETECT_METHODS})",
+        help=f"methods scored on 'detect' (slow peers left out by default: {DETECT_METHODS})",
     )
     p.add_argument(
         "--limit", type=int, default=None, help="at most N images per dataset (first N by file name)"
