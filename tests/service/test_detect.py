@@ -1,0 +1,58 @@
+"""/v1/detect with a real detector entry installed from the local Yolo-FastestV2 weights (never committed)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from service.settings import Settings
+from tests.service.conftest import serve
+
+
+@pytest.fixture(scope="session")
+def detector_store(fixture_store: Path, tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """The fixture store plus a ``yolo-fastestv2`` entry built with ``install_yolo_fastestv2``."""
+    from training.detect.export import install_yolo_fastestv2
+
+    weights = shared_data / "yolo_fastestv2" / "modelzoo" / "coco2017-0.241078ap-model.pth"
+    if not weights.is_file():
+        pytest.skip(f"Yolo-FastestV2 weights are absent at {weights}")
+    store = tmp_path_factory.mktemp("detect_store")
+    shutil.copytree(fixture_store, store, dirs_exist_ok=True)
+    install_yolo_fastestv2(weights, store)
+    return store
+
+
+async def test_detect_compare_and_annotate(
+    make_settings: Callable[..., Settings], detector_store: Path, dataset: Callable[[str], Path]
+) -> None:
+    photo = dataset("yolo_fastestv2") / "img" / "000004.jpg"
+    width, height = Image.open(photo).size
+    async with serve(make_settings(model_store=detector_store)) as client:
+        plain = await client.post("/v1/detect", content=photo.read_bytes())
+        full = await client.post(
+            "/v1/detect?compare=true&annotate=true",
+            files={"file": ("p.jpg", photo.read_bytes(), "image/jpeg")},
+        )
+        models = (await client.get("/v1/models")).json()
+    assert plain.status_code == 200, plain.text
+    body = plain.json()
+    assert body["detector"] == "yolo-fastestv2/1" and body["model"] == "dir-restore/0.0.1"
+    assert body["input_detections"] is None and body["annotated_image"] is None
+    assert body["detections"], "the sample photo has objects"
+    for det in body["detections"]:
+        x1, y1, x2, y2 = det["box"]
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+        assert 0 < det["score"] <= 1 and det["class_name"]
+    data = full.json()
+    assert full.status_code == 200
+    assert data["input_detections"]
+    annotated = Image.open(io.BytesIO(base64.b64decode(data["annotated_image"])))
+    assert annotated.size == (width, height)
+    assert models["detect"] == "yolo-fastestv2/1"
