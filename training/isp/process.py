@@ -104,10 +104,19 @@ def demosaic(raw: torch.Tensor, cfa: Sequence[str], methods: Sequence[str]) -> t
 
 
 def denoise(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
-    """Optional Gaussian denoise, one sigma (pixels, 0 = off) per image; ``(N, 3, H, W)`` -> same shape."""
-    if max(sigma) <= 0:
+    """Optional Gaussian denoise, one sigma (pixels, 0 = off) per image; ``(N, 3, H, W)`` -> same shape.
+
+    Only the images with a positive sigma are filtered.
+    """
+    on = [i for i, s in enumerate(sigma) if s > 0]
+    if not on:
         return image
-    return gaussian_blur(image, sigma)
+    if len(on) == len(sigma):
+        return gaussian_blur(image, sigma)
+    index = torch.tensor(on, device=image.device)
+    out = image.clone()
+    out[index] = gaussian_blur(image[index], [sigma[i] for i in on])
+    return out
 
 
 def gamma_compression(linear: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:

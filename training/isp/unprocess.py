@@ -46,11 +46,11 @@ def safe_invert_gains(
     """
     ones = torch.ones_like(red_gain)
     gains = torch.cat([1.0 / red_gain, ones, 1.0 / blue_gain], dim=1) / rgb_gain
-    gray = image.mean(dim=1, keepdim=True)
     inflection = 0.9
-    mask = ((gray - inflection).clamp_min(0.0) / (1.0 - inflection)) ** 2
-    safe_gains = torch.maximum(mask + (1.0 - mask) * gains, gains)
-    return (image * safe_gains).clamp(0.0, 1.0)
+    mask = image.mean(dim=1, keepdim=True).sub_(inflection).clamp_min_(0.0).div_(1.0 - inflection).square_()
+    # max(mask + (1 - mask) * g, g) == g + mask * max(1 - g, 0), computed with one full-size temporary.
+    safe_gains = (mask * (1.0 - gains).clamp_min(0.0)).add_(gains)
+    return safe_gains.mul_(image).clamp_(0.0, 1.0)
 
 
 def mosaic(image: torch.Tensor, cfa: Sequence[str]) -> torch.Tensor:

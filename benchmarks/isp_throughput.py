@@ -1,0 +1,192 @@
+"""Throughput of the synthetic ISP: batched torch path vs the same pipeline image by image in NumPy.
+
+Measures megapixels/s of the full degradation (inverse ISP, RAW noise, forward ISP, with and without JPEG)
+for one batch (default 16 x 256x256, preset ``ablation``), and, interleaved in the same run on the same
+parameters, :func:`training.isp.reference.degrade_image` looping over the images. Reports medians over the
+repeats and the ratio batched / per-image. Rewrites its section of docs/BENCHMARKS.md (between the
+``isp_throughput`` markers) unless ``--no-write``.
+
+    python benchmarks/isp_throughput.py --json [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from training.isp import get_preset, sample_params, stable_seed
+from training.isp.pipeline import degrade
+from training.isp.reference import degrade_image
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+START, END = "<!-- isp_throughput:start -->", "<!-- isp_throughput:end -->"
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or the platform's description)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    """Seconds one call of ``fn`` takes, synchronising the device before and after."""
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def run(batch: int, size: int, preset: str, repeats: int, device: str) -> dict[str, object]:
+    """Measure all four variants, interleaved, and return the numbers."""
+    g = torch.Generator().manual_seed(0)
+    clean_cpu = torch.rand(batch, 3, size, size, generator=g)
+    clean = clean_cpu.to(device)
+    images = [clean_cpu[i].permute(1, 2, 0).contiguous().numpy() for i in range(batch)]
+    params = [sample_params(get_preset(preset), stable_seed("isp_throughput", i)) for i in range(batch)]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    variants: dict[str, Callable[[], object]] = {
+        "batched_torch_jpeg": lambda: degrade(clean, params, jpeg=True),
+        "batched_torch_no_jpeg": lambda: degrade(clean, params, jpeg=False),
+        "per_image_numpy_jpeg": lambda: [
+            degrade_image(im, p, jpeg=True) for im, p in zip(images, params, strict=True)
+        ],
+        "per_image_numpy_no_jpeg": lambda: [
+            degrade_image(im, p, jpeg=False) for im, p in zip(images, params, strict=True)
+        ],
+    }
+    for fn in variants.values():
+        timed(fn, sync)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, sync))
+    megapixels = batch * size * size / 1e6
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "batch": batch,
+        "size": size,
+        "preset": preset,
+        "device": device,
+        "repeats": repeats,
+        "megapixels_per_batch": megapixels,
+        "median_seconds": med,
+        "min_seconds": {k: min(v) for k, v in times.items()},
+        "megapixels_per_s": {k: megapixels / v for k, v in med.items()},
+        "ratio_with_jpeg": med["per_image_numpy_jpeg"] / med["batched_torch_jpeg"],
+        "ratio_without_jpeg": med["per_image_numpy_no_jpeg"] / med["batched_torch_no_jpeg"],
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg(),
+        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        "torch": torch.__version__,
+    }
+
+
+def markdown(r: dict[str, object], command: str) -> str:
+    """The BENCHMARKS.md section for result ``r``."""
+    mps = r["megapixels_per_s"]
+    med = r["median_seconds"]
+    assert isinstance(mps, dict) and isinstance(med, dict)
+    load = ", ".join(f"{v:.2f}" for v in r["load_average_at_start"])  # type: ignore[attr-defined]
+    rows = [
+        f"| {name.replace('_', ' ')} | {med[name] * 1000:.1f} | {mps[name]:.2f} |"
+        for name in (
+            "batched_torch_no_jpeg",
+            "per_image_numpy_no_jpeg",
+            "batched_torch_jpeg",
+            "per_image_numpy_jpeg",
+        )
+    ]
+    gpu = (
+        f"GPU: {r['gpu']}."
+        if r["gpu"]
+        else "GPU: not measured (no GPU was available in this session); the >= 1 gigapixel/s non-JPEG target "
+        "is unverified."
+    )
+    return "\n".join(
+        [
+            START,
+            "## ISP simulator throughput (`benchmarks/isp_throughput.py`)",
+            "",
+            f"Machine: {r['cpu']}, {r['cpu_cores']} cores, torch {r['torch']}, torch threads "
+            f"{r['torch_threads']} (the per-image NumPy path is single-threaded), device `{r['device']}`; "
+            "load "
+            f"average at start {load} (the machine is shared with other jobs, so numbers vary run to run). "
+            + gpu,
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Batch of {r['batch']} x {r['size']}x{r['size']}, preset `{r['preset']}`, median of "
+            f"{r['repeats']} interleaved repeats. The per-image path is `training/isp/reference.py` "
+            "(NumPy/SciPy, one image at a time, same parameters).",
+            "",
+            "| variant | ms per batch | megapixels/s |",
+            "|---|---:|---:|",
+            *rows,
+            "",
+            f"Ratio batched / per-image: **{r['ratio_without_jpeg']:.2f}x** without JPEG, "
+            f"**{r['ratio_with_jpeg']:.2f}x** with JPEG (target >= 5x on CPU).",
+            END,
+        ]
+    )
+
+
+def write_section(section: str, doc: Path = DOC) -> None:
+    """Replace the text between the markers in ``doc`` (appending markers at the end if absent)."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: measure, print (JSON with ``--json``) and update docs/BENCHMARKS.md."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--preset", default="ablation")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (default 1, like the NumPy path)"
+    )
+    parser.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    result = run(args.batch, args.size, args.preset, args.repeats, args.device)
+    command = "python benchmarks/isp_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if not args.no_write:
+        write_section(markdown(result, command.strip()))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(markdown(result, command.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
