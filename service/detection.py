@@ -113,10 +113,15 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """
     y0, y1, b0, b1 = _linear_taps(height, image.shape[0], clamp=False)
     x0, x1, a0, a1 = _linear_taps(width, image.shape[1], clamp=True)
-    img = image.astype(np.int32)
-    rows = img[:, x0] * a0[None, :, None] + img[:, x1] * a1[None, :, None]
-    top = ((rows[y0] >> 4) * b0[:, None, None]) >> 16
-    bottom = ((rows[y1] >> 4) * b1[:, None, None]) >> 16
+
+    def horizontal(rows: np.ndarray) -> np.ndarray:  # only the source rows used: no full-size int copy
+        return (
+            rows[:, x0].astype(np.int32) * a0[None, :, None]
+            + rows[:, x1].astype(np.int32) * a1[None, :, None]
+        )
+
+    top = ((horizontal(image[y0]) >> 4) * b0[:, None, None]) >> 16
+    bottom = ((horizontal(image[y1]) >> 4) * b1[:, None, None]) >> 16
     return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
 
 

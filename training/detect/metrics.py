@@ -277,7 +277,7 @@ def evaluate_detector(
         "map50": float(ap[0].mean()) if ap.size else 0.0,
         "map50_95": float(ap.mean()) if ap.size else 0.0,
         "map50_voc_all_point": float(ap_voc.mean()) if ap_voc.size else 0.0,
-        "protocol": "COCO-style 101-point interpolated AP, max 100 detections per image, greedy IoU matching",
+        "protocol": "COCO-style 101-point interpolated AP, at most 100 detections per image and class",
         "n_images": len(dataset),
         "n_boxes": int(sum(len(g.classes) for g in gts)),
         "n_classes": len(present),
