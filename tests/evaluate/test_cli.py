@@ -24,7 +24,8 @@ def test_cli_writes_json_report_and_figure(tmp_path: Path, dataset: Callable[[st
     assert by_name["identity"]["scores"][0]["seconds"] >= 0.0
     assert "--run" in by_name["dir-full"]["reason"]
     text = report.read_text()
-    assert "| OpenCV NLM |" in text and "CC15 (Nam) ΔPSNR vs input" in text
+    assert "| OpenCV NLM |" in text and "CC15 (Nam) ΔPSNR vs input" in text and "CC15 (Nam) NIQE" in text
+    assert by_name["nlm"]["scores"][0]["nr"] > 0.0
     assert (tmp_path / "img" / "results_real.png").stat().st_size > 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from training.evaluate.detect import DetectRun, run_detect
 from training.evaluate.errors import EvaluationError, UnknownNameError
 from training.evaluate.methods import MethodContext, method_names, resolve_methods
+from training.evaluate.niqe import niqe
 from training.evaluate.protocols import protocol_names
 from training.evaluate.report import write_report
 from training.evaluate.runner import RunResult, run_protocol
@@ -84,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                 detect_methods = resolve_methods(args.detect_methods)
                 runs.append(run_detect(detect_methods, ctx, args.limit, progress=not args.no_progress))
                 continue
+            nr = ("NIQE", niqe) if protocol == "real" else None
             image_run = run_protocol(
-                protocol, methods, ctx, datasets, args.limit, progress=not args.no_progress
+                protocol, methods, ctx, datasets, args.limit, nr_score=nr, progress=not args.no_progress
             )
             runs.append(image_run)
             for m in image_run.methods:

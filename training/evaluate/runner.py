@@ -149,7 +149,7 @@ def run_protocol(
     """Score every method on the protocol's samples (the same degraded tensors for all methods).
 
     ``limit``: at most this many images per dataset (the first ones, sorted by file name). ``nr_score``:
-    (name, function) of a no-reference score computed on every output of a dataset without reference.
+    (name, function) of a no-reference score computed on every output.
     A method that cannot be built is recorded with its reason and skipped.
     """
     spec = get_protocol(protocol)
@@ -189,11 +189,10 @@ def run_protocol(
             if out.shape != sample.degraded.shape:
                 shapes = f"{tuple(out.shape)} for input {tuple(sample.degraded.shape)}"
                 raise EvaluationError(f"method {mspec.name} returned shape {shapes}")
-            p = s = nr = None
+            p = s = None
             if sample.clean is not None:
                 p, s = psnr(out, sample.clean)[0], ssim(out, sample.clean)[0]
-            elif nr_score is not None:
-                nr = nr_score[1](out)
+            nr = nr_score[1](out) if nr_score is not None else None
             result.scores.append(
                 ImageScore(sample.dataset, sample.name, p, s, nr, seconds, sample.megapixels)
             )
