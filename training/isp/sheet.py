@@ -15,7 +15,7 @@ _PANELS = (
     ("clean", "clean sRGB", False),
     ("linear RGB", "linear RGB", True),
     ("RAW (noisy)", "noisy RAW mosaic", True),
-    ("demosaiced", "demosaiced camera RGB (white-balanced)", True),
+    ("demosaiced", "demosaiced camera RGB", True),
     ("gamma + tone", "gamma + tone curve", False),
     ("degraded", "degraded (sharpen, JPEG)", False),
 )
