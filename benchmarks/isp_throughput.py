@@ -54,6 +54,7 @@ def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
 
 def run(batch: int, size: int, preset: str, repeats: int, device: str) -> dict[str, object]:
     """Measure all four variants, interleaved, and return the numbers."""
+    load_at_start = os.getloadavg()
     g = torch.Generator().manual_seed(0)
     clean_cpu = torch.rand(batch, 3, size, size, generator=g)
     clean = clean_cpu.to(device)
@@ -93,7 +94,7 @@ def run(batch: int, size: int, preset: str, repeats: int, device: str) -> dict[s
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": os.getloadavg(),
+        "load_average_at_start": load_at_start,
         "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
         "torch": torch.__version__,
     }
@@ -126,10 +127,9 @@ def markdown(r: dict[str, object], command: str) -> str:
             "## ISP simulator throughput (`benchmarks/isp_throughput.py`)",
             "",
             f"Machine: {r['cpu']}, {r['cpu_cores']} cores, torch {r['torch']}, torch threads "
-            f"{r['torch_threads']} (the per-image NumPy path is single-threaded), device `{r['device']}`; "
-            "load "
-            f"average at start {load} (the machine is shared with other jobs, so numbers vary run to run). "
-            + gpu,
+            f"{r['torch_threads']} (the per-image NumPy path is single-threaded; `--threads` changes torch's), "
+            f"device `{r['device']}`; load average at start {load} (the machine is shared with other jobs, so "
+            "numbers vary run to run). " + gpu,
             "",
             f"Command: `{command}`",
             "",
