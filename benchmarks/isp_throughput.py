@@ -127,9 +127,9 @@ def markdown(r: dict[str, object], command: str) -> str:
             "## ISP simulator throughput (`benchmarks/isp_throughput.py`)",
             "",
             f"Machine: {r['cpu']}, {r['cpu_cores']} cores, torch {r['torch']}, torch threads "
-            f"{r['torch_threads']} (the per-image NumPy path is single-threaded; `--threads` changes torch's), "
-            f"device `{r['device']}`; load average at start {load} (the machine is shared with other jobs, so "
-            "numbers vary run to run). " + gpu,
+            f"{r['torch_threads']} (the per-image NumPy path is single-threaded; `--threads` sets "
+            f"torch's), device `{r['device']}`; load average at start {load} (the machine is shared with "
+            "other jobs, so numbers vary run to run). " + gpu,
             "",
             f"Command: `{command}`",
             "",
