@@ -140,6 +140,7 @@ class RedisQueue:
                 await self._client.delete(key)
 
     async def _collect(self, key: str, count: int, outputs: list[str], deadline: float) -> TileResult:
+        """BLPOP the first waiting result, then LPOP every other one already there (one round trip)."""
         parts: dict[str, list[np.ndarray | None]] = {o: [None] * count for o in outputs}
         remaining = count
         wait_s = 0.0
@@ -151,20 +152,25 @@ class RedisQueue:
             item = await self._client.blpop([key], timeout=min(left, self._poll_s))
             if item is None:
                 continue
-            try:
-                header, arrays = unpack(item[1] if isinstance(item[1], bytes) else item[1].encode())
-            except ValueError as exc:
-                raise InferenceError(f"malformed result from a worker: {exc}") from exc
-            if header.get("error"):
-                if header.get("kind") == "deadline":
-                    raise DeadlineExceeded(str(header["error"]))
-                raise InferenceError(str(header["error"]))
-            index = int(header["idx"])
-            if parts[outputs[0]][index] is None:
-                remaining -= 1
-            for name in outputs:
-                parts[name][index] = arrays[name]
-            wait_s = max(wait_s, float(header.get("wait", 0.0)))
-            compute[str(header.get("batch", index))] = float(header.get("compute", 0.0))
+            messages: list[Any] = [item[1]]
+            if remaining > 1:
+                more: Any = await self._client.lpop(key, remaining - 1)
+                messages += more or []
+            for message in messages:
+                try:
+                    header, arrays = unpack(message if isinstance(message, bytes) else message.encode())
+                except ValueError as exc:
+                    raise InferenceError(f"malformed result from a worker: {exc}") from exc
+                if header.get("error"):
+                    if header.get("kind") == "deadline":
+                        raise DeadlineExceeded(str(header["error"]))
+                    raise InferenceError(str(header["error"]))
+                index = int(header["idx"])
+                if parts[outputs[0]][index] is None:
+                    remaining -= 1
+                for name in outputs:
+                    parts[name][index] = arrays[name]
+                wait_s = max(wait_s, float(header.get("wait", 0.0)))
+                compute[str(header.get("batch", index))] = float(header.get("compute", 0.0))
         stacked = {name: np.stack(values) for name, values in parts.items()}  # type: ignore[arg-type]
         return TileResult(stacked, wait_s, sum(compute.values()))

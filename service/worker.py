@@ -195,8 +195,9 @@ class Worker:
             jobs.append(job)
         for group in self._runnable_groups(jobs):
             answered += self._run(group, pipe, now)
-        pipe.execute()
-        self.metrics.queue_depth.labels(self.model.ref).set(self.client.xlen(self.stream))
+        pipe.xlen(self.stream)
+        depth = pipe.execute()[-1]
+        self.metrics.queue_depth.labels(self.model.ref).set(depth)
         return answered
 
     @staticmethod

@@ -1,0 +1,373 @@
+"""Serving benchmark: the real ``dir-serve`` (and ``dir-worker``) processes over HTTP on this machine.
+
+Measures, for one 512x512 JPEG (cset14 lenna re-encoded at quality 90) at concurrency 1, 8 and 32:
+throughput (requests/s) and p50/p99 latency for (a) batching off (max batch 1, no delay), (b) embedded
+batching (the defaults), (c) Redis Streams + 1 worker; ONNX Runtime vs PyTorch eager latency on the same
+weights (when the entry's checkpoint can be loaded with ``training.models.load_system``); and the API
+process's peak RSS (VmHWM) while serving one 12-megapixel JPEG.
+
+    .venv/bin/python benchmarks/serve.py --json            # prints JSON, rewrites docs/BENCHMARKS.md section
+
+Rewrites its section of docs/BENCHMARKS.md between ``<!-- serve:start -->`` and ``<!-- serve:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from service.settings import DEFAULT_MODEL_STORE
+from service.store import ModelEntry, resolve_entry
+from training.paths import data_root
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+START, END = "<!-- serve:start -->", "<!-- serve:end -->"
+MODES = {
+    "batching_off": {"DIR_MAX_BATCH": "1", "DIR_MAX_QUEUE_DELAY_MS": "0"},
+    "embedded": {},
+    "redis_1_worker": {},
+}
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or the platform string)."""
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM (peak resident set) of ``pid`` in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    """``image`` encoded as JPEG."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def spawn(func: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``service.cli.<func>`` as a subprocess with extra environment."""
+    code = f"import sys; from service.cli import {func}; {func}(sys.argv[1:])"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args, "--log-level", "warning"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@contextmanager
+def server(env: dict[str, str], redis_url: str | None) -> Iterator[tuple[str, int]]:
+    """A ``dir-serve`` process (plus one ``dir-worker`` when ``redis_url``); yields (base URL, API pid)."""
+    port = free_port()
+    procs = []
+    if redis_url:
+        env = {**env, "DIR_QUEUE": redis_url, "DIR_STREAM_PREFIX": f"bench-{uuid.uuid4().hex[:8]}"}
+        procs.append(spawn("worker", [], env))
+    api = spawn("serve", ["--host", "127.0.0.1", "--port", str(port)], env)
+    procs.append(api)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if api.poll() is not None:
+                raise RuntimeError(f"dir-serve exited with {api.returncode}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield base, api.pid
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+async def load(base: str, body: bytes, concurrency: int, requests: int) -> dict[str, float]:
+    """``requests`` POST /v1/restore from ``concurrency`` concurrent clients: rps and latency percentiles."""
+    latencies: list[float] = []
+    failures = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as client:
+
+        async def one_client() -> None:
+            nonlocal failures
+            while not queue.empty():
+                queue.get_nowait()
+                started = time.perf_counter()
+                response = await client.post(
+                    "/v1/restore", content=body, headers={"Content-Type": "image/jpeg"}
+                )
+                latencies.append(time.perf_counter() - started)
+                failures += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*[one_client() for _ in range(concurrency)])
+        wall = time.perf_counter() - started
+    ordered = np.sort(np.asarray(latencies))
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "failures": failures,
+        "throughput_rps": requests / wall,
+        "p50_ms": float(np.percentile(ordered, 50) * 1000),
+        "p99_ms": float(np.percentile(ordered, 99) * 1000),
+    }
+
+
+def serving_rows(
+    body: bytes, levels: list[int], env: dict[str, str], redis_url: str | None
+) -> dict[str, Any]:
+    """Every mode at every concurrency level."""
+    rows: dict[str, Any] = {}
+    for mode, extra in MODES.items():
+        use_redis = mode.startswith("redis")
+        if use_redis and not redis_url:
+            rows[mode] = {"skipped": "no Redis reachable"}
+            continue
+        with server({**env, **extra}, redis_url if use_redis else None) as (base, _):
+            asyncio.run(load(base, body, 1, 2))
+            rows[mode] = [asyncio.run(load(base, body, c, max(8, 2 * c))) for c in levels]
+        print(f"{mode}: {rows[mode]}", file=sys.stderr)
+    return rows
+
+
+def peak_rss_12mp(env: dict[str, str], photo: Image.Image) -> dict[str, Any]:
+    """Peak RSS of a fresh API process serving one 4000x3000 JPEG (upscaled real photo)."""
+    body = jpeg_bytes(photo.resize((4000, 3000), Image.Resampling.BICUBIC), quality=92)
+    with server(env, None) as (base, pid):
+        idle = peak_rss_mb(pid)
+        started = time.perf_counter()
+        response = httpx.post(f"{base}/v1/restore", content=body, timeout=1800)
+        seconds = time.perf_counter() - started
+        peak = peak_rss_mb(pid)
+    return {
+        "pixels": 4000 * 3000,
+        "jpeg_bytes": len(body),
+        "status": response.status_code,
+        "tiles": int(response.headers.get("x-tiles", 0)),
+        "seconds": seconds,
+        "peak_rss_before_mb": idle,
+        "peak_rss_mb": peak,
+    }
+
+
+def ort_vs_torch(entry: ModelEntry, threads: int, image: np.ndarray, repeats: int) -> dict[str, Any]:
+    """Median latency of one whole-image forward pass (1, 3, H, W) on ORT and on PyTorch eager."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        str(entry.path / entry.manifest.onnx_file), options, providers=["CPUExecutionProvider"]
+    )
+    x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+    feed = {entry.manifest.inputs[0].name: x}
+    session.run(None, feed)
+    ort_times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, feed)
+        ort_times.append(time.perf_counter() - started)
+    row: dict[str, Any] = {
+        "input_shape": list(x.shape),
+        "threads": threads,
+        "ort_ms": statistics.median(ort_times) * 1000,
+    }
+    checkpoint = entry.manifest.training.get("checkpoint") or entry.manifest.training.get("run_dir")
+    if not checkpoint:
+        row["torch"] = "skipped: the manifest names no checkpoint for training.models.load_system"
+        return row
+    try:
+        import torch
+
+        from training.models import load_system
+    except ImportError as exc:
+        row["torch"] = f"skipped: {exc}"
+        return row
+    path = Path(checkpoint) if Path(checkpoint).is_absolute() else ROOT / checkpoint
+    if not path.exists():
+        row["torch"] = f"skipped: checkpoint {path} is absent on this machine"
+        return row
+    torch.set_num_threads(threads)
+    system = load_system(str(path), variant=entry.manifest.training.get("variant"), device="cpu")
+    tensor = torch.from_numpy(x)
+    torch_times = []
+    with torch.inference_mode():
+        system(tensor)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            system(tensor)
+            torch_times.append(time.perf_counter() - started)
+    row["torch_ms"] = statistics.median(torch_times) * 1000
+    row["ort_over_torch"] = row["ort_ms"] / row["torch_ms"]
+    return row
+
+
+def redis_reachable(url: str) -> bool:
+    """Whether ``url`` answers PING."""
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The docs/BENCHMARKS.md section."""
+    lines = [
+        START,
+        "## Serving (`benchmarks/serve.py`)",
+        "",
+        f"Machine: {result['machine']}. Command: `{result['command']}`. Model: `{result['model']}` "
+        f"(tiles {result['tile']}). ORT intra-op threads: {result['threads']}. Measured {result['date']}.",
+        "The machine is shared with other engineers' jobs while this ran: absolute numbers are noisy; the "
+        "modes ran one after another in the same run.",
+        "",
+        "| mode | concurrency | requests | throughput (req/s) | p50 (ms) | p99 (ms) | failures |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, rows in result["serving"].items():
+        if isinstance(rows, dict):
+            lines.append(f"| {mode} | - | - | {rows['skipped']} | | | |")
+            continue
+        for r in rows:
+            lines.append(
+                f"| {mode} | {r['concurrency']} | {r['requests']} | {r['throughput_rps']:.2f} | "
+                f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['failures']} |"
+            )
+    lines.append("")
+    for key, value in result["ratios"].items():
+        lines.append(f"- {key}: {value}")
+    ot = result["ort_vs_torch"]
+    torch_part = (
+        f"{ot['torch_ms']:.1f} ms (ORT/torch = {ot['ort_over_torch']:.2f})"
+        if "torch_ms" in ot
+        else ot["torch"]
+    )
+    lines.append(
+        f"- ONNX Runtime vs PyTorch eager, input {ot['input_shape']}: "
+        f"ORT {ot['ort_ms']:.1f} ms; torch {torch_part}"
+    )
+    rss = result["peak_rss_12mp"]
+    lines.append(
+        f"- One 12 MP JPEG (4000x3000, {rss['tiles']} tiles): status {rss['status']}, "
+        f"{rss['seconds']:.1f} s, "
+        f"API peak RSS {rss['peak_rss_mb']:.0f} MiB (before the request: {rss['peak_rss_before_mb']:.0f} MiB)"
+    )
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_doc(section: str) -> None:
+    """Replace (or append) the serve section of docs/BENCHMARKS.md."""
+    text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    DOC.write_text(text)
+
+
+def ratios(serving: dict[str, Any]) -> dict[str, str]:
+    """Throughput of batching vs none at the highest concurrency; Redis vs embedded p50 at concurrency 1."""
+    out: dict[str, str] = {}
+    off, emb, red = serving.get("batching_off"), serving.get("embedded"), serving.get("redis_1_worker")
+    if isinstance(off, list) and isinstance(emb, list):
+        out[f"embedded batching / batching off throughput at concurrency {emb[-1]['concurrency']}"] = (
+            f"{emb[-1]['throughput_rps'] / off[-1]['throughput_rps']:.2f}x (target >= 1.3x)"
+        )
+    if isinstance(emb, list) and isinstance(red, list):
+        out["Redis p50 - embedded p50 at concurrency 1"] = (
+            f"{red[0]['p50_ms'] - emb[0]['p50_ms']:+.1f} ms (target <= 15 ms)"
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run everything, print a summary (JSON with --json) and rewrite the docs section."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--model-store", type=Path, default=DEFAULT_MODEL_STORE)
+    parser.add_argument("--model", default="dir-restore", help="restoration entry ('name' or 'name/version')")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT intra-op threads")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--repeats", type=int, default=10, help="forward passes for ORT vs torch")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    entry = resolve_entry(args.model_store, args.model, "restore")
+    env = {
+        "DIR_MODEL_STORE": str(args.model_store),
+        "DIR_RESTORE_MODEL": entry.ref,
+        "DIR_INTRA_OP_THREADS": str(args.threads),
+        "DIR_REQUEST_TIMEOUT_S": "1800",
+        "DIR_QUEUE_BOUND": "100000",
+    }
+    photo = Image.open(data_root() / "cset14" / "lenna.png").convert("RGB")
+    body = jpeg_bytes(photo)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    redis_url = args.redis if redis_reachable(args.redis) else None
+    serving = serving_rows(body, levels, env, redis_url)
+    image = np.asarray(Image.open(io.BytesIO(body)), dtype=np.float32) / 255
+    tile = entry.manifest.tile
+    result = {
+        "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs, no GPU, {platform.system()}",
+        "command": "python benchmarks/serve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": entry.ref,
+        "tile": f"{tile.size}/{tile.overlap}" if tile else "default 256/32",
+        "threads": args.threads,
+        "serving": serving,
+        "ratios": ratios(serving),
+        "ort_vs_torch": ort_vs_torch(entry, args.threads, image, args.repeats),
+        "peak_rss_12mp": peak_rss_12mp(env, photo),
+    }
+    if not args.no_doc:
+        write_doc(markdown(result))
+    print(json.dumps(result, indent=2) if args.json else markdown(result))
+
+
+if __name__ == "__main__":
+    main()
