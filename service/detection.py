@@ -202,6 +202,11 @@ def check_output_shape(shape: Sequence[int | str | None], layout: str, num_class
         )
 
 
+def input_dtype(onnx_type: str) -> type[np.floating[Any]]:
+    """numpy dtype for an ONNX Runtime input type string: float16 for "tensor(float16)", else float32."""
+    return np.float16 if onnx_type == "tensor(float16)" else np.float32
+
+
 class Detector:
     """A loaded detector entry (see :func:`load_detector`). Thread-safe for concurrent ``detect`` calls."""
 
@@ -215,16 +220,19 @@ class Detector:
         self.entry_dir = entry_dir
         self.name = manifest.name
         self.version = manifest.version
-        self.class_names: list[str] = list(extra["class_names"])
-        self.input_size = int(extra["input_size"])
-        self.channel_order = str(extra["channel_order"]).upper()
-        self.resize_mode = str(extra["resize"])
-        self.pad_value = int(extra.get("pad_value", 114))
-        self.layout = str(extra["output_layout"])
-        self.conf = float(extra.get("conf_threshold", 0.25))
-        self.iou = float(extra.get("nms_iou", 0.45))
-        self.max_det = int(extra.get("max_det", 300))
-        self.eval_conf = float(extra.get("eval_conf_threshold", 0.001))
+        try:
+            self.class_names: list[str] = [str(n) for n in extra["class_names"]]
+            self.input_size = int(extra["input_size"])
+            self.channel_order = str(extra["channel_order"]).upper()
+            self.resize_mode = str(extra["resize"])
+            self.pad_value = int(extra.get("pad_value", 114))
+            self.layout = str(extra["output_layout"])
+            self.conf = float(extra.get("conf_threshold", 0.25))
+            self.iou = float(extra.get("nms_iou", 0.45))
+            self.max_det = int(extra.get("max_det", 300))
+            self.eval_conf = float(extra.get("eval_conf_threshold", 0.001))
+        except (TypeError, ValueError) as exc:
+            raise ModelStoreError(f"detector entry {entry_dir}: malformed manifest.extra: {exc}") from exc
         if self.channel_order not in ("RGB", "BGR") or self.resize_mode not in ("stretch", "letterbox"):
             raise ModelStoreError(
                 f"detector entry {entry_dir}: channel_order {self.channel_order!r} must be RGB or BGR and "
@@ -232,9 +240,10 @@ class Detector:
             )
         out = session.get_outputs()[0]
         check_output_shape(out.shape, self.layout, len(self.class_names))
-        self.input_name: str = session.get_inputs()[0].name
-        batch_dim = session.get_inputs()[0].shape[0]
-        self.dynamic_batch = not isinstance(batch_dim, int)
+        graph_input = session.get_inputs()[0]
+        self.input_name: str = graph_input.name
+        self.input_dtype = input_dtype(graph_input.type)
+        self.dynamic_batch = not isinstance(graph_input.shape[0], int)
 
     def preprocess(self, image_rgb: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """(H, W, 3) uint8 RGB -> ((3, S, S) float32 in [0, 1] in the entry's channel order, mapping back)."""
@@ -256,11 +265,14 @@ class Detector:
         return np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32) / 255.0, box
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Raw graph call: (N, 3, S, S) float32 -> the layout's raw output (N, ...). Loops where the graph
-        has a fixed batch of 1."""
+        """Raw graph call: (N, 3, S, S) float32 -> the layout's raw output (N, ...) as float32. Loops where
+        the graph has a fixed batch of 1; casts to float16 for half-precision exports."""
+        batch = batch.astype(self.input_dtype, copy=False)
         if self.dynamic_batch or len(batch) == 1:
-            return np.asarray(self.session.run(None, {self.input_name: batch})[0])
-        return np.concatenate([self.session.run(None, {self.input_name: b[None]})[0] for b in batch])
+            out = self.session.run(None, {self.input_name: batch})[0]
+        else:
+            out = np.concatenate([self.session.run(None, {self.input_name: b[None]})[0] for b in batch])
+        return np.asarray(out, dtype=np.float32)
 
     def postprocess(
         self, pred: np.ndarray, box: Letterbox, conf: float | None = None, iou: float | None = None

@@ -28,20 +28,29 @@ def yf_entry(yf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def constant_detector_onnx(
-    path: Path, output: np.ndarray, input_size: int, batch: int | str = "N", symbolic_output: bool = False
+    path: Path,
+    output: np.ndarray,
+    input_size: int,
+    batch: int | str = "N",
+    symbolic_output: bool = False,
+    half: bool = False,
 ) -> Path:
     """Write an ONNX graph: input "images" (batch, 3, S, S) -> ``output`` (1, ...) broadcast to the batch.
 
     The output ignores the pixels (adds 0 x their mean) so decode and letterbox tests know it exactly.
-    ``symbolic_output`` declares the output dims after the batch as named (unknown until run).
+    ``symbolic_output`` declares the output dims after the batch as named (unknown until run); ``half``
+    makes input and output float16 (as a half-precision export), computing in float32 in between.
     """
     out = output.astype(np.float32)
     out_dims = [f"d{i}" for i in range(1, out.ndim)] if symbolic_output else list(out.shape[1:])
+    io_type = TensorProto.FLOAT16 if half else TensorProto.FLOAT
     nodes = [
-        helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Cast", ["images"], ["images32"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["images32"], ["mean"], axes=[1, 2, 3], keepdims=0),
         helper.make_node("Reshape", ["mean", "shape"], ["mean_b"]),
         helper.make_node("Mul", ["mean_b", "zero"], ["zeros"]),
-        helper.make_node("Add", ["zeros", "fixed"], ["output0"]),
+        helper.make_node("Add", ["zeros", "fixed"], ["output32"]),
+        helper.make_node("Cast", ["output32"], ["output0"], to=io_type),
     ]
     inits = [
         numpy_helper.from_array(np.asarray([-1] + [1] * (out.ndim - 1), dtype=np.int64), "shape"),
@@ -51,8 +60,8 @@ def constant_detector_onnx(
     graph = helper.make_graph(
         nodes,
         "constant_detector",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, input_size, input_size])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, *out_dims])],
+        [helper.make_tensor_value_info("images", io_type, [batch, 3, input_size, input_size])],
+        [helper.make_tensor_value_info("output0", io_type, [batch, *out_dims])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -112,6 +112,16 @@ def test_user_onnx_entry_detects_with_letterbox(tmp_path: Path, names_file: Path
     assert det.detect(image, conf=0.99) == []
 
 
+def test_half_precision_fixed_batch_export(tmp_path: Path, names_file: Path) -> None:
+    row = np.array([[[32.0, 32.0, 32.0, 16.0, 0.9, 0.1, 0.9]]], dtype=np.float32)
+    onnx_path = constant_detector_onnx(tmp_path / "half.onnx", row, 64, batch=1, half=True)
+    entry = install_onnx(onnx_path, tmp_path / "store", "yolov5", read_names(names_file), 64, "half")
+    det = load_detector(entry)
+    assert not det.dynamic_batch
+    results = det.detect_batch([np.zeros((64, 64, 3), np.uint8)] * 2)
+    assert [r[0].box for r in results] == [pytest.approx((16.0, 24.0, 48.0, 40.0), abs=1e-2)] * 2
+
+
 def test_wrong_layout_onnx_is_rejected(tmp_path: Path, names_file: Path) -> None:
     v8_like = np.zeros((1, 6, 10), np.float32)  # (N, 4 + C, B) with C=2
     expected = r"\['N', 6, 10\] does not match layout 'yolov5'.*dim 2 = 7"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.detection import LAYOUTS, DetectorLayoutError, check_output_shape
+from service.detection import LAYOUTS, DetectorLayoutError, check_output_shape, input_dtype
 from service.errors import ModelStoreError
 from service.manifest import Manifest, ModelFile, TensorSpec, sha256_file, write_manifest
 from training.detect.model import (
@@ -278,10 +278,8 @@ def install_onnx(
     try:
         check_output_shape(out_shape, layout, len(class_names))
         sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-        run_shape = sess.run(None, {input_name: np.zeros((1, 3, input_size, input_size), np.float32)})[
-            0
-        ].shape
-        check_output_shape(list(run_shape), layout, len(class_names))
+        zeros = np.zeros((1, 3, input_size, input_size), input_dtype(sess.get_inputs()[0].type))
+        check_output_shape(list(sess.run(None, {input_name: zeros})[0].shape), layout, len(class_names))
     except DetectorLayoutError as exc:
         raise DetectorLayoutError(f"{onnx_file}: {exc}") from exc
     entry = _entry_dir(store, name, version, force)
