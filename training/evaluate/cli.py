@@ -19,7 +19,7 @@ from training.evaluate.methods import MethodContext, method_names, resolve_metho
 from training.evaluate.niqe import niqe
 from training.evaluate.protocols import protocol_names
 from training.evaluate.report import write_report
-from training.evaluate.runner import RunResult, run_protocol
+from training.evaluate.runner import RunResult, ScoreCache, run_protocol
 from training.paths import REPO_ROOT
 
 
@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report", type=Path, default=None, help="write the Markdown report here (figures in img/)"
     )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="folder of cached per-image peer scores (reused when inputs are byte-identical)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "dir-eval " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     ctx = MethodContext(run_dir=args.run, model_store=args.model_store)
     datasets = [d.strip() for d in args.datasets.split(",")] if args.datasets else None
+    cache = ScoreCache(args.cache) if args.cache else None
     try:
         methods = resolve_methods(args.methods)
         runs: list[RunResult | DetectRun] = []
@@ -87,7 +94,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             nr = ("NIQE", niqe) if protocol == "real" else None
             image_run = run_protocol(
-                protocol, methods, ctx, datasets, args.limit, nr_score=nr, progress=not args.no_progress
+                protocol,
+                methods,
+                ctx,
+                datasets,
+                args.limit,
+                nr_score=nr,
+                progress=not args.no_progress,
+                cache=cache,
             )
             runs.append(image_run)
             for m in image_run.methods:

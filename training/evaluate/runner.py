@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from statistics import fmean
 
 import numpy as np
@@ -23,6 +26,9 @@ NoReferenceScore = Callable[[torch.Tensor], float]
 """(1, 3, H, W) sRGB [0, 1] -> a no-reference quality score (lower is better)."""
 
 FIGURE_CROP = 160
+CACHE_VERSION = 1
+"""Bump when a cached method's code changes so its old scores are not reused."""
+CACHED_FAMILIES = ("reference", "peer")
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,41 @@ class RunResult:
         return out
 
 
+class ScoreCache:
+    """Per-image scores of the deterministic methods (families "reference" and "peer"), kept on disk as
+    JSON lines so that a later run (e.g. one adding freshly trained checkpoints) reuses them.
+
+    The key holds the method, the sha1 of the exact degraded input tensor (so a change of the ISP simulator
+    invalidates it), the dataset, image name, no-reference score name and :data:`CACHE_VERSION`. Timings
+    are cached with the scores: they are those of the run that computed them.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "scores.jsonl"
+        self.entries: dict[str, ImageScore] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                row = json.loads(line)
+                self.entries[row["key"]] = ImageScore(**row["score"])
+
+    @staticmethod
+    def key(method: str, sample: Sample, nr_name: str | None) -> str:
+        """The cache key of one method on one sample."""
+        digest = hashlib.sha1(sample.degraded.numpy().tobytes()).hexdigest()
+        return f"v{CACHE_VERSION}/{method}/{sample.dataset}/{sample.name}/{digest}/{nr_name}"
+
+    def get(self, key: str) -> ImageScore | None:
+        """The cached score, or None."""
+        return self.entries.get(key)
+
+    def put(self, key: str, score: ImageScore) -> None:
+        """Record a score (appended to the file at once)."""
+        self.entries[key] = score
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"key": key, "score": asdict(score)}) + "\n")
+
+
 def machine_description() -> str:
     """CPU model, logical cores and torch threads of this machine, in words."""
     model = platform.processor() or platform.machine()
@@ -145,12 +186,15 @@ def run_protocol(
     limit: int | None = None,
     nr_score: tuple[str, NoReferenceScore] | None = None,
     progress: bool = True,
+    cache: ScoreCache | None = None,
 ) -> RunResult:
     """Score every method on the protocol's samples (the same degraded tensors for all methods).
 
     ``limit``: at most this many images per dataset (the first ones, sorted by file name). ``nr_score``:
     (name, function) of a no-reference score computed on every output.
-    A method that cannot be built is recorded with its reason and skipped.
+    A method that cannot be built is recorded with its reason and skipped. ``cache``: reuse / record the
+    scores of the deterministic methods (the first image of each dataset is always recomputed for the
+    figure).
     """
     spec = get_protocol(protocol)
     names = list(datasets) if datasets else list(spec.default_datasets)
@@ -182,7 +226,18 @@ def run_protocol(
             continue
         result.version = restore.version
         usable = [s for s in samples if s.clean is not None] if mspec.oracle else samples
+        nr_name = nr_score[0] if nr_score else None
         for sample in tqdm(usable, desc=f"{protocol}:{mspec.name}", unit="img", disable=not progress):
+            is_first = sample is first[sample.dataset]
+            key = (
+                ScoreCache.key(mspec.name, sample, nr_name)
+                if cache and mspec.family in CACHED_FAMILIES
+                else None
+            )
+            cached = cache.get(key) if cache and key else None
+            if cached is not None and not is_first:
+                result.scores.append(cached)
+                continue
             start = time.perf_counter()
             out = restore(sample.degraded, sample.clean)
             seconds = time.perf_counter() - start
@@ -193,9 +248,10 @@ def run_protocol(
             if sample.clean is not None:
                 p, s = psnr(out, sample.clean)[0], ssim(out, sample.clean)[0]
             nr = nr_score[1](out) if nr_score is not None else None
-            result.scores.append(
-                ImageScore(sample.dataset, sample.name, p, s, nr, seconds, sample.megapixels)
-            )
-            if sample is first[sample.dataset] and mspec.family != "reference":
+            score = ImageScore(sample.dataset, sample.name, p, s, nr, seconds, sample.megapixels)
+            result.scores.append(score)
+            if cache and key and cached is None:
+                cache.put(key, score)
+            if is_first and mspec.family != "reference":
                 run.crops[sample.dataset][mspec.label] = _to_uint8(out, _crop_box(sample))
     return run
