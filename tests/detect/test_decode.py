@@ -21,7 +21,7 @@ from service.detection import (
 )
 from service.errors import BadInput, ModelStoreError
 from tests.detect.conftest import constant_detector_onnx
-from training.detect.export import install_onnx, read_names
+from training.detect.entries import install_onnx, read_names
 
 # Four YOLOv5 rows over C=2 classes: cx, cy, w, h, obj, p(cat), p(dog).
 V5_ROWS = np.array(

@@ -11,7 +11,8 @@ from PIL import Image
 
 from service.detection import load_detector
 from tests.detect.conftest import WEIGHTS
-from training.detect.export import COCO_NAMES, WeightLoadError, load_yolo_fastestv2, read_names
+from training.detect.entries import read_names
+from training.detect.export import COCO_NAMES, WeightLoadError, load_yolo_fastestv2
 from training.detect.metrics import coco128_dirs, evaluate_detector
 from training.detect.model import YoloFastestV2, YoloFastestV2Export
 

@@ -32,7 +32,8 @@ def _entry_name(text: str) -> str:
 
 
 def _add_yolo_fastestv2(args: argparse.Namespace) -> int:
-    from training.detect.export import install_yolo_fastestv2, read_names
+    from training.detect.entries import read_names
+    from training.detect.export import install_yolo_fastestv2
 
     names = read_names(args.names) if args.names else None
     entry = install_yolo_fastestv2(args.path, args.store, args.name, args.version, names, args.force)
@@ -42,7 +43,7 @@ def _add_yolo_fastestv2(args: argparse.Namespace) -> int:
 
 
 def _add_onnx(args: argparse.Namespace) -> int:
-    from training.detect.export import install_onnx, read_names
+    from training.detect.entries import install_onnx, read_names
 
     entry = install_onnx(
         args.path,
