@@ -8,7 +8,7 @@ row/column at the bottom/right to even size for the Bayer mosaic and cropped bac
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ def degrade(
     if len(params) != n or not all(isinstance(p, ISPParams) for p in params):
         raise ParamsError(f"need one ISPParams per image: {n} images, got {len(params)} records")
     if not jpeg:
-        params = [p if p.jpeg_quality is None else _without_jpeg(p) for p in params]
+        params = [replace(p, jpeg_quality=None) for p in params]
     stages: Stages | None = {} if keep_stages else None
     # Reflect-pad odd sizes to even for the Bayer mosaic.
     x = F.pad(clean, (0, w % 2, 0, h % 2), mode="reflect") if (h % 2 or w % 2) else clean
@@ -151,13 +151,6 @@ def degrade(
     # JPEG at each image's quality (on the CPU).
     out = jpeg_compress(out, [p.jpeg_quality for p in params])
     return SimResult(clean=clean, degraded=out, params=list(params), stages=stages or {})
-
-
-def _without_jpeg(p: ISPParams) -> ISPParams:
-    """``p`` with the JPEG stage switched off."""
-    d = p.to_dict()
-    d["jpeg_quality"] = None
-    return ISPParams.from_dict(d)
 
 
 def simulate(
