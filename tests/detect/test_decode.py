@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +201,11 @@ def test_draw_detections_marks_the_box() -> None:
     assert drawn.shape == image.shape and drawn.dtype == np.uint8
     assert drawn[40, 10].any() and drawn[40, 50].any() and not drawn[40, 30].any()
     assert not image.any()
+
+
+def test_runtime_side_imports_no_torch() -> None:
+    code = (
+        "import sys, service.detection, training.detect.entries, training.detect.metrics; "
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
