@@ -22,7 +22,9 @@ import pytest
 import redis
 
 from service.app import create_app
-from service.settings import Settings
+from service.errors import ModelStoreError
+from service.settings import DEFAULT_MODEL_STORE, Settings
+from service.store import ModelEntry, resolve_entry
 from tests.service.fixture_model import build_entry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,14 +97,40 @@ def fixture_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
+@pytest.fixture(scope="session")
+def served_entry(fixture_store: Path) -> ModelEntry:
+    """The committed default restoration entry (``model_store/dir-restore/<highest>``) when the repository
+    has one, else the fixture entry: endpoint tests run on what ``make serve`` serves."""
+    try:
+        return resolve_entry(DEFAULT_MODEL_STORE, "dir-restore", "restore")
+    except ModelStoreError:
+        return resolve_entry(fixture_store, "dir-restore", "restore")
+
+
 @pytest.fixture
 def make_settings(fixture_store: Path) -> Callable[..., Settings]:
-    """Factory: ``Settings`` on the fixture store with one ORT thread, overridden by keyword."""
+    """Factory: ``Settings`` on the fixture store, one ORT thread, no detector; keywords override."""
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"model_store": fixture_store, "intra_op_threads": 1, "detect_model": ""}
+        values: dict[str, Any] = {
+            "model_store": fixture_store,
+            "intra_op_threads": 1,
+            "detect_model": "no-such-detector",
+        }
         values.update(overrides)
         return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def api_settings(make_settings: Callable[..., Settings], served_entry: ModelEntry) -> Callable[..., Settings]:
+    """Factory: like ``make_settings`` but on the store of ``served_entry`` (the committed model if any)."""
+
+    def make(**overrides: Any) -> Settings:
+        return make_settings(
+            model_store=served_entry.path.parent.parent, restore_model=served_entry.ref, **overrides
+        )
 
     return make
 

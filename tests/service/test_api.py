@@ -15,6 +15,8 @@ from PIL import Image
 from safetensors.numpy import load as safetensors_load
 
 from service.settings import Settings
+from service.store import ModelEntry
+from service.tiling import plan_tiles
 from tests.service.conftest import image_bytes, serve
 
 
@@ -56,15 +58,17 @@ def decode(body: bytes) -> Image.Image:
     return image
 
 
-async def test_restore_png_raw_body(make_settings: Callable[..., Settings], lenna: Path) -> None:
-    async with serve(make_settings()) as client:
+async def test_restore_png_raw_body(
+    api_settings: Callable[..., Settings], served_entry: ModelEntry, lenna: Path
+) -> None:
+    async with serve(api_settings()) as client:
         response = await client.post(
             "/v1/restore", content=lenna.read_bytes(), headers={"Content-Type": "image/png"}
         )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
-    assert response.headers["x-model-version"] == "0.0.1"
-    assert response.headers["x-model"] == "dir-restore/0.0.1"
+    assert response.headers["x-model-version"] == served_entry.manifest.version
+    assert response.headers["x-model"] == served_entry.ref
     assert "compute;dur=" in response.headers["server-timing"]
     out = decode(response.content)
     assert out.size == (512, 512) and out.format == "PNG"
@@ -81,9 +85,9 @@ async def test_restore_png_raw_body(make_settings: Callable[..., Settings], lenn
     ],
 )
 async def test_restore_output_format(
-    make_settings: Callable[..., Settings], camera_jpeg: Path, query: str, accept: str, expected: str
+    api_settings: Callable[..., Settings], camera_jpeg: Path, query: str, accept: str, expected: str
 ) -> None:
-    async with serve(make_settings()) as client:
+    async with serve(api_settings()) as client:
         headers = {"Accept": accept} if accept else {}
         response = await client.post(f"/v1/restore{query}", content=camera_jpeg.read_bytes(), headers=headers)
     assert response.status_code == 200, response.text
@@ -93,14 +97,14 @@ async def test_restore_output_format(
 
 
 async def test_restore_multipart_jpeg_webp_and_16bit(
-    make_settings: Callable[..., Settings], camera_jpeg: Path, dataset: Callable[[str], Path]
+    api_settings: Callable[..., Settings], camera_jpeg: Path, dataset: Callable[[str], Path]
 ) -> None:
     rni = sorted(dataset("rni15").glob("*.png"))[0]
     grey16 = io.BytesIO()
     grey = np.asarray(Image.open(rni).convert("L"), dtype=np.uint16) * 257
     Image.fromarray(grey).save(grey16, format="PNG")
     rgb16 = png16_rgb(np.asarray(Image.open(rni).convert("RGB"), dtype=np.uint16) * 257)
-    async with serve(make_settings()) as client:
+    async with serve(api_settings()) as client:
         multipart = await client.post(
             "/v1/restore", files={"file": ("cam.jpg", camera_jpeg.read_bytes(), "image/jpeg")}
         )
@@ -118,13 +122,13 @@ async def test_restore_multipart_jpeg_webp_and_16bit(
     )
 
 
-async def test_exif_orientation_is_applied(make_settings: Callable[..., Settings], camera_jpeg: Path) -> None:
+async def test_exif_orientation_is_applied(api_settings: Callable[..., Settings], camera_jpeg: Path) -> None:
     source = Image.open(camera_jpeg)
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     buffer = io.BytesIO()
     source.save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
-    async with serve(make_settings()) as client:
+    async with serve(api_settings()) as client:
         response = await client.post("/v1/restore", content=buffer.getvalue())
     assert response.status_code == 200, response.text
     width, height = source.size
@@ -132,11 +136,20 @@ async def test_exif_orientation_is_applied(make_settings: Callable[..., Settings
     assert response.headers["x-image-size"] == f"{height}x{width}"
 
 
-async def test_represent_formats(make_settings: Callable[..., Settings], camera_jpeg: Path) -> None:
+def latent_geometry(entry: ModelEntry) -> tuple[int, int]:
+    """(channels, downscale) of ``r_plus`` from the manifest's symbolic shape ["N", C, "H/s", "W/s"]."""
+    shape = next(o.shape for o in entry.manifest.outputs if o.name == "r_plus")
+    return int(shape[1]), int(str(shape[2]).split("/")[1])
+
+
+async def test_represent_formats(
+    api_settings: Callable[..., Settings], served_entry: ModelEntry, camera_jpeg: Path
+) -> None:
     body = camera_jpeg.read_bytes()
     width, height = Image.open(camera_jpeg).size
-    latent = (8, -(-height // 4), -(-width // 4))
-    async with serve(make_settings()) as client:
+    channels, scale = latent_geometry(served_entry)
+    latent = (channels, -(-height // scale), -(-width // scale))
+    async with serve(api_settings()) as client:
         npy = await client.post("/v1/represent", content=body)
         r0 = await client.post("/v1/represent?outputs=r0", content=body)
         st = await client.post("/v1/represent?outputs=r_plus,r0,pilot&format=safetensors", content=body)
@@ -152,25 +165,25 @@ async def test_represent_formats(make_settings: Callable[..., Settings], camera_
     assert set(tensors) == {"r_plus", "r0", "pilot"}
     np.testing.assert_array_equal(tensors["r_plus"], r_plus)
     payload = js.json()["arrays"]["r_plus"]
-    assert payload["shape"] == list(latent) and payload["scale"] == 4
+    assert payload["shape"] == list(latent) and payload["scale"] == scale
     decoded = np.frombuffer(base64.b64decode(payload["data"]), dtype="<f4").reshape(latent)
     np.testing.assert_array_equal(decoded, r_plus)
 
 
 @pytest.mark.parametrize("query", ["?outputs=r_plus,r0", "?outputs=nonsense", "?format=pickle"])
 async def test_represent_bad_parameters(
-    make_settings: Callable[..., Settings], lenna: Path, query: str
+    api_settings: Callable[..., Settings], lenna: Path, query: str
 ) -> None:
-    async with serve(make_settings()) as client:
+    async with serve(api_settings()) as client:
         response = await client.post(f"/v1/represent{query}", content=lenna.read_bytes())
     assert response.status_code == 422
     assert response.json()["message"]
 
 
 async def test_detect_without_detector_is_503(
-    make_settings: Callable[..., Settings], camera_jpeg: Path
+    api_settings: Callable[..., Settings], camera_jpeg: Path
 ) -> None:
-    async with serve(make_settings()) as client:
+    async with serve(api_settings()) as client:
         response = await client.post("/v1/detect", content=camera_jpeg.read_bytes())
         ready = await client.get("/readyz")
     assert response.status_code == 503
@@ -180,17 +193,18 @@ async def test_detect_without_detector_is_503(
     assert ready.status_code == 200
 
 
-async def test_ops_endpoints(make_settings: Callable[..., Settings]) -> None:
-    async with serve(make_settings()) as client:
+async def test_ops_endpoints(api_settings: Callable[..., Settings], served_entry: ModelEntry) -> None:
+    async with serve(api_settings()) as client:
         health = await client.get("/healthz")
         ready = await client.get("/readyz")
         models = await client.get("/v1/models")
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200 and ready.json()["ready"] is True
     listing = models.json()
-    assert listing["restore"] == "dir-restore/0.0.1" and listing["detect"] is None
-    assert listing["models"][0]["loaded"] is True
-    assert listing["models"][0]["outputs"] == ["restored", "r_plus", "r0", "pilot"]
+    assert listing["restore"] == served_entry.ref and listing["detect"] is None
+    served = [m for m in listing["models"] if f"{m['name']}/{m['version']}" == served_entry.ref]
+    assert served[0]["loaded"] is True
+    assert served[0]["outputs"][:4] == ["restored", "r_plus", "r0", "pilot"]
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
@@ -202,13 +216,18 @@ def _sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_metrics_move(make_settings: Callable[..., Settings], lenna: Path) -> None:
-    async with serve(make_settings()) as client:
+async def test_metrics_move(
+    api_settings: Callable[..., Settings], served_entry: ModelEntry, lenna: Path
+) -> None:
+    async with serve(api_settings()) as client:
         before = (await client.get("/metrics")).text
         await client.post("/v1/restore", content=lenna.read_bytes())
         await client.post("/v1/restore", content=b"not an image")
         after = (await client.get("/metrics")).text
-    model = "dir-restore/0.0.1"
+    model = served_entry.ref
+    tile = served_entry.manifest.tile
+    assert tile is not None
+    tiles = plan_tiles(512, 512, tile.size, tile.overlap, served_entry.manifest.size_multiple).count
     ok = {"endpoint": "/v1/restore", "status": "200"}
     assert (
         _sample(after, "dir_request_duration_seconds_count", **ok)
@@ -217,15 +236,15 @@ async def test_metrics_move(make_settings: Callable[..., Settings], lenna: Path)
     assert _sample(after, "dir_batch_size_count", model=model) > _sample(
         before, "dir_batch_size_count", model=model
     )
-    assert _sample(after, "dir_batch_size_sum", model=model) >= 100  # lenna is 100 tiles of 64 px
-    assert _sample(after, "dir_queue_wait_seconds_count", model=model) >= 100
+    assert _sample(after, "dir_batch_size_sum", model=model) >= tiles
+    assert _sample(after, "dir_queue_wait_seconds_count", model=model) >= tiles
     assert _sample(after, "dir_compute_seconds_count", model=model) > 0
     assert "dir_queue_depth" in after
     assert _sample(after, "dir_rejected_total", reason="bad_input") == 1
 
 
-async def test_api_keys(make_settings: Callable[..., Settings], lenna: Path) -> None:
-    async with serve(make_settings(api_keys="k1, k2")) as client:
+async def test_api_keys(api_settings: Callable[..., Settings], lenna: Path) -> None:
+    async with serve(api_settings(api_keys="k1, k2")) as client:
         missing = await client.post("/v1/restore", content=lenna.read_bytes())
         wrong = await client.post(
             "/v1/represent", content=lenna.read_bytes(), headers={"Authorization": "Bearer x"}
@@ -242,11 +261,11 @@ async def test_api_keys(make_settings: Callable[..., Settings], lenna: Path) -> 
     assert _sample(metrics, "dir_rejected_total", reason="unauthorized") == 3
 
 
-async def test_static_demo_page(make_settings: Callable[..., Settings]) -> None:
+async def test_static_demo_page(api_settings: Callable[..., Settings]) -> None:
     index = Path(__file__).resolve().parents[2] / "service" / "static" / "index.html"
     if not index.is_file():
         pytest.skip("service/static/index.html is absent")
-    async with serve(make_settings()) as client:
+    async with serve(api_settings()) as client:
         response = await client.get("/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")

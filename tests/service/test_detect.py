@@ -34,7 +34,7 @@ async def test_detect_compare_and_annotate(
 ) -> None:
     photo = dataset("yolo_fastestv2") / "img" / "000004.jpg"
     width, height = Image.open(photo).size
-    async with serve(make_settings(model_store=detector_store)) as client:
+    async with serve(make_settings(model_store=detector_store, detect_model="")) as client:
         plain = await client.post("/v1/detect", content=photo.read_bytes())
         full = await client.post(
             "/v1/detect?compare=true&annotate=true",
