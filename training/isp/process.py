@@ -6,6 +6,7 @@ Every function is pure and works on batched tensors on any device; per-image hyp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -65,7 +66,7 @@ def apply_raw_gains(
 
 
 def _slot(site: str, channel: str, horizontal_neighbour: str) -> int:
-    """Which filtered map (0 = raw value, 1..4 = kernel slots 0..3) gives ``channel`` at ``site``."""
+    """Which estimate gives ``channel`` at a ``site``: 0 = the raw value itself, 1..4 = kernel slot 0..3."""
     if site == channel:
         return 0
     if channel == "G":
@@ -75,32 +76,46 @@ def _slot(site: str, channel: str, horizontal_neighbour: str) -> int:
     return 4
 
 
-def _demosaic_group(raw: torch.Tensor, pattern: str, method: str) -> torch.Tensor:
-    """Demosaic images that share one CFA pattern and method: ``(M, 1, H, W)`` -> ``(M, 3, H, W)``."""
-    kernels = DEMOSAIC_KERNELS[method].to(raw).unsqueeze(1)
-    filtered = F.conv2d(F.pad(raw, (2, 2, 2, 2), mode="reflect"), kernels)
-    maps = torch.cat([raw, filtered], dim=1)
-    out = torch.empty(raw.shape[0], 3, raw.shape[2], raw.shape[3], dtype=raw.dtype, device=raw.device)
-    for site_index, site in enumerate(pattern):
-        dy, dx = divmod(site_index, 2)
-        horizontal_neighbour = pattern[dy * 2 + (1 - dx)]
+@functools.cache
+def phase_weights(pattern: str, method: str) -> torch.Tensor:
+    """The 5x5 Bayer kernels of ``method`` rewritten as one 3x3 convolution over the four phase planes.
+
+    Input: the mosaic split into its 2x2 phases (``pixel_unshuffle``: channel ``2 * dy + dx`` holds the
+    sites at row parity ``dy``, column parity ``dx``). Output channel ``4 * c + site`` is colour ``c`` (R, G,
+    B) at that site, ready for ``pixel_shuffle``. Returns a ``(12, 4, 3, 3)`` float32 weight.
+    """
+    kernels = DEMOSAIC_KERNELS[method]
+    weight = torch.zeros(12, 4, 3, 3)
+    for site, site_colour in enumerate(pattern):
+        dy, dx = divmod(site, 2)
+        horizontal_neighbour = pattern[2 * dy + 1 - dx]
         for c, channel in enumerate("RGB"):
-            out[:, c, dy::2, dx::2] = maps[:, _slot(site, channel, horizontal_neighbour), dy::2, dx::2]
-    return out
+            slot = _slot(site_colour, channel, horizontal_neighbour)
+            if slot == 0:
+                weight[4 * c + site, site, 1, 1] = 1.0
+                continue
+            for i, j in kernels[slot - 1].nonzero().tolist():
+                y, x = dy + i - 2, dx + j - 2
+                weight[4 * c + site, 2 * (y % 2) + x % 2, y // 2 + 1, x // 2 + 1] += kernels[slot - 1, i, j]
+    return weight
 
 
 def demosaic(raw: torch.Tensor, cfa: Sequence[str], methods: Sequence[str]) -> torch.Tensor:
     """Demosaic ``(N, 1, H, W)`` RAW (``H, W`` even) to ``(N, 3, H, W)`` camera RGB, linear, not clipped.
 
-    Image ``n`` uses pattern ``cfa[n]`` and method ``methods[n]`` (``"bilinear"`` or ``"malvar"``), both
-    realised as 5x5 convolutions with reflect padding (which keeps the Bayer phase at the borders).
+    Image ``n`` uses pattern ``cfa[n]`` and method ``methods[n]`` (``"bilinear"`` or ``"malvar"``). Both are
+    the 5x5 convolutions of :data:`DEMOSAIC_KERNELS` with reflect padding (which keeps the Bayer phase at the
+    borders), evaluated at half resolution on the phase planes (:func:`phase_weights`), one convolution per
+    (pattern, method) group in the batch.
     """
-    out = torch.empty(raw.shape[0], 3, raw.shape[2], raw.shape[3], dtype=raw.dtype, device=raw.device)
-    for key in sorted(set(zip(cfa, methods, strict=True))):
-        idx = [i for i, k in enumerate(zip(cfa, methods, strict=True)) if k == key]
-        index = torch.tensor(idx, device=raw.device)
-        out[index] = _demosaic_group(raw[index], *key)
-    return out
+    n, _, h, w = raw.shape
+    planes = F.pixel_unshuffle(F.pad(raw, (2, 2, 2, 2), mode="reflect"), 2)
+    out = torch.empty(n, 12, h // 2, w // 2, dtype=raw.dtype, device=raw.device)
+    keys = list(zip(cfa, methods, strict=True))
+    for key in sorted(set(keys)):
+        index = torch.tensor([i for i, k in enumerate(keys) if k == key], device=raw.device)
+        out[index] = F.conv2d(planes[index], phase_weights(*key).to(raw))
+    return F.pixel_shuffle(out, 2)
 
 
 def denoise(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
