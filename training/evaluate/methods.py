@@ -210,11 +210,12 @@ def _checkpoint_builder(variant: DiRVariant) -> Callable[[MethodContext], Restor
             raise MethodUnavailableError(f"run folder not found: {ctx.run_dir}")
         try:
             from training.models import load_system
+            from training.train.errors import DiRError
         except ImportError as exc:
             raise MethodUnavailableError(f"training.models is not importable: {exc}") from exc
         try:
             system = load_system(ctx.run_dir, variant=variant, device=ctx.device)
-        except (FileNotFoundError, KeyError, ValueError, RuntimeError) as exc:
+        except (DiRError, OSError, KeyError, RuntimeError) as exc:
             raise MethodUnavailableError(
                 f"cannot load variant {variant!r} from {ctx.run_dir}: {exc}"
             ) from exc
