@@ -193,3 +193,13 @@ def test_grafana_provisioning_files_and_datasource(stack: dict[str, Any]) -> Non
     assert Path(home).parent.as_posix() == dash_target
     prom_mount = dict(_bind_sources(stack["services"]["prometheus"]))
     assert (df.DOCKER / next(iter(prom_mount))).resolve() == df.PROMETHEUS
+
+
+def test_deploy_doc_lists_every_setting_and_compose_variable(stack: dict[str, Any]) -> None:
+    doc = (df.ROOT / "docs" / "DEPLOY.md").read_text()
+    for field in Settings.model_fields:
+        assert f"`DIR_{field.upper()}`" in doc, f"docs/DEPLOY.md does not document DIR_{field.upper()}"
+    text = df.COMPOSE.read_text()
+    compose_vars = {var for var, _ in df.compose_defaults(text)}
+    for var in compose_vars:
+        assert f"`{var}`" in doc, f"docs/DEPLOY.md does not document {var} (used by compose.yaml)"
