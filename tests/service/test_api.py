@@ -42,14 +42,23 @@ def png16_rgb(pixels: np.ndarray) -> bytes:
     )
 
 
-@pytest.fixture
-def lenna(dataset: Callable[[str], Path]) -> Path:
-    return dataset("cset14") / "lenna.png"
+def crop_to(source: Path, target: Path, box: tuple[int, int, int, int], **save: object) -> Path:
+    """Save a crop of a real image (crops keep the suite fast on the real model: one 256-px tile each)."""
+    Image.open(source).crop(box).save(target, **save)  # type: ignore[arg-type]
+    return target
 
 
 @pytest.fixture
-def camera_jpeg(dataset: Callable[[str], Path]) -> Path:
-    return dataset("yolo_fastestv2") / "img" / "000004.jpg"
+def lenna(dataset: Callable[[str], Path], tmp_path: Path) -> Path:
+    """A 240x232 crop of cset14 lenna (PNG)."""
+    return crop_to(dataset("cset14") / "lenna.png", tmp_path / "lenna.png", (140, 150, 380, 382))
+
+
+@pytest.fixture
+def camera_jpeg(dataset: Callable[[str], Path], tmp_path: Path) -> Path:
+    """A 250x190 crop of a Yolo-FastestV2 sample photo, re-encoded as JPEG (quality 92)."""
+    source = dataset("yolo_fastestv2") / "img" / "000004.jpg"
+    return crop_to(source, tmp_path / "camera.jpg", (100, 100, 350, 290), quality=92)
 
 
 def decode(body: bytes) -> Image.Image:
@@ -71,7 +80,7 @@ async def test_restore_png_raw_body(
     assert response.headers["x-model"] == served_entry.ref
     assert "compute;dur=" in response.headers["server-timing"]
     out = decode(response.content)
-    assert out.size == (512, 512) and out.format == "PNG"
+    assert out.size == (240, 232) and out.format == "PNG"
     source = np.asarray(Image.open(lenna).convert("RGB"), dtype=np.float32)
     assert np.abs(np.asarray(out, dtype=np.float32) - source).mean() < 20
 
@@ -97,9 +106,9 @@ async def test_restore_output_format(
 
 
 async def test_restore_multipart_jpeg_webp_and_16bit(
-    api_settings: Callable[..., Settings], camera_jpeg: Path, dataset: Callable[[str], Path]
+    api_settings: Callable[..., Settings], camera_jpeg: Path, dataset: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    rni = sorted(dataset("rni15").glob("*.png"))[0]
+    rni = crop_to(sorted(dataset("rni15").glob("*.png"))[0], tmp_path / "rni.png", (0, 0, 200, 180))
     grey16 = io.BytesIO()
     grey = np.asarray(Image.open(rni).convert("L"), dtype=np.uint16) * 257
     Image.fromarray(grey).save(grey16, format="PNG")
@@ -227,7 +236,7 @@ async def test_metrics_move(
     model = served_entry.ref
     tile = served_entry.manifest.tile
     assert tile is not None
-    tiles = plan_tiles(512, 512, tile.size, tile.overlap, served_entry.manifest.size_multiple).count
+    tiles = plan_tiles(232, 240, tile.size, tile.overlap, served_entry.manifest.size_multiple).count
     ok = {"endpoint": "/v1/restore", "status": "200"}
     assert (
         _sample(after, "dir_request_duration_seconds_count", **ok)

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from service.errors import BadInput
+from service.store import ModelEntry
 from service.tiling import extract_tiles, plan_tiles, stitch_tiles
 
 
@@ -85,3 +86,21 @@ def test_tiled_matches_whole_image_within_0_1_db(fixture_store: Path, dataset: C
     tiled, whole = run_tiled_and_whole(onnx_path, degraded(clean_path), tile=64, overlap=16, multiple=4)
     assert abs(psnr(tiled, clean) - psnr(whole, clean)) < 0.1
     assert psnr(tiled, whole) > 50
+
+
+def test_committed_model_tiled_matches_whole_image_within_0_1_db(
+    served_entry: ModelEntry, fixture_store: Path, dataset: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The committed default model with its manifest's tile geometry, on a 480x352 crop of monarch."""
+    if served_entry.path.parent.parent == fixture_store:
+        pytest.skip("no committed dir-restore entry in model_store/ yet")
+    tile = served_entry.manifest.tile
+    assert tile is not None
+    crop = tmp_path / "monarch.png"
+    Image.open(dataset("cset14") / "monarch.png").crop((100, 80, 580, 432)).save(crop)
+    clean = np.asarray(Image.open(crop).convert("RGB"), dtype=np.float32) / 255
+    onnx_path = served_entry.path / served_entry.manifest.onnx_file
+    tiled, whole = run_tiled_and_whole(
+        onnx_path, degraded(crop), tile.size, tile.overlap, served_entry.manifest.size_multiple
+    )
+    assert abs(psnr(tiled, clean) - psnr(whole, clean)) < 0.1
