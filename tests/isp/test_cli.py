@@ -81,3 +81,6 @@ def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["show", str(tmp_path / "broken.png"), "-o", str(tmp_path / "s.png")]) == 2
     with pytest.raises(SystemExit):
         main(["simulate", "--preset", "nope", "a", "b"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["show", "a.png", "-o", "s.png", "--device", "cuda"])

@@ -1,4 +1,4 @@
-"""``dir-isp``: degrade images with the synthetic ISP, or write a contact sheet of its stages.
+"""dir-isp: degrade images with the synthetic camera ISP, or write a contact sheet of its stages.
 
 Per-image seeds are ``stable_seed(seed, file name)``, so an image is degraded the same way whether it is
 given alone or inside a folder. ``--params`` writes the drawn :class:`ISPParams` as JSON (an object keyed by
@@ -138,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dir-isp``; returns the exit status (2 on bad input, with the reason on stderr)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is available")
     try:
         return int(args.func(args))
     except ISPError as e:
