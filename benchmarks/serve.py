@@ -167,7 +167,7 @@ def serving_rows(
             continue
         with server({**env, **extra}, redis_url if use_redis else None) as (base, _):
             asyncio.run(load(base, body, 1, 2))
-            rows[mode] = [asyncio.run(load(base, body, c, max(8, 2 * c))) for c in levels]
+            rows[mode] = [asyncio.run(load(base, body, c, max(4, c))) for c in levels]
         print(f"{mode}: {rows[mode]}", file=sys.stderr)
     return rows
 
@@ -192,8 +192,11 @@ def peak_rss_12mp(env: dict[str, str], photo: Image.Image) -> dict[str, Any]:
     }
 
 
-def ort_vs_torch(entry: ModelEntry, threads: int, image: np.ndarray, repeats: int) -> dict[str, Any]:
-    """Median latency of one whole-image forward pass (1, 3, H, W) on ORT and on PyTorch eager."""
+def ort_vs_torch(
+    entry: ModelEntry, threads: int, image: np.ndarray, repeats: int, torch_run: Path | None
+) -> dict[str, Any]:
+    """Median latency of one whole-image forward pass (1, 3, H, W) on ORT and on PyTorch eager (the same
+    weights: the run folder named by the manifest's ``training.run`` under runs/, or ``torch_run``)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(
@@ -212,23 +215,18 @@ def ort_vs_torch(entry: ModelEntry, threads: int, image: np.ndarray, repeats: in
         "threads": threads,
         "ort_ms": statistics.median(ort_times) * 1000,
     }
-    checkpoint = entry.manifest.training.get("checkpoint") or entry.manifest.training.get("run_dir")
-    if not checkpoint:
-        row["torch"] = "skipped: the manifest names no checkpoint for training.models.load_system"
+    if torch_run is None:
+        run_name = entry.manifest.training.get("run")
+        torch_run = ROOT / "runs" / str(run_name) if run_name else None
+    if torch_run is None or not torch_run.exists():
+        row["torch"] = f"skipped: the entry's training run folder ({torch_run}) is absent on this machine"
         return row
-    try:
-        import torch
+    import torch
 
-        from training.models import load_system
-    except ImportError as exc:
-        row["torch"] = f"skipped: {exc}"
-        return row
-    path = Path(checkpoint) if Path(checkpoint).is_absolute() else ROOT / checkpoint
-    if not path.exists():
-        row["torch"] = f"skipped: checkpoint {path} is absent on this machine"
-        return row
+    from training.models import load_system
+
     torch.set_num_threads(threads)
-    system = load_system(str(path), variant=entry.manifest.training.get("variant"), device="cpu")
+    system = load_system(torch_run, "full", device="cpu")
     tensor = torch.from_numpy(x)
     torch_times = []
     with torch.inference_mode():
@@ -335,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT intra-op threads")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--repeats", type=int, default=10, help="forward passes for ORT vs torch")
+    parser.add_argument(
+        "--torch-run", type=Path, help="run folder for load_system (default runs/<training.run>)"
+    )
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
     entry = resolve_entry(args.model_store, args.model, "restore")
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "serving": serving,
         "ratios": ratios(serving),
-        "ort_vs_torch": ort_vs_torch(entry, args.threads, image, args.repeats),
+        "ort_vs_torch": ort_vs_torch(entry, args.threads, image, args.repeats, args.torch_run),
         "peak_rss_12mp": peak_rss_12mp(env, photo),
     }
     if not args.no_doc:
