@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,6 +78,27 @@ def _protocols(text: str) -> list[str]:
     return names
 
 
+def _provenance(args: argparse.Namespace) -> list[str]:
+    """Report header lines: code commit, run folder and its checkpoints, model store."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    lines = [f"Code: git commit `{commit}` (the working tree may hold uncommitted changes of other areas)."]
+    if args.run is not None:
+        ckpts = sorted(p.name for p in args.run.glob("*.pt")) if args.run.is_dir() else []
+        lines.append(f"Checkpoints: run folder `{args.run}` ({', '.join(ckpts) or 'no .pt files'}).")
+    lines.append(
+        f"Model store: `{args.model_store}` (the shipped entry's version is named in its table row)."
+    )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 on an evaluation error, with its message on stderr)."""
     args = build_parser().parse_args(argv)
@@ -114,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": command, "runs": [r.to_json() for r in runs]}, indent=1))
     if args.report:
-        write_report(runs, args.report, command)
+        write_report(runs, args.report, command, _provenance(args))
     for run in runs:
         print(f"\n## {run.protocol}")
         if isinstance(run, DetectRun):
