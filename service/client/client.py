@@ -83,16 +83,27 @@ class _Protocol:
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
 
-    @staticmethod
-    def check(response: httpx.Response) -> None:
-        """Raise :class:`HTTPStatusError` for a non-2xx answer."""
+    def failed_attempt(self, exc: httpx.HTTPError, attempt: int, what: str) -> float:
+        """Seconds to wait before retrying a transport failure, or raise the client error it maps to.
+
+        Only failures to connect are retried: the request never reached the server.
+        """
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            if self.retry.should_retry_connect(attempt):
+                return self.retry.delay(attempt)
+            raise ServerUnavailableError(self.base_url, str(exc) or type(exc).__name__) from exc
+        if isinstance(exc, httpx.TimeoutException):
+            raise RequestTimeoutError(f"{what}: no answer within the timeout ({exc})") from exc
+        raise DirClientError(f"{what}: {exc}") from exc
+
+    def retry_delay(self, response: httpx.Response, attempt: int) -> float | None:
+        """None for a 2xx answer; seconds to wait for a retryable one; else raise :class:`HTTPStatusError`."""
         if response.is_success:
-            return
-        raise HTTPStatusError(
-            response.status_code,
-            _error_message(response),
-            parse_retry_after(response.headers.get("retry-after")),
-        )
+            return None
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if self.retry.should_retry_status(response.status_code, attempt, retry_after):
+            return self.retry.delay(attempt, retry_after)
+        raise HTTPStatusError(response.status_code, _error_message(response), retry_after)
 
     @staticmethod
     def restore_result(response: httpx.Response, latency_s: float) -> RestoreResult:
@@ -184,22 +195,13 @@ class DirClient(_Protocol):
             start = time.perf_counter()
             try:
                 response = self._http.request(method, path, **kwargs)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                if not self.retry.should_retry_connect(attempt):
-                    raise ServerUnavailableError(self.base_url, str(exc) or type(exc).__name__) from exc
-                self._sleep(self.retry.delay(attempt))
-                continue
-            except httpx.TimeoutException as exc:
-                raise RequestTimeoutError(f"{method} {path}: no answer within the timeout ({exc})") from exc
             except httpx.HTTPError as exc:
-                raise DirClientError(f"{method} {path}: {exc}") from exc
-            latency = time.perf_counter() - start
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            if self.retry.should_retry_status(response.status_code, attempt, retry_after):
-                self._sleep(self.retry.delay(attempt, retry_after))
+                self._sleep(self.failed_attempt(exc, attempt, f"{method} {path}"))
                 continue
-            self.check(response)
-            return response, latency
+            wait = self.retry_delay(response, attempt)
+            if wait is None:
+                return response, time.perf_counter() - start
+            self._sleep(wait)
 
     def restore(self, image: ImageInput, *, fmt: str = "png") -> RestoreResult:
         """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``."""
@@ -270,22 +272,13 @@ class AsyncDirClient(_Protocol):
             start = time.perf_counter()
             try:
                 response = await self._http.request(method, path, **kwargs)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                if not self.retry.should_retry_connect(attempt):
-                    raise ServerUnavailableError(self.base_url, str(exc) or type(exc).__name__) from exc
-                await self._sleep(self.retry.delay(attempt))
-                continue
-            except httpx.TimeoutException as exc:
-                raise RequestTimeoutError(f"{method} {path}: no answer within the timeout ({exc})") from exc
             except httpx.HTTPError as exc:
-                raise DirClientError(f"{method} {path}: {exc}") from exc
-            latency = time.perf_counter() - start
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            if self.retry.should_retry_status(response.status_code, attempt, retry_after):
-                await self._sleep(self.retry.delay(attempt, retry_after))
+                await self._sleep(self.failed_attempt(exc, attempt, f"{method} {path}"))
                 continue
-            self.check(response)
-            return response, latency
+            wait = self.retry_delay(response, attempt)
+            if wait is None:
+                return response, time.perf_counter() - start
+            await self._sleep(wait)
 
     async def restore(self, image: ImageInput, *, fmt: str = "png") -> RestoreResult:
         """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``."""

@@ -32,9 +32,7 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.is_file() or shutil.which(str(CHROMIUM)) is None:
-        reason = f"{CHROMIUM} is absent (apt-get install chromium)"
-        print(f"SKIP browser tests: {reason}")
-        pytest.skip(reason)
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium); pytest -ra prints this reason")
     playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is absent")
     with playwright_api.sync_playwright() as pw:
         instance = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
