@@ -386,7 +386,7 @@ def _install_routes(app: FastAPI) -> None:
             state, decode_s, result.queue_wait_s, result.compute_s, time.perf_counter() - started
         )
         arrays = result.arrays
-        scales = {n: max(1, round(image.height / a.shape[1])) for n, a in arrays.items()}
+        scales = result.scales
         headers["X-Array-Names"] = ",".join(names)
         headers["X-Array-Shapes"] = ";".join(f"{n}={'x'.join(map(str, a.shape))}" for n, a in arrays.items())
         headers["X-Array-Dtype"] = "float32"

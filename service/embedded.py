@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.batching import BatchPolicy
-from service.errors import DeadlineExceeded, QueueFull, ServiceError
+from service.errors import DeadlineExceeded, InferenceError, QueueFull, ServiceError
 from service.metrics import Metrics
 from service.queue import TileResult
 
@@ -146,10 +146,15 @@ class EmbeddedQueue:
         started = time.perf_counter()
         try:
             values = await asyncio.to_thread(self._runner, stacked, outputs)
-        except ServiceError as exc:
+        except Exception as exc:  # the batcher must outlive any failing batch
+            error = (
+                exc
+                if isinstance(exc, ServiceError)
+                else InferenceError(f"batch of {len(live)} failed: {exc}")
+            )
             for tile in live:
                 if not tile.request.future.done():
-                    tile.request.future.set_exception(type(exc)(exc.message))
+                    tile.request.future.set_exception(type(error)(error.message))
             return
         elapsed = time.perf_counter() - started
         self._metrics.compute.labels(self.model_ref).observe(elapsed)

@@ -20,10 +20,11 @@ DEFAULT_OVERLAP = 32
 
 @dataclass
 class Inference:
-    """Stitched outputs of one image: ``arrays[name]`` is (C, ceil(H/s), ceil(W/s)) float32 (C = 3 and
-    s = 1 for ``restored``, sRGB in [0, 1]); timings in seconds."""
+    """Stitched outputs of one image: ``arrays[name]`` is (C, ceil(H/s), ceil(W/s)) float32 with
+    ``s = scales[name]`` (C = 3 and s = 1 for ``restored``, sRGB in [0, 1]); timings in seconds."""
 
     arrays: dict[str, np.ndarray]
+    scales: dict[str, int]
     tiles: int
     queue_wait_s: float
     compute_s: float
@@ -76,6 +77,6 @@ class Restorer:
         arrays = {}
         for name in outputs:
             arrays[name] = await asyncio.to_thread(stitch_tiles, result.outputs[name], grid)
-        return Inference(
-            arrays, grid.count, result.queue_wait_s, result.compute_s, time.perf_counter() - started
-        )
+        scales = {name: self.tile // int(result.outputs[name].shape[-1]) for name in outputs}
+        total = time.perf_counter() - started
+        return Inference(arrays, scales, grid.count, result.queue_wait_s, result.compute_s, total)

@@ -278,3 +278,19 @@ async def test_static_demo_page(api_settings: Callable[..., Settings]) -> None:
         response = await client.get("/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
+
+
+async def test_tiny_image_latent_scale(
+    api_settings: Callable[..., Settings], served_entry: ModelEntry
+) -> None:
+    """A 5x3 image: latent ceil(5/s) x ceil(3/s), and the scale header still says s."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 5), (200, 100, 50)).save(buffer, format="PNG")
+    channels, scale = latent_geometry(served_entry)
+    async with serve(api_settings()) as client:
+        response = await client.post("/v1/represent", content=buffer.getvalue())
+        restored = await client.post("/v1/restore", content=buffer.getvalue())
+    assert response.status_code == 200
+    assert response.headers["x-array-scales"] == f"r_plus={scale}"
+    assert np.load(io.BytesIO(response.content)).shape == (channels, -(-5 // scale), -(-3 // scale))
+    assert decode(restored.content).size == (3, 5)
