@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"methods scored on 'detect' (slow peers left out by default: {DETECT_METHODS})",
     )
     p.add_argument(
+        "--detect-limit",
+        type=int,
+        default=None,
+        help="at most N coco128_val images on 'detect' (default all)",
+    )
+    p.add_argument(
         "--limit", type=int, default=None, help="at most N images per dataset (first N by file name)"
     )
     p.add_argument(
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         for protocol in _protocols(args.protocol):
             if protocol == "detect":
                 detect_methods = resolve_methods(args.detect_methods)
-                runs.append(run_detect(detect_methods, ctx, args.limit, progress=not args.no_progress))
+                runs.append(run_detect(detect_methods, ctx, args.detect_limit, progress=not args.no_progress))
                 continue
             nr = ("NIQE", niqe) if protocol == "real" else None
             image_run = run_protocol(

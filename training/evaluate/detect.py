@@ -100,13 +100,33 @@ class _Timer:
         return self.seconds / self.megapixels if self.megapixels else None
 
 
+class DegradedCache:
+    """Degraded images by content key, kept as uint8 (the ISP output is 8-bit JPEG, so this is lossless)
+    so that every method of one run restores the very same inputs without re-running the simulator."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clean, degraded) tensors (1, 3, H', W') [0, 1] of one uint8 RGB image."""
+        key = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+        if key not in self.items:
+            clean, degraded = degrade_for_detection(image)
+            self.items[key] = (_to_uint8(clean), _to_uint8(degraded))
+        clean_u8, degraded_u8 = self.items[key]
+        return _to_tensor(clean_u8), _to_tensor(degraded_u8)
+
+
 def _restoring_transform(
-    restore: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], timer: _Timer, bar: tqdm
+    restore: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    timer: _Timer,
+    bar: tqdm,
+    degraded_cache: DegradedCache,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 RGB -> degrade -> restore (timed) -> uint8 RGB, ticking ``bar`` once per image."""
+    """uint8 RGB -> degrade (cached) -> restore (timed) -> uint8 RGB, ticking ``bar`` once per image."""
 
     def transform(image: np.ndarray) -> np.ndarray:
-        clean, degraded = degrade_for_detection(image)
+        clean, degraded = degraded_cache.get(image)
         start = time.perf_counter()
         out = restore(degraded, clean)
         timer.seconds += time.perf_counter() - start
@@ -162,6 +182,7 @@ def run_detect(
             return evaluate_detector(detector, images, labels, transform=transform)
 
         clean = score(None)
+        degraded_cache = DegradedCache()
         run = DetectRun(
             detector=f"{detector.name}/{detector.version}",
             n_images=int(clean["n_images"]),
@@ -181,7 +202,7 @@ def run_detect(
                 continue
             bar = tqdm(total=n, desc=f"detect:{spec.name}", unit="img", disable=not progress)
             timer = _Timer()
-            transform = _restoring_transform(restore, timer, bar)
+            transform = _restoring_transform(restore, timer, bar, degraded_cache)
             result = score(transform)
             bar.close()
             label = "Degraded (default ISP)" if spec.family == "reference" else spec.label
