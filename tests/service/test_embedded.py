@@ -1,0 +1,57 @@
+"""The embedded batcher: tiles of different requests share one batch and come back to their owners."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from service.batching import BatchPolicy
+from service.embedded import EmbeddedQueue, Runner
+from service.errors import InferenceError
+from service.metrics import Metrics
+
+
+def doubling_runner(batches: list[int]) -> Runner:
+    def run(tiles: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        batches.append(len(tiles))
+        return {name: tiles * 2 for name in outputs}
+
+    return run
+
+
+async def test_requests_share_a_batch() -> None:
+    batches: list[int] = []
+    # The batch runs only when full (the delay is ten minutes), so it must hold both requests' tiles.
+    queue = EmbeddedQueue("m/1", doubling_runner(batches), BatchPolicy(6, 600.0, 100), Metrics())
+    await queue.start()
+    a = np.random.rand(3, 3, 8, 8).astype(np.float32)
+    b = np.random.rand(3, 3, 8, 8).astype(np.float32)
+    result_a, result_b = await asyncio.gather(
+        queue.submit(a, ["restored"], 60), queue.submit(b, ["restored"], 60)
+    )
+    await queue.close()
+    assert batches == [6]
+    np.testing.assert_array_equal(result_a.outputs["restored"], a * 2)
+    np.testing.assert_array_equal(result_b.outputs["restored"], b * 2)
+
+
+async def test_failing_batch_fails_its_requests_not_the_batcher() -> None:
+    calls = 0
+
+    def flaky(tiles: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("device lost")
+        return {name: tiles for name in outputs}
+
+    queue = EmbeddedQueue("m/1", flaky, BatchPolicy(4, 0.0, 100), Metrics())
+    await queue.start()
+    tiles = np.zeros((2, 3, 8, 8), dtype=np.float32)
+    with pytest.raises(InferenceError, match="device lost"):
+        await queue.submit(tiles, ["restored"], 60)
+    again = await queue.submit(tiles, ["restored"], 60)
+    await queue.close()
+    assert again.outputs["restored"].shape == (2, 3, 8, 8)
