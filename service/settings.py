@@ -89,8 +89,10 @@ class Settings(BaseSettings):
 
     @property
     def threads(self) -> int:
-        """ONNX Runtime intra-op thread count actually used."""
-        return self.intra_op_threads or (os.cpu_count() or 1)
+        """ONNX Runtime intra-op threads: the setting, else the CPUs this process may run on."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
     @property
     def uses_redis(self) -> bool:
