@@ -1,0 +1,1 @@
+"""Tests of training/losses: the paper's objectives against closed forms."""

@@ -1,0 +1,267 @@
+"""Export, check and parity-test the DiR ONNX graphs; write the model_store manifest."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from service.manifest import Manifest, ModelFile, TensorSpec, TileSpec, sha256_file, write_manifest
+from training.models import DiRSystem, load_system
+from training.train.errors import CheckpointError, ExportError
+
+OPSET = 17
+PARITY_TOLERANCE_FP32 = 1e-4
+SERVING_OUTPUTS = ("restored", "r_plus", "r0", "pilot")
+ENTRY_NAME = "dir-restore"
+
+
+class ServingGraph(nn.Module):
+    """The fused graph: image (N, 3, H, W) sRGB [0, 1] -> (restored, r_plus, r0, pilot)."""
+
+    def __init__(self, system: DiRSystem) -> None:
+        super().__init__()
+        self.system = system
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """See :meth:`DiRSystem.forward`; the dict becomes a tuple in ``SERVING_OUTPUTS`` order."""
+        out = self.system(image)
+        return out["restored"], out["r_plus"], out["r0"], out["pilot"]
+
+
+class _Mean(nn.Module):
+    """An encoder's posterior mean only: image (N, 3, H, W) -> (N, C, H/4, W/4)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.encoder(image)[0]
+
+
+class _Clamped(nn.Module):
+    """The decoder with the output clamped to [0, 1], as served."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, r_plus: Tensor) -> Tensor:
+        return self.decoder(r_plus).clamp(0.0, 1.0)
+
+
+@dataclass
+class _Graph:
+    file: str
+    module: nn.Module
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    role: str
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_system` wrote: the manifest and the max-abs PyTorch/ONNX error per file."""
+
+    manifest: Manifest
+    entry_dir: Path
+    parity_max_abs: dict[str, float] = field(default_factory=dict)
+
+
+def _graphs(system: DiRSystem) -> list[_Graph]:
+    parts = system.get_submodule
+    return [
+        _Graph("model.onnx", ServingGraph(system), ("image",), SERVING_OUTPUTS, "serve"),
+        _Graph("dirnet.onnx", _Mean(parts("dirnet")), ("image",), ("r0",), "component"),
+        _Graph("dfrnet.onnx", _Mean(parts("dfrnet")), ("image",), ("pilot",), "component"),
+        _Graph("alignment.onnx", parts("alignment"), ("r0", "pilot"), ("r_plus",), "component"),
+        _Graph("decoder.onnx", _Clamped(parts("decoder")), ("r_plus",), ("restored",), "component"),
+    ]
+
+
+def _export_one(graph: _Graph, example: tuple[Tensor, ...], path: Path) -> None:
+    axes = {name: {0: "N", 2: "H", 3: "W"} for name in graph.inputs + graph.outputs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph.module,
+            example,
+            str(path),
+            input_names=list(graph.inputs),
+            output_names=list(graph.outputs),
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def _check_and_compare(graph: _Graph, path: Path, batches: list[tuple[Tensor, ...]]) -> float:
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{path.name} fails onnx.checker: {exc}") from exc
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for inputs in batches:
+        feed = {n: t.numpy() for n, t in zip(graph.inputs, inputs, strict=True)}
+        got = session.run(list(graph.outputs), feed)
+        with torch.no_grad():
+            ref = graph.module(*inputs)
+        refs = ref if isinstance(ref, tuple) else (ref,)
+        for g, r in zip(got, refs, strict=True):
+            if g.shape != tuple(r.shape):
+                raise ExportError(f"{path.name}: ONNX output shape {g.shape} != PyTorch {tuple(r.shape)}")
+            worst = max(worst, float(np.abs(g - r.numpy()).max()))
+    return worst
+
+
+def _component_batches(system: DiRSystem, images: list[Tensor]) -> dict[str, list[tuple[Tensor, ...]]]:
+    out: dict[str, list[tuple[Tensor, ...]]] = {"image": [(x,) for x in images], "latents": [], "r_plus": []}
+    with torch.no_grad():
+        for x in images:
+            o = system(x)
+            out["latents"].append((o["r0"], o["pilot"]))
+            out["r_plus"].append((o["r_plus"],))
+    return out
+
+
+def export_system(
+    system: DiRSystem,
+    entry_dir: Path,
+    version: str,
+    parity_images: list[Tensor],
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    tolerance: float = PARITY_TOLERANCE_FP32,
+) -> ExportReport:
+    """Export a full-variant system to ``entry_dir`` with parity checks; returns the written manifest.
+
+    ``parity_images``: batches (n, 3, H, W) float32 sRGB [0, 1], H, W multiples of 4 (real degraded
+    images; use at least two shapes to exercise the dynamic axes).
+    """
+    if system.variant != "full":
+        raise ExportError(f"only the full method is served; got variant {system.variant!r}")
+    m = system.size_multiple
+    for x in parity_images:
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % m or x.shape[3] % m:
+            raise ExportError(
+                f"parity images must be (n, 3, H, W) with H, W multiples of {m}; got {tuple(x.shape)}"
+            )
+    system = system.cpu().eval()
+    entry_dir.mkdir(parents=True, exist_ok=True)
+    feeds = _component_batches(system, parity_images)
+    kind = {"model.onnx": "image", "dirnet.onnx": "image", "dfrnet.onnx": "image"}
+    kind |= {"alignment.onnx": "latents", "decoder.onnx": "r_plus"}
+    parity: dict[str, float] = {}
+    for graph in _graphs(system):
+        path = entry_dir / graph.file
+        batches = feeds[kind[graph.file]]
+        _export_one(graph, batches[0], path)
+        parity[graph.file] = _check_and_compare(graph, path, batches)
+        if parity[graph.file] > tolerance:
+            raise ExportError(
+                f"{graph.file}: max-abs error {parity[graph.file]:.3g} vs PyTorch > {tolerance:g}"
+            )
+    c = system.cfg.latent_channels
+    latent: list[int | str] = ["N", c, f"H/{m}", f"W/{m}"]
+    desc = {
+        "restored": "restored image D*(r+)",
+        "r_plus": "refined DiR r+ = A(r0, pilot)",
+        "r0": "baseline DiR (mean of DiRNet)",
+        "pilot": "pilot DfR (mean of DfRNet on the input)",
+    }
+    outputs = [
+        TensorSpec(
+            name="restored",
+            shape=["N", 3, "H", "W"],
+            value_range=(0.0, 1.0),
+            color_space="sRGB",
+            description=desc["restored"],
+        )
+    ] + [TensorSpec(name=n, shape=list(latent), description=desc[n]) for n in SERVING_OUTPUTS[1:]]
+    files = [
+        ModelFile(path=g.file, sha256=sha256_file(entry_dir / g.file), role=g.role) for g in _graphs(system)
+    ]
+    manifest = Manifest(
+        name=ENTRY_NAME,
+        version=version,
+        task="restore",
+        description="DiR (CVPR 2024) restoration of ISP-degraded camera images: DiRNet + DfRNet pilot -> "
+        "alignment network A -> decoder D*",
+        onnx_file="model.onnx",
+        opset=OPSET,
+        inputs=[
+            TensorSpec(
+                name="image",
+                shape=["N", 3, "H", "W"],
+                value_range=(0.0, 1.0),
+                color_space="sRGB",
+                description=f"degraded camera image; H and W multiples of {m}",
+            )
+        ],
+        outputs=outputs,
+        size_multiple=m,
+        tile=TileSpec(size=256, overlap=32),
+        files=files,
+        extra={
+            "latent_channels": c,
+            "latent_stride": m,
+            "parity_max_abs_fp32": parity,
+            "parity_tolerance_fp32": tolerance,
+            "components": {
+                g.file: {"inputs": list(g.inputs), "outputs": list(g.outputs)} for g in _graphs(system)
+            },
+        },
+        training=training or {},
+        metrics=metrics or {},
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    write_manifest(entry_dir, manifest)
+    return ExportReport(manifest=manifest, entry_dir=entry_dir, parity_max_abs=parity)
+
+
+def parity_images_for_run(run_dir: Path) -> list[Tensor]:
+    """Real degraded images for the parity test: the run's held-out images (its config's data folder).
+
+    Two batches of different shapes: two 128x128 centre crops and one 96x160 crop, degraded with the
+    ``ablation`` preset (seeded per file).
+    """
+    from training.train.config import load_config
+    from training.train.data import center_crops, list_images, load_rgb
+    from training.train.loop import degrade_fixed
+
+    cfg = load_config(run_dir / "config.yaml")
+    files = list_images(cfg.data_path())[-max(cfg.data.val_images, 2) :]
+    images = [load_rgb(p) for p in files]
+    square = center_crops(images[:2], 128)
+    wide = center_crops(images[:1], 160)[:, :, 32:128, :]
+    names = [p.name for p in files]
+    return [degrade_fixed(square, "ablation", names[:2]), degrade_fixed(wide, "ablation", names[:1])]
+
+
+def export_run(run: Path, entry_dir: Path, version: str) -> ExportReport:
+    """Export the full system of a run folder (stage2.pt) to ``entry_dir`` (see the package docstring)."""
+    if not (run / "config.yaml").is_file():
+        raise CheckpointError(f"{run} is not a dir-train run folder (no config.yaml)")
+    system = load_system(run, "full")
+    ckpt = torch.load(run / "stage2.pt", map_location="cpu", weights_only=True)
+    training = {
+        "run": run.name,
+        "stage2_steps": ckpt["step"],
+        "stage2_checkpoint_sha256": sha256_file(run / "stage2.pt"),
+        "config": ckpt["config"],
+    }
+    scores = run / "scores.json"
+    metrics = json.loads(scores.read_text()) if scores.is_file() else {}
+    return export_system(system, entry_dir, version, parity_images_for_run(run), training, metrics)

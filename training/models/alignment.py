@@ -1,0 +1,109 @@
+"""Alignment network A (paper Sec. 3.3, Fig. 3): r+ = A(r0, pilot), all at latent resolution.
+
+A1: ``m1`` 3x3 convolutions on r0. A2: ``m2`` guided layers, each summing a G-Conv branch (per-sample
+depthwise kernels predicted from the pilot DfR) and a spatial-attention branch. A3: ``m3`` 3x3 convolutions
+down to the latent channels. Latents are (N, C, h, w) with h = H/4, w = W/4.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from training.models.config import ModelConfig
+
+_SLOPE = 0.2
+
+
+def dynamic_depthwise_conv(features: Tensor, kernels: Tensor) -> Tensor:
+    """Apply one k x k kernel per sample and channel ("G-Conv"), zero padding, stride 1.
+
+    features (N, F, h, w); kernels (N, F, k, k) with k odd -> (N, F, h, w). Written as k*k shifted
+    multiply-adds (a fixed Python loop over kernel taps, no data-dependent control flow) so it exports to
+    ONNX with a dynamic batch, which a grouped convolution with groups = N*F would not.
+    """
+    k = kernels.shape[-1]
+    pad = k // 2
+    h, w = features.shape[-2], features.shape[-1]
+    padded = nn.functional.pad(features, (pad, pad, pad, pad))
+    out = torch.zeros_like(features)
+    for i in range(k):
+        for j in range(k):
+            tap = kernels[:, :, i : i + 1, j : j + 1]
+            out = out + padded[:, :, i : i + h, j : j + w] * tap
+    return out
+
+
+class GuidedLayer(nn.Module):
+    """One layer of A2: f_k (G-Conv with kernels from the pilot) + f_a (features x sigmoid attention).
+
+    Guide branch: pilot (N, Cg, h, w) -> two 3x3 convs -> global average pool -> FC -> F kernels of k x k.
+    Attention branch: 1x1 conv on [features, guide features] -> sigmoid map (N, 1, h, w).
+    """
+
+    def __init__(self, width: int, guide_channels: int, kernel: int) -> None:
+        super().__init__()
+        self.width = width
+        self.kernel = kernel
+        self.guide = nn.Sequential(
+            nn.Conv2d(guide_channels, width, 3, padding=1),
+            nn.LeakyReLU(_SLOPE, inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.LeakyReLU(_SLOPE, inplace=True),
+        )
+        self.fc = nn.Linear(width, width * kernel * kernel)
+        self.attention = nn.Conv2d(2 * width, 1, 1)
+        # Start as an identity G-Conv (delta kernels) so early training passes features through.
+        nn.init.zeros_(self.fc.weight)
+        delta = torch.zeros(width, kernel, kernel)
+        delta[:, kernel // 2, kernel // 2] = 1.0
+        with torch.no_grad():
+            self.fc.bias.copy_(delta.flatten())
+
+    def forward(self, features: Tensor, guide: Tensor) -> Tensor:
+        """features (N, F, h, w), guide (N, Cg, h, w) -> f_k + f_a, (N, F, h, w)."""
+        g = self.guide(guide)
+        kernels = self.fc(g.mean(dim=(2, 3))).reshape(-1, self.width, self.kernel, self.kernel)
+        f_k = dynamic_depthwise_conv(features, kernels)
+        f_a = features * torch.sigmoid(self.attention(torch.cat([features, g], dim=1)))
+        return f_k + f_a
+
+
+class AlignmentNet(nn.Module):
+    """A(r0, guide) -> r+, all (N, C, h, w).
+
+    ``guide`` is the pilot DfR (full method) or r0 itself (the no-pilot ablation).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        c, f = cfg.latent_channels, cfg.align_width
+        a1: list[nn.Module] = []
+        for i in range(cfg.align_m1):
+            a1 += [nn.Conv2d(c if i == 0 else f, f, 3, padding=1), nn.LeakyReLU(_SLOPE, inplace=True)]
+        self.a1 = nn.Sequential(*a1)
+        self.a2 = nn.ModuleList([GuidedLayer(f, c, cfg.gconv_kernel) for _ in range(cfg.align_m2)])
+        self.a2_act = nn.LeakyReLU(_SLOPE, inplace=False)
+        a3: list[nn.Module] = []
+        for i in range(cfg.align_m3):
+            last = i == cfg.align_m3 - 1
+            a3.append(nn.Conv2d(f, c if last else f, 3, padding=1))
+            if not last:
+                a3.append(nn.LeakyReLU(_SLOPE, inplace=True))
+        self.a3 = nn.Sequential(*a3)
+        self.residual = cfg.align_residual
+        if self.residual:
+            # Start as the identity on the guide: r+ = pilot until A has learnt a correction.
+            last_conv = self.a3[-1]
+            assert isinstance(last_conv, nn.Conv2d)
+            nn.init.zeros_(last_conv.weight)
+            if last_conv.bias is not None:
+                nn.init.zeros_(last_conv.bias)
+
+    def forward(self, r0: Tensor, guide: Tensor) -> Tensor:
+        """r0 (N, C, h, w), guide (N, C, h, w) -> r+ (N, C, h, w) (= guide + A3(...) when residual)."""
+        x = self.a1(r0)
+        for layer in self.a2:
+            x = self.a2_act(layer(x, guide))
+        out = self.a3(x)
+        return guide + out if self.residual else out

@@ -1,0 +1,163 @@
+"""The assembled DiR system (full method and ablations), its registry of parts, and :func:`load_system`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import torch
+from torch import Tensor, nn
+
+from training.models.alignment import AlignmentNet
+from training.models.config import ModelConfig
+from training.models.networks import Decoder, Discriminator, GaussianEncoder, PlainEncoder
+from training.train.errors import CheckpointError
+
+Variant = Literal["full", "no_pilot", "r0_only", "autoencoder"]
+VARIANTS: tuple[Variant, ...] = ("full", "no_pilot", "r0_only", "autoencoder")
+
+# Every network, by name, built from a ModelConfig (explicit registry; no folder scanning).
+MODEL_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "dirnet": lambda c: GaussianEncoder(c, in_channels=3),
+    "joint_encoder": lambda c: GaussianEncoder(c, in_channels=6),
+    "dfrnet": lambda c: GaussianEncoder(c, in_channels=3),
+    "decoder": Decoder,
+    "discriminator": Discriminator,
+    "alignment": AlignmentNet,
+    "ae_encoder": PlainEncoder,
+}
+
+# Which networks each variant's restoration path holds (the names of DiRSystem's submodules).
+VARIANT_PARTS: dict[Variant, tuple[str, ...]] = {
+    "full": ("dirnet", "dfrnet", "decoder", "alignment"),
+    "no_pilot": ("dirnet", "dfrnet", "decoder", "alignment"),
+    "r0_only": ("dirnet", "decoder"),
+    "autoencoder": ("ae_encoder", "decoder"),
+}
+
+
+def build_model(name: str, cfg: ModelConfig) -> nn.Module:
+    """Instantiate the registered network ``name`` (see ``MODEL_REGISTRY``)."""
+    if name not in MODEL_REGISTRY:
+        raise CheckpointError(f"unknown model {name!r}; registered: {sorted(MODEL_REGISTRY)}")
+    return MODEL_REGISTRY[name](cfg)
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """Rebuild a :class:`ModelConfig` from its ``asdict`` form (lists become tuples)."""
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = set(d) - known
+    if unknown:
+        raise CheckpointError(f"model config has unknown keys {sorted(unknown)}")
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return ModelConfig(**values)
+
+
+def checkpoint_name(stage: str, variant: str | None = None) -> str:
+    """File name of a stage's checkpoint inside a run folder: stage1.pt, stage2.pt, ablation-<variant>.pt."""
+    return f"ablation-{variant}.pt" if stage == "ablation" else f"{stage}.pt"
+
+
+class DiRSystem(nn.Module):
+    """Degraded camera image -> refined DiR r+ -> restored image, for one variant.
+
+    ``full``: r0 = mean of DiRNet(x), pilot = mean of DfRNet(x), r+ = A(r0, pilot), restored = D*(r+).
+    ``no_pilot``: as full with r0 as A's guide. ``r0_only``: restored = D(r0) with a decoder trained on r0.
+    ``autoencoder``: a plain encoder/decoder of equal size. All latents are (N, C, H/4, W/4).
+    """
+
+    def __init__(self, cfg: ModelConfig, variant: Variant = "full") -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise CheckpointError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        self.cfg = cfg
+        self.variant: Variant = variant
+        for name in VARIANT_PARTS[variant]:
+            self.add_module(name, build_model(name, cfg))
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W given to :meth:`forward` must be multiples of this (the latent downsampling, 4)."""
+        return self.cfg.downsample
+
+    def forward(self, image: Tensor) -> dict[str, Tensor]:
+        """image (N, 3, H, W) float32 sRGB [0, 1], H, W multiples of 4 -> dict of tensors.
+
+        Keys: ``restored`` (N, 3, H, W) clamped to [0, 1]; ``r_plus`` and ``r0`` (N, C, H/4, W/4); and
+        ``pilot`` (same shape) for the variants that compute one (full, no_pilot).
+        """
+        out: dict[str, Tensor] = {}
+        if self.variant == "autoencoder":
+            r0 = self.get_submodule("ae_encoder")(image)
+            r_plus = r0
+        else:
+            r0 = self.get_submodule("dirnet")(image)[0]
+            r_plus = r0
+            if self.variant in ("full", "no_pilot"):
+                pilot = self.get_submodule("dfrnet")(image)[0]
+                guide = pilot if self.variant == "full" else r0
+                r_plus = self.get_submodule("alignment")(r0, guide)
+                out["pilot"] = pilot
+        out["r0"] = r0
+        out["r_plus"] = r_plus
+        out["restored"] = self.get_submodule("decoder")(r_plus).clamp(0.0, 1.0)
+        return out
+
+    @torch.no_grad()
+    def restore(self, image: Tensor) -> Tensor:
+        """Restore any-size images: (N, 3, H, W) float32 sRGB [0, 1] -> (N, 3, H, W) in [0, 1].
+
+        Pads (replicate) to the next multiple of :attr:`size_multiple`, runs :meth:`forward`, crops back.
+        """
+        h, w = image.shape[-2], image.shape[-1]
+        m = self.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        x = nn.functional.pad(image, (0, pw, 0, ph), mode="replicate") if ph or pw else image
+        return self.forward(x)["restored"][..., :h, :w]
+
+
+def _resolve(path: Path, variant: Variant) -> Path:
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"no checkpoint file or run folder at {path}")
+    name = checkpoint_name("stage2") if variant == "full" else checkpoint_name("ablation", variant)
+    if not (path / name).is_file():
+        raise CheckpointError(f"run folder {path} has no {name} (train it with dir-train first)")
+    return path / name
+
+
+def load_system(
+    path: str | Path, variant: Variant | None = None, device: str | torch.device = "cpu"
+) -> DiRSystem:
+    """Load a trained :class:`DiRSystem` in eval mode.
+
+    ``path``: a checkpoint file (stage2.pt, ablation-<variant>.pt) or a run folder. ``variant``: None
+    means the checkpoint's own variant (``full`` for a run folder); given with a file, it must match.
+    """
+    want: Variant = variant or "full"
+    file = _resolve(Path(path), want)
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {file}: {exc}") from exc
+    stored = cast(Variant | None, ckpt.get("variant"))
+    if stored is None:
+        raise CheckpointError(f"{file} is a {ckpt.get('stage')} checkpoint, not a restoration system")
+    if variant is not None and stored != variant:
+        raise CheckpointError(f"{file} holds variant {stored!r}, not the requested {variant!r}")
+    system = DiRSystem(model_config_from_dict(ckpt["model_config"]), stored)
+    for name in VARIANT_PARTS[stored]:
+        system.get_submodule(name).load_state_dict(ckpt["modules"][name])
+    return system.to(device).eval()
+
+
+def system_state(system: DiRSystem) -> dict[str, Any]:
+    """The parts of a checkpoint that :func:`load_system` reads (variant, model config, module weights)."""
+    return {
+        "variant": system.variant,
+        "model_config": asdict(system.cfg),
+        "modules": {n: system.get_submodule(n).state_dict() for n in VARIANT_PARTS[system.variant]},
+    }

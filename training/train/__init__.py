@@ -1,0 +1,1 @@
+"""Two-stage DiR training: typed configs, data, flat loops, checkpoints, metrics and plots."""

@@ -1,0 +1,253 @@
+"""The flat training loop shared by Stage I, Stage II and the ablations (one function, top to bottom)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from training.models import VARIANTS, Variant, checkpoint_name, system_state
+from training.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from training.train.config import TrainConfig, config_to_dict
+from training.train.data import center_crops, load_store, sample_batch
+from training.train.errors import CheckpointError, ConfigError
+from training.train.metrics import append_record, metrics_path, psnr, truncate_log
+from training.train.objectives import RestorationObjective, Stage1Objective
+from training.train.schedule import lr_at, prior_scale_at
+
+Stage = Literal["stage1", "stage2", "ablation"]
+# Stage I networks that the restoration variants start from (frozen or not, see RestorationObjective).
+STAGE1_PARTS: dict[Variant, tuple[str, ...]] = {
+    "full": ("dirnet", "dfrnet", "decoder"),
+    "no_pilot": ("dirnet", "dfrnet", "decoder"),
+    "r0_only": ("dirnet",),
+    "autoencoder": (),
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def degrade(clean: Tensor, preset: str, generator: torch.Generator) -> Tensor:
+    """One random ISP degradation per image: (N, 3, H, W) sRGB [0, 1] -> same shape, same device."""
+    from training.isp import simulate
+
+    return simulate(clean, preset=preset, generator=generator).degraded
+
+
+def degrade_two_views(clean: Tensor, preset: str, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Two independent ISP degradations of the same clean batch (the views x1, x2 of Stage I)."""
+    from training.isp import simulate_two_views
+
+    a, b = simulate_two_views(clean, preset=preset, generator=generator)
+    return a.degraded, b.degraded
+
+
+def degrade_fixed(clean: Tensor, preset: str, names: list[str]) -> Tensor:
+    """Reproducible degradation of held-out images: image i seeded by stable_seed(preset, names[i])."""
+    from training.isp import simulate, stable_seed
+
+    out = [
+        simulate(clean[i : i + 1], preset=preset, seed=stable_seed(preset, n)).degraded
+        for i, n in enumerate(names)
+    ]
+    return torch.cat(out)
+
+
+def _parts(objective: nn.Module) -> dict[str, nn.Module]:
+    if isinstance(objective, RestorationObjective):
+        return {n: objective.system.get_submodule(n) for n in objective.system._modules}
+    return dict(objective.named_children())
+
+
+def _init_from_stage1(objective: RestorationObjective, run_dir: Path) -> None:
+    names = STAGE1_PARTS[objective.system.variant]
+    if not names:
+        return
+    ckpt = load_checkpoint(run_dir / checkpoint_name("stage1"))
+    if ckpt["step"] < ckpt["steps"]:
+        raise CheckpointError(
+            f"stage1 in {run_dir} stopped at step {ckpt['step']}/{ckpt['steps']}; finish it first"
+        )
+    for n in names:
+        objective.system.get_submodule(n).load_state_dict(ckpt["modules"][n])
+
+
+@torch.no_grad()
+def evaluate(objective: nn.Module, clean: Tensor, degraded: Tensor) -> dict[str, float]:
+    """Held-out PSNR (dB): Stage I -> D*(DfR(y*)) reconstruction; restoration -> restored vs. input."""
+    was_training = objective.training
+    objective.eval()
+    if isinstance(objective, RestorationObjective):
+        restored = objective.system(degraded)["restored"]
+        out = {
+            "val_psnr": float(psnr(restored, clean).mean()),
+            "val_input_psnr": float(psnr(degraded, clean).mean()),
+        }
+    else:
+        recon = objective.get_submodule("decoder")(objective.get_submodule("dfrnet")(clean)[0])
+        out = {"val_recon_psnr": float(psnr(recon, clean).mean())}
+    objective.train(was_training)
+    return out
+
+
+def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, resolve_device(cfg.device)
+    import torch.distributed as dist
+
+    local = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    return dist.get_rank(), world, device
+
+
+def train_stage(
+    cfg: TrainConfig,
+    stage: Stage,
+    variant: Variant | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train one stage -> its checkpoint path (``ablation`` needs a variant: no_pilot, r0_only, autoencoder).
+
+    Writes ``run_dir/<stage>.pt`` (``ablation-<variant>.pt``) and ``metrics-<tag>.jsonl``. ``resume``
+    continues from that checkpoint bit for bit; ``stop_at`` ends (with a checkpoint) after that many steps.
+    Under ``torchrun`` (WORLD_SIZE > 1) the objective is wrapped in DistributedDataParallel and rank 0 writes.
+    """
+    if stage == "ablation" and variant not in ("no_pilot", "r0_only", "autoencoder"):
+        raise ConfigError(f"ablation needs a variant among no_pilot, r0_only, autoencoder; got {variant!r}")
+    if stage == "stage2":
+        variant = "full"
+    if variant is not None and variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r}")
+    rank, world, device = _setup_distributed(cfg)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tag = stage if variant in (None, "full") else f"{stage}-{variant}"
+    ckpt_path = run_dir / checkpoint_name(stage, variant)
+    log_path = metrics_path(run_dir, tag)
+    store = load_store(cfg.data_path(), cfg.data.val_images, max(cfg.data.patch_size, cfg.data.val_crop))
+
+    stage_cfg = cfg.stage1 if stage == "stage1" else cfg.stage2
+    objective: nn.Module
+    if stage == "stage1":
+        objective = Stage1Objective(cfg.model, cfg.loss)
+    else:
+        assert variant is not None
+        objective = RestorationObjective(cfg.model, cfg.loss, variant)
+        _init_from_stage1(objective, run_dir)
+    objective.to(device).train()
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=stage_cfg.lr)
+
+    torch.manual_seed(cfg.seed + rank)
+    stage_index = {"stage1": 1, "stage2": 2, "ablation": 3}[stage]
+    generator = torch.Generator().manual_seed(1_000_003 * cfg.seed + 101 * stage_index + rank)
+    step = 0
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        for name, module in _parts(objective).items():
+            module.load_state_dict(ckpt["modules"][name])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        restore_rng(ckpt["rng"], generator)
+        step = int(ckpt["step"])
+        if rank == 0:
+            truncate_log(log_path, step)
+    elif rank == 0:
+        log_path.unlink(missing_ok=True)
+    if rank == 0:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+    val_names = [p.name for p in store.val_files]
+    val_clean = center_crops(store.val, cfg.data.val_crop).to(device) if val_names else None
+    val_x = degrade_fixed(val_clean, cfg.data.val_preset, val_names) if val_clean is not None else None
+    model: nn.Module = objective
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    def save(at: int) -> None:
+        payload: dict[str, Any] = {
+            "stage": stage,
+            "variant": variant,
+            "model_config": asdict(cfg.model),
+            "config": config_to_dict(cfg),
+            "step": at,
+            "steps": stage_cfg.steps,
+            "modules": {n: m.state_dict() for n, m in _parts(objective).items()},
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(generator),
+        }
+        if isinstance(objective, RestorationObjective):
+            payload.update(system_state(objective.system))
+        save_checkpoint(ckpt_path, payload)
+
+    last = stage_cfg.steps if stop_at is None else min(stop_at, stage_cfg.steps)
+    bar = tqdm(
+        total=stage_cfg.steps, initial=step, desc=tag, disable=not progress or rank != 0, dynamic_ncols=True
+    )
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    tick, seen = time.perf_counter(), 0
+    while step < last:
+        lr = lr_at(step, stage_cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        clean = sample_batch(store.train, cfg.data.batch_size, cfg.data.patch_size, generator).to(device)
+        with amp:
+            if stage == "stage1":
+                x1, x2 = degrade_two_views(clean, cfg.data.preset, generator)
+                losses = model(x1, x2, clean, prior_scale_at(step, cfg.loss))
+            else:
+                losses = model(degrade(clean, cfg.data.preset, generator), clean)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        nn.utils.clip_grad_norm_(params, stage_cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        seen += clean.shape[0] * world
+        bar.update(1)
+        if rank != 0:
+            continue
+        if step % cfg.log_every == 0 or step == last:
+            now = time.perf_counter()
+            record: dict[str, Any] = {k: round(float(v.detach()), 6) for k, v in losses.items()}
+            record |= {"step": step, "lr": lr, "images_per_s": round(seen / max(now - tick, 1e-9), 2)}
+            tick, seen = now, 0
+            if (
+                val_clean is not None
+                and val_x is not None
+                and (step % cfg.eval_every == 0 or step == stage_cfg.steps)
+            ):
+                record |= evaluate(objective, val_clean, val_x)
+            append_record(log_path, record)
+            bar.set_postfix(
+                {k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "lr")}, refresh=False
+            )
+        if step % cfg.ckpt_every == 0 or step == last:
+            save(step)
+    bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return ckpt_path
