@@ -27,6 +27,11 @@ def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text."""
+    return yaml.safe_load(text)
+
+
 def compose() -> dict[str, Any]:
     """docker/compose.yaml, parsed."""
     data = load_yaml(COMPOSE)
