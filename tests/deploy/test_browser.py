@@ -6,6 +6,7 @@ browser-download step. Screenshots go to test-artifacts/ (git-ignored).
 
 from __future__ import annotations
 
+import base64
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from service.app import create_app
+from service.settings import Settings
 from tests.deploy.conftest import app_for, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -107,4 +110,34 @@ def test_errors_are_shown_in_the_page(browser: Any, restore_store: Path, sample_
         page.set_input_files("#file", files=[{"name": "x.jpg", "mimeType": "image/jpeg", "buffer": b"nope"}])
         page.wait_for_function("() => document.getElementById('error').textContent.includes('HTTP 4')")
         assert "Restore failed: HTTP 415" in error.inner_text()
+        assert problems == []
+
+
+def test_drop_an_image_with_an_api_key(browser: Any, restore_store: Path, sample_jpeg: Path) -> None:
+    """Drag-and-drop into the drop zone; 401 shown without the key, restored once the key is entered."""
+    settings = Settings(
+        model_store=restore_store, queue="embedded", providers="CPUExecutionProvider", api_keys="demo-key"
+    )
+    with serve(create_app(settings)) as url:
+        page, problems = _open_page(browser, url)
+        drop = (
+            "async ([name, b64]) => {"
+            " const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));"
+            " const data = new DataTransfer();"
+            " data.items.add(new File([bytes], name, { type: 'image/jpeg' }));"
+            " document.getElementById('drop').dispatchEvent("
+            "   new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));"
+            "}"
+        )
+        payload = [sample_jpeg.name, base64.b64encode(sample_jpeg.read_bytes()).decode()]
+        page.evaluate(drop, payload)
+        error = page.locator("#error")
+        error.wait_for(state="visible", timeout=60_000)
+        assert "Restore failed: HTTP 401" in error.inner_text()
+
+        page.fill("#api-key", "demo-key")
+        page.evaluate(drop, payload)
+        _wait_restored(page)
+        assert error.is_hidden()
+        assert page.evaluate("() => document.getElementById('input-img').naturalWidth") > 0
         assert problems == []
