@@ -110,6 +110,12 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             _check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
         )
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML reads exponent literals without a dot (1e-4) as strings.
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got str {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)

@@ -136,6 +136,7 @@ def train_stage(
         variant = "full"
     if variant is not None and variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}")
+    store = load_store(cfg.data_path(), cfg.data.val_images, max(cfg.data.patch_size, cfg.data.val_crop))
     rank, world, device = _setup_distributed(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -144,9 +145,9 @@ def train_stage(
     tag = stage if variant in (None, "full") else f"{stage}-{variant}"
     ckpt_path = run_dir / checkpoint_name(stage, variant)
     log_path = metrics_path(run_dir, tag)
-    store = load_store(cfg.data_path(), cfg.data.val_images, max(cfg.data.patch_size, cfg.data.val_crop))
 
     stage_cfg = cfg.stage1 if stage == "stage1" else cfg.stage2
+    torch.manual_seed(cfg.seed + rank)
     objective: nn.Module
     if stage == "stage1":
         objective = Stage1Objective(cfg.model, cfg.loss)
@@ -158,7 +159,6 @@ def train_stage(
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=stage_cfg.lr)
 
-    torch.manual_seed(cfg.seed + rank)
     stage_index = {"stage1": 1, "stage2": 2, "ablation": 3}[stage]
     generator = torch.Generator().manual_seed(1_000_003 * cfg.seed + 101 * stage_index + rank)
     step = 0
