@@ -444,9 +444,7 @@ def _install_routes(app: FastAPI) -> None:
         restored = to_uint8(result.restored_hwc())
         detect_started = time.perf_counter()
         found = await asyncio.to_thread(detector.detect, restored, conf, iou)
-        baseline = (
-            await asyncio.to_thread(detector.detect, to_uint8(image.pixels), conf, iou) if compare else None
-        )
+        baseline = await asyncio.to_thread(detector.detect, image.as_uint8(), conf, iou) if compare else None
         detect_s = time.perf_counter() - detect_started
         annotated = _png_b64(detection.draw_detections(restored, found)) if annotate else None
         return DetectResponse(

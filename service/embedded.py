@@ -19,6 +19,7 @@ from service.batching import BatchPolicy
 from service.errors import DeadlineExceeded, InferenceError, QueueFull, ServiceError
 from service.metrics import Metrics
 from service.queue import TileResult
+from service.tiling import stack_tiles
 
 Runner = Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]
 
@@ -142,7 +143,7 @@ class EmbeddedQueue:
             tile.request.queue_wait_s = max(tile.request.queue_wait_s, wait)
             self._metrics.queue_wait.labels(self.model_ref).observe(wait)
         self._metrics.batch_size.labels(self.model_ref).observe(len(live))
-        stacked = np.stack([t.pixels for t in live])
+        stacked = stack_tiles([t.pixels for t in live])
         started = time.perf_counter()
         try:
             values = await asyncio.to_thread(self._runner, stacked, outputs)

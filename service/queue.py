@@ -1,6 +1,7 @@
 """The queue interface both backends implement, and the byte codec Redis jobs and results use.
 
-A request submits its tiles ``(n, 3, T, T)`` float32 sRGB [0, 1] and gets back, per requested output name,
+A request submits its tiles ``(n, 3, T, T)`` sRGB (uint8 0..255, or float32 [0, 1] for 16-bit sources) and
+gets back, per requested output name,
 ``(n, C, T/s, T/s)`` float32 in tile order. Tiles of different requests share batches.
 """
 

@@ -44,14 +44,14 @@ def result_key(prefix: str, request_id: str) -> str:
 def job_fields(
     request_id: str, index: int, tile: np.ndarray, outputs: list[str], enqueued: float, deadline: float
 ) -> dict[Any, Any]:
-    """Stream fields of one tile job (times are Unix seconds; ``tile`` is (3, T, T) float32)."""
+    """Stream fields of one tile job (times are Unix seconds; ``tile`` is (3, T, T) uint8 or float32)."""
     return {
         "req": request_id,
         "idx": index,
         "enq": repr(enqueued),
         "deadline": repr(deadline),
         "outputs": ",".join(outputs),
-        "data": pack({}, {"tile": tile.astype(np.float32, copy=False)}),
+        "data": pack({}, {"tile": tile}),
     }
 
 

@@ -124,7 +124,8 @@ def make_session(onnx_path: Path, providers: list[str] | None, threads: int) -> 
 class RestoreModel:
     """A verified restoration entry and its session.
 
-    ``run`` takes tiles ``(N, 3, T, T)`` float32 sRGB in [0, 1] (T a multiple of ``size_multiple``) and
+    ``run`` takes tiles ``(N, 3, T, T)`` sRGB, uint8 0..255 or float32 in [0, 1] (T a multiple of
+    ``size_multiple``), and
     returns the requested outputs: ``restored`` ``(N, 3, T, T)`` in [0, 1]; ``r_plus``/``r0``/``pilot``
     ``(N, C, T/s, T/s)`` with ``s = scale``.
     """
@@ -162,7 +163,10 @@ class RestoreModel:
         unknown = [o for o in outputs if o not in self.output_names]
         if unknown:
             raise InferenceError(f"{self.ref} has no outputs {unknown} (it has {self.output_names})")
-        feed = np.ascontiguousarray(tiles, dtype=np.float32)
+        if tiles.dtype == np.uint8:
+            feed = tiles.astype(np.float32) / np.float32(255.0)
+        else:
+            feed = np.ascontiguousarray(tiles, dtype=np.float32)
         try:
             if self.fixed_batch == 1 and feed.shape[0] > 1:
                 parts = [

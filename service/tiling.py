@@ -75,9 +75,10 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, multiple: int) 
 
 
 def extract_tiles(pixels: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """``(H, W, 3)`` float32 image -> ``(grid.count, 3, T, T)`` float32 tiles (NCHW), reflect-padded."""
+    """``(H, W, 3)`` image -> ``(grid.count, 3, T, T)`` tiles (NCHW, same dtype: uint8 0..255 or float32
+    [0, 1]), reflect-padded."""
     pad_h, pad_w = grid.padded_height - grid.height, grid.padded_width - grid.width
-    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))
     if pad_h or pad_w:
         widths = ((0, 0), (0, pad_h), (0, pad_w))
         chw = (
@@ -86,7 +87,7 @@ def extract_tiles(pixels: np.ndarray, grid: TileGrid) -> np.ndarray:
             else np.pad(chw, widths, mode="edge")
         )
     t = grid.tile
-    tiles = np.empty((grid.count, 3, t, t), dtype=np.float32)
+    tiles = np.empty((grid.count, 3, t, t), dtype=chw.dtype)
     for k, (y, x) in enumerate((y, x) for y in grid.ys for x in grid.xs):
         tiles[k] = chw[:, y : y + t, x : x + t]
     return tiles
@@ -134,3 +135,13 @@ def stitch_tiles(outputs: np.ndarray, grid: TileGrid) -> np.ndarray:
         total[y : y + side, x : x + side] += weight
     acc /= total
     return acc[:, : math.ceil(grid.height / scale), : math.ceil(grid.width / scale)]
+
+
+def stack_tiles(tiles: list[np.ndarray]) -> np.ndarray:
+    """Tiles of several requests -> one batch ``(n, 3, T, T)``: uint8 when every tile is uint8 (0..255),
+    else float32 in [0, 1] (uint8 tiles scaled by 1/255)."""
+    if all(t.dtype == np.uint8 for t in tiles):
+        return np.stack(tiles)
+    return np.stack(
+        [t.astype(np.float32) / 255.0 if t.dtype == np.uint8 else t.astype(np.float32) for t in tiles]
+    )

@@ -26,6 +26,7 @@ from service.queue import pack, unpack
 from service.redis_queue import GROUP, dead_key, result_key, stream_key
 from service.settings import Settings
 from service.store import RestoreModel
+from service.tiling import stack_tiles
 
 log = logging.getLogger("dir.worker")
 
@@ -34,7 +35,7 @@ Entry = tuple[str, dict[Any, Any]]
 
 @dataclass
 class Job:
-    """One decoded tile job: ``tile`` (3, T, T) float32 sRGB [0, 1]; times are Unix seconds."""
+    """One decoded tile job: ``tile`` (3, T, T) sRGB, uint8 or float32 [0, 1]; times are Unix seconds."""
 
     entry_id: str
     request_id: str
@@ -49,8 +50,10 @@ def decode_job(entry_id: str, fields: dict[Any, Any]) -> Job:
     """Stream entry -> ``Job``; raises ``ValueError``/``KeyError`` on a malformed entry."""
     _, arrays = unpack(fields[b"data"])
     tile = arrays["tile"]
-    if tile.ndim != 3 or tile.shape[0] != 3 or tile.dtype != np.float32:
-        raise ValueError(f"tile has shape {tile.shape} dtype {tile.dtype}, expected (3, T, T) float32")
+    if tile.ndim != 3 or tile.shape[0] != 3 or tile.dtype not in (np.uint8, np.float32):
+        raise ValueError(
+            f"tile has shape {tile.shape} dtype {tile.dtype}, expected (3, T, T) uint8 or float32"
+        )
     return Job(
         entry_id,
         fields[b"req"].decode(),
@@ -212,7 +215,7 @@ class Worker:
         outputs = sorted({o for job in jobs for o in job.outputs})
         started = time.perf_counter()
         try:
-            values = self.model.run(np.stack([job.tile for job in jobs]), outputs)
+            values = self.model.run(stack_tiles([job.tile for job in jobs]), outputs)
         except InferenceError as exc:
             if len(jobs) == 1:
                 log.error("job %s failed, left pending for redelivery: %s", jobs[0].entry_id, exc)

@@ -82,7 +82,10 @@ async def test_restore_png_raw_body(
     out = decode(response.content)
     assert out.size == (240, 232) and out.format == "PNG"
     source = np.asarray(Image.open(lenna).convert("RGB"), dtype=np.float32)
-    assert np.abs(np.asarray(out, dtype=np.float32) - source).mean() < 20
+    restored = np.asarray(out, dtype=np.float32)
+    assert np.corrcoef(restored.ravel(), source.ravel())[0, 1] > 0.5, (
+        "the output should still depict the input"
+    )
 
 
 @pytest.mark.parametrize(
