@@ -1,0 +1,78 @@
+"""export_system on a small untrained system: files, manifest, sha256, parity, dynamic axes, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from service.manifest import read_manifest, sha256_file
+from training.export import SERVING_OUTPUTS, export_system
+from training.models import DiRSystem, ModelConfig
+from training.train.errors import ExportError
+
+SMALL = ModelConfig(latent_channels=4, widths=(8, 8, 12), align_width=8, disc_width=8)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[DiRSystem, Path]:
+    torch.manual_seed(0)
+    system = DiRSystem(SMALL, "full").eval()
+    entry = tmp_path_factory.mktemp("store") / "dir-restore" / "9.9.9"
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(2, 3, 32, 32, generator=g), torch.rand(1, 3, 24, 40, generator=g)]
+    export_system(system, entry, "9.9.9", images, training={"run": "unit"}, metrics={"note": "untrained"})
+    return system, entry
+
+
+def test_manifest_lists_every_file_with_its_sha256(exported: tuple[DiRSystem, Path]) -> None:
+    _, entry = exported
+    m = read_manifest(entry)
+    assert m.name == "dir-restore" and m.version == "9.9.9" and m.opset >= 17
+    assert [t.name for t in m.inputs] == ["image"] and m.inputs[0].value_range == (0.0, 1.0)
+    assert tuple(t.name for t in m.outputs) == SERVING_OUTPUTS
+    assert m.outputs[1].shape == ["N", 4, "H/4", "W/4"]
+    assert m.tile is not None and m.tile.size % m.size_multiple == 0
+    for f in m.files:
+        assert sha256_file(entry / f.path) == f.sha256
+        onnx.checker.check_model(onnx.load(str(entry / f.path)))
+    assert m.training == {"run": "unit"} and m.metrics == {"note": "untrained"}
+
+
+def test_serving_graph_has_dynamic_batch_and_spatial_axes(exported: tuple[DiRSystem, Path]) -> None:
+    system, entry = exported
+    session = ort.InferenceSession(str(entry / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.rand(3, 3, 20, 28)
+    got = session.run(list(SERVING_OUTPUTS), {"image": x.numpy()})
+    with torch.no_grad():
+        ref = system(x)
+    for name, arr in zip(SERVING_OUTPUTS, got, strict=True):
+        assert arr.shape == tuple(ref[name].shape)
+        assert float(np.abs(arr - ref[name].numpy()).max()) < 1e-4
+
+
+def test_components_compose_to_the_fused_graph(exported: tuple[DiRSystem, Path]) -> None:
+    _, entry = exported
+
+    def run(name: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return ort.InferenceSession(str(entry / name), providers=["CPUExecutionProvider"]).run(None, feed)
+
+    x = torch.rand(1, 3, 16, 16).numpy()
+    (r0,) = run("dirnet.onnx", {"image": x})
+    (pilot,) = run("dfrnet.onnx", {"image": x})
+    (r_plus,) = run("alignment.onnx", {"r0": r0, "pilot": pilot})
+    (restored,) = run("decoder.onnx", {"r_plus": r_plus})
+    fused = run("model.onnx", {"image": x})
+    assert float(np.abs(fused[0] - restored).max()) < 1e-5
+    assert float(np.abs(fused[1] - r_plus).max()) < 1e-5
+
+
+def test_export_refuses_ablations_and_bad_parity_images(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="only the full method"):
+        export_system(DiRSystem(SMALL, "autoencoder"), tmp_path / "a", "1", [torch.rand(1, 3, 16, 16)])
+    with pytest.raises(ExportError, match="multiples of 4"):
+        export_system(DiRSystem(SMALL, "full"), tmp_path / "b", "1", [torch.rand(1, 3, 18, 16)])
