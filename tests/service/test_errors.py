@@ -123,7 +123,7 @@ async def test_queue_full_is_429_and_deadline_is_504(
     async with serve(settings) as client:
         queue = client.app.state.service.queue  # type: ignore[attr-defined]
         first = asyncio.create_task(client.post("/v1/restore", content=small))
-        while queue.depth == 0:
+        while queue.depth == 0 and not first.done():
             await asyncio.sleep(0.01)
         second = await client.post("/v1/restore", content=small)
         first_response = await first

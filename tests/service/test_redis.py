@@ -204,7 +204,7 @@ async def test_redis_deadline_and_queue_full(
     probe = redis.Redis.from_url(settings.queue)
     async with serve(settings) as client:  # no worker: nothing gets computed
         first = asyncio.create_task(client.post("/v1/restore", content=small_png))
-        while not probe.exists(stream_key(prefix, MODEL)) or probe.xlen(stream_key(prefix, MODEL)) == 0:
+        while not first.done() and not probe.xlen(stream_key(prefix, MODEL)):
             await asyncio.sleep(0.01)
         second = await client.post("/v1/restore", content=small_png)
         timed_out = await first
