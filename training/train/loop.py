@@ -55,11 +55,11 @@ def degrade_two_views(clean: Tensor, preset: str, generator: torch.Generator) ->
 
 
 def degrade_fixed(clean: Tensor, preset: str, names: list[str]) -> Tensor:
-    """Reproducible degradation of held-out images: image i seeded by stable_seed(preset, names[i])."""
+    """Reproducible degradation of held-out images: seed stable_seed(preset, "held-out", name) each."""
     from training.isp import simulate, stable_seed
 
     out = [
-        simulate(clean[i : i + 1], preset=preset, seed=stable_seed(preset, n)).degraded
+        simulate(clean[i : i + 1], preset=preset, seed=[stable_seed(preset, "held-out", n)]).degraded
         for i, n in enumerate(names)
     ]
     return torch.cat(out)

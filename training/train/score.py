@@ -1,7 +1,8 @@
 """PSNR of a trained run on the paper's ``ablation`` protocol (Table 5): cset14 and bsd100.
 
 Each clean image y* (sRGB [0, 1], full size) is degraded once with ``simulate(y*, preset,
-seed=stable_seed(preset, dataset, filename))``, so every run and every method sees the same inputs.
+seed=[stable_seed(preset, dataset, filename)])`` (the shared protocol seeding of docs/ISP.md), so every run
+and every method sees the same inputs.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def score_variant(
         restored_db, input_db = [], []
         for f in files:
             clean = load_rgb(f).float().div(255.0).unsqueeze(0)
-            x = simulate(clean, preset=preset, seed=stable_seed(preset, name, f.name)).degraded
+            x = simulate(clean, preset=preset, seed=[stable_seed(preset, name, f.name)]).degraded
             restored_db.append(float(psnr(system.restore(x), clean)))
             input_db.append(float(psnr(x, clean)))
         out[name] = {
@@ -61,7 +62,7 @@ def score_run(
     path = run / "scores.json"
     record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     record["protocol"] = preset
-    record["seeding"] = "simulate(clean, preset, seed=stable_seed(preset, dataset, filename))"
+    record["seeding"] = "simulate(clean, preset, seed=[stable_seed(preset, dataset, filename)])"
     record.setdefault("psnr_db", {})
     for v in variants:
         record["psnr_db"][v] = score_variant(run, v, datasets, preset, limit)
