@@ -49,7 +49,7 @@ class Metrics:
             "dir_batch_size", "tiles per batch", ["model"], buckets=BATCH_BUCKETS, registry=reg
         )
         self.queue_depth = Gauge(
-            "dir_queue_depth", "tiles waiting", ["model"], multiprocess_mode="livesum", registry=reg
+            "dir_queue_depth", "tiles waiting", ["model"], multiprocess_mode="livemax", registry=reg
         )
         self.redeliveries = Counter(
             "dir_redeliveries", "Redis jobs delivered again after a worker died", registry=reg
