@@ -32,7 +32,7 @@ def test_degraded_cache_is_deterministic(dataset: Callable[[str], Path]) -> None
     assert not torch.equal(first[0], first[1])
 
 
-def test_detect_rows_on_two_images(dataset: Callable[[str], Path]) -> None:
+def test_detect_rows_on_two_images(dataset: Callable[[str], Path], tmp_path: Path) -> None:
     dataset("coco128_val")
     store = REPO_ROOT / "model_store"
     if find_detector(store) is None:
@@ -45,3 +45,6 @@ def test_detect_rows_on_two_images(dataset: Callable[[str], Path]) -> None:
     clean, degraded = run.rows[0], run.rows[1]
     assert clean.map50 is not None and 0.0 <= clean.map50 <= 1.0
     assert degraded.map50 is not None and degraded.s_per_mp is not None
+    again = run_detect(methods, ctx, limit=2, progress=False, cache_dir=tmp_path)
+    assert again.rows[1] == degraded  # the identity row comes from the cache
+    assert (tmp_path / "detect.jsonl").read_text().count("\n") == 1

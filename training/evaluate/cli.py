@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         for protocol in _protocols(args.protocol):
             if protocol == "detect":
                 detect_methods = resolve_methods(args.detect_methods)
-                runs.append(run_detect(detect_methods, ctx, args.detect_limit, progress=not args.no_progress))
+                runs.append(
+                    run_detect(detect_methods, ctx, args.detect_limit, not args.no_progress, args.cache)
+                )
                 continue
             nr = ("NIQE", niqe) if protocol == "real" else None
             image_run = run_protocol(

@@ -9,6 +9,7 @@ by a method, and re-quantised to uint8 before the detector sees it. mAP is compu
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from training.evaluate.errors import DatasetMissingError, MethodUnavailableError, ProtocolError
 from training.evaluate.methods import MethodContext, MethodSpec
-from training.evaluate.runner import machine_description
+from training.evaluate.runner import CACHE_VERSION, CACHED_FAMILIES, machine_description
 
 DETECT_PRESET = "default-isp"
 DETECT_DATASET = "coco128_val"
@@ -116,6 +118,38 @@ class DegradedCache:
         clean_u8, degraded_u8 = self.items[key]
         return _to_tensor(clean_u8), _to_tensor(degraded_u8)
 
+    def fill(self, images_dir: Path) -> str:
+        """Degrade every image of ``images_dir`` (sorted) once; returns the sha1 of all degraded bytes."""
+        h = hashlib.sha1()
+        for path in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+            with Image.open(path) as im:
+                image = np.asarray(im.convert("RGB"))
+            h.update(_to_uint8(self.get(image)[1]).tobytes())
+        return h.hexdigest()
+
+
+class RowCache:
+    """Detect rows of the deterministic methods on disk (``<folder>/detect.jsonl``), see ScoreCache."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "detect.jsonl"
+        self.entries: dict[str, DetectRow] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                item = json.loads(line)
+                self.entries[item["key"]] = DetectRow(**item["row"])
+
+    def get(self, key: str) -> DetectRow | None:
+        """The cached row, or None."""
+        return self.entries.get(key)
+
+    def put(self, key: str, row: DetectRow) -> None:
+        """Record a row (appended to the file at once)."""
+        self.entries[key] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"key": key, "row": asdict(row)}) + "\n")
+
 
 def _restoring_transform(
     restore: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
@@ -154,11 +188,13 @@ def run_detect(
     ctx: MethodContext,
     limit: int | None = None,
     progress: bool = True,
+    cache_dir: Path | None = None,
 ) -> DetectRun:
     """Score the installed detector on clean, degraded (``identity``) and restored (other methods) inputs.
 
     The detector is the highest-version ``task="detect"`` entry of ``ctx.model_store`` (install one with
-    ``dir-models add-detector``); raises :class:`ProtocolError` where none is installed.
+    ``dir-models add-detector``); raises :class:`ProtocolError` where none is installed. ``cache_dir``:
+    reuse the rows of the deterministic methods, keyed by detector and the bytes of every degraded input.
     """
     from service.detection import find_detector, load_detector
     from training.detect.metrics import coco128_dirs, evaluate_detector
@@ -183,6 +219,8 @@ def run_detect(
 
         clean = score(None)
         degraded_cache = DegradedCache()
+        digest = degraded_cache.fill(images)
+        rows = RowCache(cache_dir) if cache_dir is not None else None
         run = DetectRun(
             detector=f"{detector.name}/{detector.version}",
             n_images=int(clean["n_images"]),
@@ -195,6 +233,11 @@ def run_detect(
             DetectRow("Clean (no ISP degradation)", None, clean["map50"], clean["map50_95"], None)
         )
         for spec in methods:
+            key = f"v{CACHE_VERSION}/{spec.name}/{run.detector}/{digest}"
+            cached = rows.get(key) if rows is not None and spec.family in CACHED_FAMILIES else None
+            if cached is not None:
+                run.rows.append(cached)
+                continue
             try:
                 restore = spec.bind(ctx)
             except MethodUnavailableError as exc:
@@ -206,15 +249,10 @@ def run_detect(
             result = score(transform)
             bar.close()
             label = "Degraded (default ISP)" if spec.family == "reference" else spec.label
-            run.rows.append(
-                DetectRow(
-                    label,
-                    spec.name,
-                    result["map50"],
-                    result["map50_95"],
-                    timer.s_per_mp,
-                    None,
-                    restore.version,
-                )
+            row = DetectRow(
+                label, spec.name, result["map50"], result["map50_95"], timer.s_per_mp, None, restore.version
             )
+            run.rows.append(row)
+            if rows is not None and spec.family in CACHED_FAMILIES:
+                rows.put(key, row)
     return run
