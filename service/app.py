@@ -353,12 +353,9 @@ def _install_routes(app: FastAPI) -> None:
         response_class=Response,
         responses={
             200: {
-                "content": {
-                    "application/octet-stream": {},
-                    "application/json": {
-                        "schema": RepresentJson.model_json_schema(ref_template="#/components/schemas/{model}")
-                    },
-                }
+                "model": RepresentJson,
+                "description": ".npy or safetensors bytes (octet-stream), or JSON with format=json",
+                "content": {"application/octet-stream": {}},
             },
             **ERRORS,
         },

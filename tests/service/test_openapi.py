@@ -33,3 +33,12 @@ def test_every_endpoint_is_described() -> None:
     ):
         assert path in paths
     assert "multipart/form-data" in paths["/v1/restore"]["post"]["requestBody"]["content"]
+
+
+def test_every_schema_reference_resolves() -> None:
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    text = json.dumps(document)
+    prefix = '"$ref": "#/components/schemas/'
+    refs = {chunk.split('"', 1)[0] for chunk in text.split(prefix)[1:]}
+    assert refs and refs <= set(schemas), f"dangling: {refs - set(schemas)}"
