@@ -37,9 +37,8 @@ def test_detect_rows_on_two_images(dataset: Callable[[str], Path], tmp_path: Pat
     store = REPO_ROOT / "model_store"
     if find_detector(store) is None:
         pytest.skip("no detector installed (dir-models add-detector yolo-fastestv2 <weights>)")
-    run = run_detect(
-        resolve_methods("identity,dir-full"), MethodContext(model_store=store), limit=2, progress=False
-    )
+    methods, ctx = resolve_methods("identity,dir-full"), MethodContext(model_store=store)
+    run = run_detect(methods, ctx, limit=2, progress=False, cache_dir=tmp_path)
     assert run.n_images == 2
     assert [r.method for r in run.rows] == [None, "identity", "dir-full"]
     clean, degraded = run.rows[0], run.rows[1]
