@@ -168,7 +168,7 @@ def serving_rows(
             continue
         with server({**env, **extra}, redis_url if use_redis else None) as (base, _):
             asyncio.run(load(base, body, 1, 2))
-            rows[mode] = [asyncio.run(load(base, body, c, max(4, c))) for c in levels]
+            rows[mode] = [asyncio.run(load(base, body, c, max(8, c))) for c in levels]
         print(f"{mode}: {rows[mode]}", file=sys.stderr)
     return rows
 
