@@ -208,9 +208,19 @@ async def test_redis_deadline_and_queue_full(
             await asyncio.sleep(0.01)
         second = await client.post("/v1/restore", content=small_png)
         timed_out = await first
-    probe.close()
     assert second.status_code == 429 and second.headers["retry-after"]
     assert timed_out.status_code == 504
+    # A worker arriving late drops the expired jobs without computing them.
+    model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
+    metrics = Metrics()
+    worker = Worker(probe, model, settings, metrics, consumer="late")
+    for _ in range(100):
+        if not probe.xlen(stream_key(prefix, MODEL)):
+            break
+        worker.step(block_ms=10)
+    assert probe.xlen(stream_key(prefix, MODEL)) == 0
+    assert metrics.batch_size.labels(MODEL)._sum.get() == 0  # type: ignore[attr-defined]
+    probe.close()
 
 
 async def test_redis_outage_is_503_then_recovers_without_restart(
