@@ -279,7 +279,7 @@ def _install_routes(app: FastAPI) -> None:
         if state is not None:
             try:
                 await state.queue.ping()
-                checks["queue"] = "ok"
+                checks["queue"] = await state.queue.status()
             except Unavailable as exc:
                 checks["queue"] = exc.message
                 ready = False

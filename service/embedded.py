@@ -89,6 +89,10 @@ class EmbeddedQueue:
     async def ping(self) -> None:
         """Always reachable while the batcher task runs."""
 
+    async def status(self) -> str:
+        """One line for /readyz."""
+        return f"ok: embedded, {self.depth} tiles waiting"
+
     async def submit(self, tiles: np.ndarray, outputs: list[str], timeout_s: float) -> TileResult:
         """Queue ``tiles`` (n, 3, T, T) and wait for their outputs (n, C, T/s, T/s)."""
         count = int(tiles.shape[0])

@@ -41,6 +41,10 @@ class TileQueue(Protocol):
     async def ping(self) -> None:
         """Raise ``Unavailable`` when the queue cannot take work (Redis down)."""
 
+    async def status(self) -> str:
+        """A one-line description for /readyz (backlog, live workers); raises ``Unavailable``."""
+        ...
+
 
 def pack(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     """Serialise a JSON header and float32/uint8 arrays: ``<json>\\n<raw bytes ...>`` (no pickle)."""

@@ -24,6 +24,7 @@ from service.errors import DeadlineExceeded, InferenceError, QueueFull, Unavaila
 from service.queue import TileResult, pack, unpack
 
 GROUP = "workers"
+LIVE_WORKER_IDLE_MS = 5_000  # workers block at most 1 s per XREADGROUP, so a live one is never idler
 
 
 def stream_key(prefix: str, model_ref: str) -> str:
@@ -92,6 +93,18 @@ class RedisQueue:
         except (RedisError, OSError) as exc:
             self._group_ready = False
             raise _unavailable(self.url, exc) from exc
+
+    async def status(self) -> str:
+        """One line for /readyz: backlog and workers seen in the last ``LIVE_WORKER_IDLE_MS``."""
+        try:
+            depth = await self.depth()
+            consumers: Any = await self._client.xinfo_consumers(self._stream, GROUP)
+        except ResponseError:
+            return "ok: redis, no consumer group yet (no worker has connected)"
+        except (RedisError, OSError) as exc:
+            raise _unavailable(self.url, exc) from exc
+        live = sum(1 for c in consumers if int(c["idle"]) < LIVE_WORKER_IDLE_MS)
+        return f"ok: redis, {depth} tiles queued, {live} live worker(s)"
 
     async def depth(self) -> int:
         """Tiles queued or being computed for this model."""

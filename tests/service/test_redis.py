@@ -92,7 +92,9 @@ async def test_redis_backend_matches_embedded(
                 *[client.post("/v1/restore", content=small_png) for _ in range(6)]
             )
             latent = await client.post("/v1/represent", content=small_png)
+            ready_with_worker = await client.get("/readyz")
     assert ready.status_code == 200
+    assert ready_with_worker.json()["checks"]["queue"].endswith("1 live worker(s)")
     for response in responses:
         assert response.status_code == 200, response.text
         a = np.asarray(Image.open(io.BytesIO(response.content)), dtype=np.int16)
