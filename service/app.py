@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -158,6 +158,14 @@ def _state(request: Request) -> ServiceState:
     return state
 
 
+async def _require_key(request: Request) -> None:
+    """Route dependency: bearer API key check, run before any parameter is validated."""
+    check_api_key(request, _state(request).settings)
+
+
+AUTH = [Depends(_require_key)]
+
+
 def _timing_headers(
     state: ServiceState, decode_s: float, queue_s: float, compute_s: float, total_s: float
 ) -> dict[str, str]:
@@ -172,7 +180,6 @@ def _timing_headers(
 
 
 async def _decode(request: Request, state: ServiceState) -> tuple[DecodedImage, float]:
-    check_api_key(request, state.settings)
     data = await read_image_body(request, state.settings.max_body_bytes)
     started = time.perf_counter()
     image = await asyncio.to_thread(decode_image, data, state.settings.max_pixels)
@@ -291,10 +298,15 @@ def _install_routes(app: FastAPI) -> None:
     async def metrics_endpoint(request: Request) -> Response:
         return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", tags=["models"], summary="Model store entries", response_model=ModelsResponse)
+    @app.get(
+        "/v1/models",
+        dependencies=AUTH,
+        tags=["models"],
+        summary="Model store entries",
+        response_model=ModelsResponse,
+    )
     async def models(request: Request) -> ModelsResponse:
         state = _state(request)
-        check_api_key(request, state.settings)
         detector = state.detector
         detector_ref = f"{detector.manifest.name}/{detector.manifest.version}" if detector else None
         serving = {state.model.ref, detector_ref}
@@ -315,6 +327,7 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.post(
         "/v1/restore",
+        dependencies=AUTH,
         tags=["models"],
         summary="Restore a camera image (PNG, JPEG or WebP in; PNG or JPEG out)",
         openapi_extra=IMAGE_BODY,
@@ -347,6 +360,7 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.post(
         "/v1/represent",
+        dependencies=AUTH,
         tags=["models"],
         summary="The DiR representation r+ (and r0 / pilot on request) as .npy, safetensors or JSON",
         openapi_extra=IMAGE_BODY,
@@ -415,6 +429,7 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.post(
         "/v1/detect",
+        dependencies=AUTH,
         tags=["models"],
         summary="COCO detections on the DiR-restored image",
         openapi_extra=IMAGE_BODY,
@@ -432,7 +447,6 @@ def _install_routes(app: FastAPI) -> None:
     ) -> DetectResponse:
         started = time.perf_counter()
         state = _state(request)
-        check_api_key(request, state.settings)
         detector = state.detector
         if detector is None:
             raise Unavailable(state.detector_error)

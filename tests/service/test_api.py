@@ -297,3 +297,11 @@ async def test_tiny_image_latent_scale(
     assert response.headers["x-array-scales"] == f"r_plus={scale}"
     assert np.load(io.BytesIO(response.content)).shape == (channels, -(-5 // scale), -(-3 // scale))
     assert decode(restored.content).size == (3, 5)
+
+
+async def test_auth_is_checked_before_anything_else(api_settings: Callable[..., Settings]) -> None:
+    async with serve(api_settings(api_keys="k1")) as client:
+        restore = await client.post("/v1/restore?format=gif", content=b"x", headers={"Accept": "text/plain"})
+        represent = await client.post("/v1/represent?outputs=nonsense", content=b"x")
+        detect = await client.post("/v1/detect", content=b"x")
+    assert restore.status_code == represent.status_code == detect.status_code == 401
