@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.batching import BatchPolicy
 from service.errors import DeadlineExceeded, InferenceError, QueueFull, Unavailable
-from service.queue import TileResult, pack, unpack
+from service.queue import TileResult, dequantize, pack, unpack
 
 GROUP = "workers"
 LIVE_WORKER_IDLE_MS = 5_000  # workers block at most 1 s per XREADGROUP, so a live one is never idler
@@ -182,7 +182,7 @@ class RedisQueue:
                 if parts[outputs[0]][index] is None:
                     remaining -= 1
                 for name in outputs:
-                    parts[name][index] = arrays[name]
+                    parts[name][index] = dequantize(arrays[name])
                 wait_s = max(wait_s, float(header.get("wait", 0.0)))
                 compute[str(header.get("batch", index))] = float(header.get("compute", 0.0))
         stacked = {name: np.stack(values) for name, values in parts.items()}  # type: ignore[arg-type]

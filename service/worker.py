@@ -22,7 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 from service.batching import BatchPolicy
 from service.errors import InferenceError
 from service.metrics import Metrics
-from service.queue import pack, unpack
+from service.queue import pack, quantize_unit, unpack
 from service.redis_queue import GROUP, dead_key, result_key, stream_key
 from service.settings import Settings
 from service.store import RestoreModel
@@ -89,6 +89,7 @@ class Worker:
         self.stream = stream_key(settings.stream_prefix, model.ref)
         self.dead = dead_key(settings.stream_prefix, model.ref)
         self._last_claim = 0.0
+        self.unit_outputs = {o.name for o in model.entry.manifest.outputs if o.value_range == (0.0, 1.0)}
 
     def ensure_group(self) -> None:
         """Create the consumer group (from the stream's start) unless it exists."""
@@ -229,7 +230,11 @@ class Worker:
             wait = max(0.0, now - job.enqueued)
             self.metrics.queue_wait.labels(self.model.ref).observe(wait)
             header = {"idx": job.index, "wait": wait, "compute": elapsed, "batch": batch_id}
-            self._push(pipe, job.request_id, header, {name: values[name][k] for name in job.outputs})
+            arrays = {
+                name: quantize_unit(values[name][k]) if name in self.unit_outputs else values[name][k]
+                for name in job.outputs
+            }
+            self._push(pipe, job.request_id, header, arrays)
             pipe.xack(self.stream, GROUP, job.entry_id)
             pipe.xdel(self.stream, job.entry_id)
         return len(jobs)
