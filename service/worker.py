@@ -117,6 +117,9 @@ class Worker:
         kept: list[Entry] = []
         for raw_id, fields in claimed:
             entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            if not fields:  # deleted from the stream while pending (Redis < 7 still returns it)
+                self.client.xack(self.stream, GROUP, entry_id)
+                continue
             info = self.client.xpending_range(self.stream, GROUP, entry_id, entry_id, 1)
             deliveries = int(info[0]["times_delivered"]) if info else 1
             if deliveries > self.settings.max_deliveries:
@@ -134,7 +137,9 @@ class Worker:
         request = fields.get(b"req")
         if request is not None:
             message = f"tile job {entry_id} failed {deliveries} deliveries and was dead-lettered"
-            self._push(pipe, request.decode(), {"idx": int(fields.get(b"idx", b"0")), "error": message}, {})
+            index = fields.get(b"idx", b"0")
+            header = {"idx": int(index) if index.isdigit() else 0, "error": message}
+            self._push(pipe, request.decode(errors="replace"), header, {})
         pipe.xack(self.stream, GROUP, entry_id)
         pipe.xdel(self.stream, entry_id)
         pipe.execute()
@@ -182,7 +187,7 @@ class Worker:
         for entry_id, fields in entries:
             try:
                 job = decode_job(entry_id, fields)
-            except (KeyError, ValueError) as exc:
+            except (KeyError, ValueError, TypeError) as exc:
                 log.error("malformed job %s left pending for dead-lettering: %s", entry_id, exc)
                 continue
             if self.policy.expired(now, job.deadline):
