@@ -188,7 +188,9 @@ NOTES = """\
   NIQE rewards natural texture: on cc15 the mean-of-burst references score worse than the (mildly) noisy
   inputs, so read it next to PSNR, not alone.
 - s / MP: wall-clock seconds of the restore call per megapixel, single image batches, on the machine below,
-  whose cores are shared with other jobs: treat timings as rough (within a factor of ~2).
+  whose cores are shared with other jobs: treat timings as rough (within a factor of ~2). With `--cache`,
+  the peers' per-image scores and timings come from the run that first computed them (same inputs, byte
+  for byte); only the first image per dataset is recomputed, for the figure.
 """
 
 
