@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,19 @@ def test_copying_a_run_keeps_it_loadable(image_dir: Path, tmp_path: Path) -> Non
     system = load_system(moved)
     assert system.variant == "full"
     assert system.restore(torch.rand(1, 3, 21, 30)).shape == (1, 3, 21, 30)
+
+
+def test_score_writes_psnr_of_restored_and_input(
+    image_dir: Path, tmp_path: Path, dataset: Callable[[str], Path]
+) -> None:
+    from training.train.score import score_run
+
+    dataset("cset5")
+    run = tmp_path / "run"
+    cfg = micro(image_dir, run)
+    train_stage(cfg, "stage1", progress=False)
+    train_stage(cfg, "stage2", progress=False)
+    record = score_run(run, ["full"], ["cset5"], limit=1)
+    row = record["psnr_db"]["full"]["cset5"]
+    assert row["images"] == 1 and row["restored_psnr"] > 0 and row["input_psnr"] > 0
+    assert json.loads((run / "scores.json").read_text())["protocol"] == "ablation"
