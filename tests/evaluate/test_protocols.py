@@ -22,9 +22,19 @@ def test_synthetic_protocol_is_deterministic(protocol: str, dataset: Callable[[s
         assert a.seed == b.seed
         assert torch.equal(a.degraded, b.degraded)
         assert a.clean is not None and a.degraded.shape == a.clean.shape
-        assert a.degraded.shape[-2] % 2 == 0 and a.degraded.shape[-1] % 2 == 0
         assert not torch.equal(a.degraded, a.clean)
     assert first[0].seed != first[1].seed
+
+
+def test_synthetic_seed_is_the_image_own_seed(dataset: Callable[[str], Path]) -> None:
+    """The input equals simulate(clean, seed=[stable_seed(preset, dataset, file)]), as in dir-train score."""
+    from training.isp import simulate, stable_seed
+
+    (sample,) = get_protocol("ablation").samples("cset14", 1)
+    assert sample.seed == stable_seed("ablation", "cset14", "baboon.png")
+    assert sample.clean is not None
+    again = simulate(sample.clean, preset="ablation", seed=[sample.seed]).degraded
+    assert torch.equal(sample.degraded, again.float())
 
 
 def test_grayscale_image_becomes_three_channels(dataset: Callable[[str], Path]) -> None:

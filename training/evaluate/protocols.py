@@ -99,14 +99,13 @@ def dataset_files(name: str, limit: int | None = None) -> list[Path]:
     return files[:limit] if limit is not None else files
 
 
-def _crop_even(x: torch.Tensor) -> torch.Tensor:
-    """Crop bottom/right to even H and W (the simulator's Bayer mosaic needs 2x2 cells)."""
-    h, w = x.shape[-2:]
-    return x[..., : h - h % 2, : w - w % 2]
-
-
 def synthetic_samples(preset: str, dataset: str, limit: int | None = None) -> list[Sample]:
-    """Clean images of ``dataset`` degraded by ISP preset ``preset`` at per-image fixed seeds."""
+    """Clean images of ``dataset`` degraded by ISP preset ``preset`` at per-image fixed seeds.
+
+    The image's own seed is ``stable_seed(preset, dataset, file name)``, passed as a one-element sequence so
+    the simulator uses it as is (the same inputs as ``dir-train score``); odd sizes are handled by the
+    simulator (reflect-pad to even, crop back).
+    """
     spec = get_dataset(dataset)
     if spec.kind != "clean":
         raise ProtocolError(f"protocol {preset!r} needs clean images; dataset {dataset!r} is {spec.kind!r}")
@@ -116,10 +115,10 @@ def synthetic_samples(preset: str, dataset: str, limit: int | None = None) -> li
         raise ProtocolError(f"protocol {preset!r} needs the ISP simulator (training.isp): {exc}") from exc
     samples = []
     for path in dataset_files(dataset, limit):
-        clean = _crop_even(load_rgb(path))
+        clean = load_rgb(path)
         seed = stable_seed(preset, dataset, path.name)
         with torch.no_grad():
-            degraded = simulate(clean, preset=preset, seed=seed).degraded
+            degraded = simulate(clean, preset=preset, seed=[seed]).degraded
         samples.append(Sample(dataset, path.stem, degraded.float().clamp(0.0, 1.0).contiguous(), clean, seed))
     return samples
 

@@ -178,9 +178,10 @@ NOTES = """\
   and 4.6x faster in a check on one BSD100 image with sigma 0.07). NLM: OpenCV
   `fastNlMeansDenoisingColored`, h = hColor = 0.5 x sigma (0-255), template 7, search 21. DnCNN-B / FFDNet:
   the KAIR colour weights (FFDNet's noise map = the estimated sigma).
-- Synthetic protocols crop each clean image bottom/right to even H, W and degrade it with the ISP simulator
-  (`training.isp.simulate`) at seed `stable_seed(preset, dataset, file name)`: every method and every run
-  sees identical inputs. `--limit N` keeps the first N files (sorted by name) of each dataset.
+- Synthetic protocols degrade each whole clean image with the ISP simulator, `training.isp.simulate(clean,
+  preset, seed=[stable_seed(preset, dataset, file name)])` (the same inputs as `dir-train score`): every
+  method and every run sees identical inputs. `--limit N` keeps the first N files (sorted by name) of each
+  dataset.
 - No-reference score (protocol `real`, on cc15 and rni15): NIQE implemented here
   (`training/evaluate/niqe.py`, Mittal et al. 2013 features) with the pristine model fitted on the first
   120 images of `bsds500_train`, because the original NIQE pristine parameters are not available locally.
