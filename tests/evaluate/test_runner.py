@@ -18,7 +18,7 @@ def test_score_cache_is_reused(tmp_path: Path, dataset: Callable[[str], Path]) -
 
     first = run(ScoreCache(tmp_path))
     cache = ScoreCache(tmp_path)
-    assert len(cache.entries) == 4  # identity and nlm on 2 images; the checkpoint method is never cached
+    assert len(cache.entries) == 4  # identity and nlm on 2 images; dir-full did not run (no --run)
     second = run(cache)
     nlm1, nlm2 = first.methods[1], second.methods[1]
     assert nlm2.scores[1] == nlm1.scores[1]  # from the cache, timing included

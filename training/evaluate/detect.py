@@ -233,15 +233,17 @@ def run_detect(
             DetectRow("Clean (no ISP degradation)", None, clean["map50"], clean["map50_95"], None)
         )
         for spec in methods:
-            key = f"v{CACHE_VERSION}/{spec.name}/{run.detector}/{digest}"
-            cached = rows.get(key) if rows is not None and spec.family in CACHED_FAMILIES else None
-            if cached is not None:
-                run.rows.append(cached)
-                continue
             try:
                 restore = spec.bind(ctx)
             except MethodUnavailableError as exc:
                 run.rows.append(DetectRow(spec.label, spec.name, None, None, None, str(exc)))
+                continue
+            weights = f"@{restore.fingerprint}" if restore.fingerprint else ""
+            key = f"v{CACHE_VERSION}/{spec.name}{weights}/{run.detector}/{digest}"
+            cacheable = spec.family in CACHED_FAMILIES or restore.fingerprint is not None
+            cached = rows.get(key) if rows is not None and cacheable else None
+            if cached is not None:
+                run.rows.append(cached)
                 continue
             bar = tqdm(total=n, desc=f"detect:{spec.name}", unit="img", disable=not progress)
             timer = _Timer()
@@ -253,6 +255,6 @@ def run_detect(
                 label, spec.name, result["map50"], result["map50_95"], timer.s_per_mp, None, restore.version
             )
             run.rows.append(row)
-            if rows is not None and spec.family in CACHED_FAMILIES:
+            if rows is not None and cacheable:
                 rows.put(key, row)
     return run

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import bm3d
 import cv2
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from service.manifest import sha256_file
 from training.evaluate.errors import MethodUnavailableError, UnknownNameError
 from training.evaluate.kair import load_dncnn_color_blind, load_ffdnet_color
 from training.evaluate.metrics import estimate_noise_sigma
@@ -61,6 +62,8 @@ class BoundMethod:
     plain: Restorer | None = None
     oracle: OracleRestorer | None = None
     version: str | None = None
+    fingerprint: str | None = None
+    """sha256 of the weights file of a checkpoint or ONNX method (makes its scores cacheable), else None."""
 
     def __call__(self, degraded: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
         """Restore ``degraded`` (N, 3, H, W) [0, 1]; ``clean`` is used only by oracle peers."""
@@ -98,7 +101,8 @@ class MethodSpec:
             raise MethodUnavailableError(f"method {self.name} has no builder")
         plain = self.build(ctx)
         version = plain.version if isinstance(plain, OnnxRestorer) else None
-        return BoundMethod(self.name, plain=plain, version=version)
+        fingerprint = plain.fingerprint if isinstance(plain, OnnxRestorer | CheckpointRestorer) else None
+        return BoundMethod(self.name, plain=plain, version=version, fingerprint=fingerprint)
 
     @property
     def oracle(self) -> bool:
@@ -200,6 +204,28 @@ def _build_ffdnet_oracle(ctx: MethodContext) -> OracleRestorer:
     return _oracle(one)
 
 
+class SupportsRestore(Protocol):
+    """What the harness needs of ``training.models.DiRSystem``."""
+
+    def restore(self, image: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) [0, 1] -> (N, 3, H, W) [0, 1], any H, W."""
+        ...
+
+
+class CheckpointRestorer:
+    """A trained :class:`training.models.DiRSystem` as a restorer; ``fingerprint`` = sha256 of its file."""
+
+    def __init__(self, system: SupportsRestore, device: str, fingerprint: str) -> None:
+        self.system = system
+        self.device = device
+        self.fingerprint = fingerprint
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` [0, 1] -> ``(N, 3, H, W)`` [0, 1], any H, W."""
+        with torch.inference_mode():
+            return self.system.restore(batch.to(self.device)).clamp(0.0, 1.0).cpu()
+
+
 def _checkpoint_builder(variant: DiRVariant) -> Callable[[MethodContext], Restorer]:
     def build(ctx: MethodContext) -> Restorer:
         if ctx.run_dir is None:
@@ -209,7 +235,7 @@ def _checkpoint_builder(variant: DiRVariant) -> Callable[[MethodContext], Restor
         if not ctx.run_dir.exists():
             raise MethodUnavailableError(f"run folder not found: {ctx.run_dir}")
         try:
-            from training.models import load_system
+            from training.models import checkpoint_name, load_system
             from training.train.errors import DiRError
         except ImportError as exc:
             raise MethodUnavailableError(f"training.models is not importable: {exc}") from exc
@@ -219,12 +245,9 @@ def _checkpoint_builder(variant: DiRVariant) -> Callable[[MethodContext], Restor
             raise MethodUnavailableError(
                 f"cannot load variant {variant!r} from {ctx.run_dir}: {exc}"
             ) from exc
-
-        def restore(batch: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return system.restore(batch.to(ctx.device)).clamp(0.0, 1.0).cpu()
-
-        return restore
+        stage = "stage2" if variant == "full" else "ablation"
+        file = ctx.run_dir if ctx.run_dir.is_file() else ctx.run_dir / checkpoint_name(stage, variant)
+        return CheckpointRestorer(system, ctx.device, sha256_file(file))
 
     return build
 
@@ -254,7 +277,7 @@ class OnnxRestorer:
     def __init__(self, entry_dir: Path) -> None:
         import onnxruntime as ort
 
-        from service.manifest import read_manifest, sha256_file
+        from service.manifest import read_manifest
 
         if not (entry_dir / "manifest.json").is_file():
             raise MethodUnavailableError(f"no manifest.json in model_store entry {entry_dir}")
@@ -264,7 +287,8 @@ class OnnxRestorer:
         if not onnx_path.is_file():
             raise MethodUnavailableError(f"ONNX file not found: {onnx_path}")
         expected = self.manifest.file_sha256(self.manifest.onnx_file)
-        if expected is not None and sha256_file(onnx_path) != expected:
+        self.fingerprint = sha256_file(onnx_path)
+        if expected is not None and self.fingerprint != expected:
             raise MethodUnavailableError(f"sha256 of {onnx_path} does not match its manifest")
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         self.input_name = self.manifest.inputs[0].name

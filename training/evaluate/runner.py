@@ -117,11 +117,12 @@ class RunResult:
 
 
 class ScoreCache:
-    """Per-image scores of the deterministic methods (families "reference" and "peer"), kept on disk as
-    JSON lines so that a later run (e.g. one adding freshly trained checkpoints) reuses them.
+    """Per-image scores of the deterministic methods (identity, the peers, and checkpoint / ONNX methods by
+    the sha256 of their weights), kept on disk as JSON lines so that a later run reuses them.
 
-    The key holds the method, the sha1 of the exact degraded input tensor (so a change of the ISP simulator
-    invalidates it), the dataset, image name, no-reference score name and :data:`CACHE_VERSION`. Timings
+    The key holds the method (and weights hash), the sha1 of the exact degraded input tensor (so a change of
+    the ISP simulator invalidates it), the dataset, image name, no-reference score name and
+    :data:`CACHE_VERSION`. Timings
     are cached with the scores: they are those of the run that computed them.
     """
 
@@ -134,10 +135,11 @@ class ScoreCache:
                 self.entries[row["key"]] = ImageScore(**row["score"])
 
     @staticmethod
-    def key(method: str, sample: Sample, nr_name: str | None) -> str:
-        """The cache key of one method on one sample."""
+    def key(method: str, sample: Sample, nr_name: str | None, fingerprint: str | None = None) -> str:
+        """The cache key of one method (with its weights' sha256 where it has weights) on one sample."""
         digest = hashlib.sha1(sample.degraded.numpy().tobytes()).hexdigest()
-        return f"v{CACHE_VERSION}/{method}/{sample.dataset}/{sample.name}/{digest}/{nr_name}"
+        weights = f"@{fingerprint}" if fingerprint else ""
+        return f"v{CACHE_VERSION}/{method}{weights}/{sample.dataset}/{sample.name}/{digest}/{nr_name}"
 
     def get(self, key: str) -> ImageScore | None:
         """The cached score, or None."""
@@ -229,11 +231,13 @@ def run_protocol(
         nr_name = nr_score[0] if nr_score else None
         for sample in tqdm(usable, desc=f"{protocol}:{mspec.name}", unit="img", disable=not progress):
             is_first = sample is first[sample.dataset]
+            cacheable = mspec.family in CACHED_FAMILIES or restore.fingerprint is not None
             key = (
-                ScoreCache.key(mspec.name, sample, nr_name)
-                if cache and mspec.family in CACHED_FAMILIES
+                ScoreCache.key(mspec.name, sample, nr_name, restore.fingerprint)
+                if cache and cacheable
                 else None
             )
+
             cached = cache.get(key) if cache and key else None
             if cached is not None and not is_first:
                 result.scores.append(cached)
