@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", type=Path, default=None, help="write the Markdown report here (figures in img/)"
     )
     p.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated protocol:method pairs to leave out, e.g. lowlight:bm3d (reported as skipped)",
+    )
+    p.add_argument(
         "--cache",
         type=Path,
         default=None,
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 nr_score=nr,
                 progress=not args.no_progress,
                 cache=cache,
+                skip=[m for p, _, m in (t.partition(":") for t in args.skip.split(",")) if p == protocol],
             )
             runs.append(image_run)
             for m in image_run.methods:

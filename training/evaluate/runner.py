@@ -189,6 +189,7 @@ def run_protocol(
     nr_score: tuple[str, NoReferenceScore] | None = None,
     progress: bool = True,
     cache: ScoreCache | None = None,
+    skip: Sequence[str] = (),
 ) -> RunResult:
     """Score every method on the protocol's samples (the same degraded tensors for all methods).
 
@@ -196,7 +197,7 @@ def run_protocol(
     (name, function) of a no-reference score computed on every output.
     A method that cannot be built is recorded with its reason and skipped. ``cache``: reuse / record the
     scores of the deterministic methods (the first image of each dataset is always recomputed for the
-    figure).
+    figure). ``skip``: method names recorded as not run (e.g. BM3D where the CPU budget does not allow it).
     """
     spec = get_protocol(protocol)
     names = list(datasets) if datasets else list(spec.default_datasets)
@@ -221,6 +222,9 @@ def run_protocol(
     for mspec in methods:
         result = MethodResult(mspec.name, mspec.label, mspec.family, mspec.description, mspec.table5)
         run.methods.append(result)
+        if mspec.name in skip:
+            result.reason = "skipped in this run (--skip; CPU budget)"
+            continue
         try:
             restore = mspec.bind(ctx)
         except MethodUnavailableError as exc:
