@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="comma-separated protocol:method pairs to leave out, e.g. lowlight:bm3d (reported as skipped)",
     )
+    p.add_argument("--note", action="append", default=[], help="a line for the report header (repeatable)")
     p.add_argument(
         "--cache",
         type=Path,
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": command, "runs": [r.to_json() for r in runs]}, indent=1))
     if args.report:
-        write_report(runs, args.report, command, _provenance(args))
+        write_report(runs, args.report, command, [*_provenance(args), *args.note])
     for run in runs:
         print(f"\n## {run.protocol}")
         if isinstance(run, DetectRun):

@@ -223,7 +223,7 @@ def run_protocol(
         result = MethodResult(mspec.name, mspec.label, mspec.family, mspec.description, mspec.table5)
         run.methods.append(result)
         if mspec.name in skip:
-            result.reason = "skipped in this run (--skip; CPU budget)"
+            result.reason = "skipped in this run (--skip; see the notes at the top)"
             continue
         try:
             restore = mspec.bind(ctx)
