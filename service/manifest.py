@@ -65,9 +65,15 @@ class Manifest(BaseModel):
     size_multiple: int = Field(1, gt=0)
     tile: TileSpec | None = None
     files: list[ModelFile] = Field(default_factory=list)
-    extra: dict[str, Any] = Field(default_factory=dict, description="task-specific settings (detector classes, anchors ...)")
-    training: dict[str, Any] = Field(default_factory=dict, description="config and run that produced the weights")
-    metrics: dict[str, Any] = Field(default_factory=dict, description="evaluation numbers with their protocol")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="task-specific settings (detector classes, anchors ...)"
+    )
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="config and run that produced the weights"
+    )
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, description="evaluation numbers with their protocol"
+    )
     created: str = ""
 
     def file_sha256(self, path: str) -> str | None:
