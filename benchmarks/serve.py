@@ -272,8 +272,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Machine: {result['machine']}. Command: `{result['command']}`. Model: `{result['model']}` "
         f"(tiles {result['tile']}). ORT intra-op threads: {result['threads']}. Measured {result['date']}.",
-        "The machine is shared with other engineers' jobs while this ran: absolute numbers are noisy; the "
-        "modes ran one after another in the same run.",
+        f"Load average at start: {result['load_at_start']}; the modes ran one after another in the same run, "
+        "so compare ratios, not absolute numbers across runs.",
         "",
         "| mode | concurrency | requests | throughput (req/s) | p50 (ms) | p99 (ms) | failures |",
         "|---|---|---|---|---|---|---|",
@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     body = jpeg_bytes(photo)
     levels = [int(c) for c in args.concurrency.split(",")]
     redis_url = args.redis if redis_reachable(args.redis) else None
+    load_at_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     serving = serving_rows(body, levels, env, redis_url)
     image = np.asarray(Image.open(io.BytesIO(body)), dtype=np.float32) / 255
     tile = entry.manifest.tile
@@ -370,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": entry.ref,
         "tile": f"{tile.size}/{tile.overlap}" if tile else "default 256/32",
         "threads": args.threads,
+        "load_at_start": load_at_start,
         "serving": serving,
         "ratios": ratios(serving),
         "ort_vs_torch": ort_vs_torch(entry, args.threads, image, args.repeats, args.torch_run),
