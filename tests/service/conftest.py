@@ -10,9 +10,11 @@ import contextlib
 import io
 import shutil
 import socket
+import struct
 import subprocess
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -155,3 +157,9 @@ def image_bytes(path: Path, fmt: str | None = None, **save: Any) -> bytes:
     buffer = io.BytesIO()
     Image.open(path).convert("RGB").save(buffer, format=fmt, **save)
     return buffer.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk (length, type, data, CRC32), for hand-built PNG headers in error tests."""
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)

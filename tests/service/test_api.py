@@ -17,7 +17,7 @@ from safetensors.numpy import load as safetensors_load
 from service.settings import Settings
 from service.store import ModelEntry
 from service.tiling import plan_tiles
-from tests.service.conftest import image_bytes, serve
+from tests.service.conftest import image_bytes, png_chunk, serve
 
 
 def png16_rgb(pixels: np.ndarray) -> bytes:
@@ -25,20 +25,12 @@ def png16_rgb(pixels: np.ndarray) -> bytes:
     h, w, _ = pixels.shape
     raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
     header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(raw))
+        + png_chunk(b"IEND", b"")
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from service.settings import Settings
-from tests.service.conftest import image_bytes, serve
+from tests.service.conftest import image_bytes, png_chunk, serve
 
 
 @pytest.fixture
@@ -24,20 +24,12 @@ def lenna(dataset: Callable[[str], Path]) -> Path:
 def bomb_png(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width x height`` (pixel data: one tiny zlib stream)."""
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + png_chunk(b"IEND", b"")
     )
 
 
