@@ -30,7 +30,8 @@ from PIL import Image, ImageDraw
 from pydantic import BaseModel
 
 from service.errors import BadInput, ModelStoreError
-from service.manifest import Manifest, read_manifest, sha256_file
+from service.manifest import Manifest, read_manifest
+from service.store import verify_files
 
 Layout = Literal["yolov5", "yolov8"]
 LAYOUTS: tuple[str, ...] = ("yolov5", "yolov8")
@@ -323,22 +324,6 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def verify_entry(entry_dir: Path, manifest: Manifest) -> None:
-    """Raise :class:`ModelStoreError` unless the ONNX file is listed and every listed file matches its
-    sha256."""
-    if manifest.file_sha256(manifest.onnx_file) is None:
-        raise ModelStoreError(f"{entry_dir}: manifest lists no sha256 for {manifest.onnx_file}")
-    for f in manifest.files:
-        path = entry_dir / f.path
-        if not path.is_file():
-            raise ModelStoreError(f"{entry_dir}: file {f.path} listed in the manifest is missing")
-        actual = sha256_file(path)
-        if actual != f.sha256:
-            raise ModelStoreError(
-                f"{path}: sha256 {actual} does not match the manifest's {f.sha256}; refusing to load"
-            )
-
-
 def load_detector(
     entry_dir: Path, providers: list[str] | None = None, intra_op_threads: int | None = None
 ) -> Detector:
@@ -352,7 +337,7 @@ def load_detector(
         raise ModelStoreError(f"{entry_dir}: cannot read manifest.json: {exc}") from exc
     if manifest.task != "detect":
         raise ModelStoreError(f"{entry_dir}: manifest task is {manifest.task!r}, expected 'detect'")
-    verify_entry(entry_dir, manifest)
+    verify_files(entry_dir, manifest)
     opts = ort.SessionOptions()
     if intra_op_threads is not None:
         opts.intra_op_num_threads = intra_op_threads

@@ -75,25 +75,31 @@ def resolve_entry(store: Path, spec: str, task: str) -> ModelEntry:
     return matching[-1]
 
 
-def verify_entry(entry: ModelEntry) -> None:
-    """Check every file listed in the manifest against its sha256; the ONNX file must be listed.
+def verify_files(entry_dir: Path, manifest: Manifest) -> None:
+    """Check every file the manifest lists against its sha256; the ONNX file must be listed.
 
-    Raises ``ModelStoreError`` naming the file, the expected and the actual digest.
+    Shared by the restoration and detector loaders. Raises ``ModelStoreError`` naming the file, the expected
+    and the actual digest.
     """
-    manifest = entry.manifest
     if manifest.file_sha256(manifest.onnx_file) is None:
         raise ModelStoreError(
-            f"{entry.path}: manifest records no sha256 for {manifest.onnx_file}; refusing it"
+            f"{entry_dir}: manifest records no sha256 for {manifest.onnx_file}; refusing it"
         )
     for f in manifest.files:
-        target = entry.path / f.path
+        target = entry_dir / f.path
         if not target.is_file():
-            raise ModelStoreError(f"{entry.path}: file {f.path} listed in the manifest is missing")
+            raise ModelStoreError(f"{entry_dir}: file {f.path} listed in the manifest is missing")
         actual = sha256_file(target)
         if actual != f.sha256:
             raise ModelStoreError(
-                f"{target}: sha256 mismatch (manifest {f.sha256}, file {actual}); refusing to load it"
+                f"{target}: sha256 mismatch: the file's sha256 {actual} does not match the manifest's "
+                f"{f.sha256}; refusing to load it"
             )
+
+
+def verify_entry(entry: ModelEntry) -> None:
+    """:func:`verify_files` for a resolved entry."""
+    verify_files(entry.path, entry.manifest)
 
 
 def choose_providers(requested: list[str] | None) -> list[str]:
