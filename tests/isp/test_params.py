@@ -32,6 +32,7 @@ def test_json_round_trip_is_exact(params: ISPParams) -> None:
         ("jpeg_quality", 0, "jpeg_quality .* got 0"),
         ("jpeg_quality", 50.5, "50.5"),
         ("noise_seed", -1, "noise_seed"),
+        ("noise_domain", "linear", "noise_domain .* got 'linear'"),
         ("rgb2cam", [[1.0, 0.0], [0.0, 1.0]], r"shape \(2, 2\)"),
         ("wb_red_gain", float("inf"), "wb_red_gain"),
     ],
@@ -63,3 +64,9 @@ def test_exact_undoes_the_inverse_isp(params: ISPParams) -> None:
     assert np.allclose(np.asarray(e.cam2rgb) @ np.asarray(e.rgb2cam), np.eye(3), atol=1e-12)
     assert e.gaussian_sigma == e.poisson_lambda == e.shot_noise == e.read_noise == 0.0
     assert e.jpeg_quality is None and e.gamma == 2.2 and e.tone_strength == 1.0
+
+
+def test_records_without_noise_domain_read_as_raw(params: ISPParams) -> None:
+    d = params.to_dict()
+    del d["noise_domain"]
+    assert ISPParams.from_dict(d).noise_domain == "raw"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -83,3 +84,16 @@ def test_two_views_differ_but_share_the_clean_image(batch: torch.Tensor) -> None
     assert float((v1.degraded - v2.degraded).abs().mean()) > 0.01
     again = simulate_two_views(batch, "train", seed=9)
     assert torch.equal(again[1].degraded, simulate_two_views(batch, "train", seed=9)[1].degraded)
+
+
+@pytest.mark.parametrize("domain", ["raw", "srgb"])
+def test_noise_domain_decides_where_the_protocol_noise_goes(domain: str) -> None:
+    """sRGB noise reaches the output at its own sigma; RAW noise is amplified by gains and gamma."""
+    grey = torch.full((1, 3, 128, 128), 0.5)
+    exact = simulate(grey, "ablation", seed=3, jpeg=False).params[0].exact()
+    noisy = dataclasses.replace(exact, gaussian_sigma=0.05, noise_domain=domain)
+    residual = simulate(grey, params=[noisy]).degraded - simulate(grey, params=[exact]).degraded
+    if domain == "srgb":
+        assert float(residual.std()) == pytest.approx(0.05, rel=0.05)
+    else:
+        assert float(residual.std()) > 0.1

@@ -95,3 +95,31 @@ def test_invalid_draw_and_preset() -> None:
         Draw(2.0, 1.0)
     with pytest.raises(ParamsError, match="XGGB"):
         Preset(name="bad", description="", cfa_patterns=("XGGB",))
+
+
+@pytest.mark.parametrize("name", ["ablation", "lowlight"])
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds)
+def test_protocol_noise_is_in_srgb(name: str, seed: int) -> None:
+    assert sample_params(get_preset(name), seed).noise_domain == "srgb"
+
+
+def test_train_mixes_noise_domains_and_neutral_renderings() -> None:
+    train = get_preset("train")
+    draws = [sample_params(train, seed) for seed in range(600)]
+    srgb = sum(p.noise_domain == "srgb" for p in draws) / len(draws)
+    neutral = [
+        p
+        for p in draws
+        if (p.digital_gain, p.wb_red_gain, p.wb_blue_gain) == (p.rgb_gain, p.red_gain, p.blue_gain)
+    ]
+    assert srgb == pytest.approx(train.srgb_noise, abs=0.06)
+    assert len(neutral) / len(draws) == pytest.approx(train.neutral_isp, abs=0.06)
+    for p in neutral:
+        assert np.allclose(p.exact().cam2rgb, p.cam2rgb) and (p.gamma, p.tone_strength) == (2.2, 1.0)
+        assert p.sharpen_amount == 0.0 and p.denoise_sigma == 0.0
+
+
+def test_probabilities_are_checked() -> None:
+    with pytest.raises(ParamsError, match=r"srgb_noise=1\.5"):
+        Preset(name="bad", description="", srgb_noise=1.5)

@@ -1,4 +1,4 @@
-"""Noise added to the RAW mosaic: heteroscedastic sensor noise, extra Gaussian and Poisson noise."""
+"""Noise: heteroscedastic sensor noise and extra Gaussian/Poisson noise, in RAW or in sRGB."""
 
 from __future__ import annotations
 
@@ -43,3 +43,29 @@ def add_raw_noise(
                 x[i] = torch.poisson(raw[i].clamp_min(0.0) / lam, generator=generators[i]) * lam
     variance = shot * raw.clamp_min(0.0) + read + gaussian_sigma**2
     return x + variance.sqrt() * z
+
+
+def add_srgb_noise(
+    srgb: torch.Tensor,
+    gaussian_sigma: torch.Tensor,
+    poisson_lambda: Sequence[float],
+    generators: Sequence[torch.Generator],
+) -> torch.Tensor:
+    """Noisy sRGB: ``(N, 3, H, W)`` in ``[0, 1]`` -> ``(N, 3, H, W)`` clipped to ``[0, 1]``.
+
+    Per image ``n``: Poisson ``x -> Poisson(x / lambda) * lambda`` when ``poisson_lambda[n] > 0``, then
+    Gaussian noise of standard deviation ``gaussian_sigma[n]`` (``(N, 1, 1, 1)``), independent per pixel and
+    channel. Images whose sigma and lambda are both 0 pass through unchanged and consume no draws.
+    """
+    sigmas = gaussian_sigma.flatten().tolist()
+    lambdas = [float(v) for v in poisson_lambda]
+    if not any(s > 0 for s in sigmas) and not any(v > 0 for v in lambdas):
+        return srgb
+    x = srgb.clone()
+    for i, g in enumerate(generators):
+        if lambdas[i] > 0:
+            x[i] = torch.poisson(srgb[i].clamp_min(0.0) / lambdas[i], generator=g) * lambdas[i]
+        if sigmas[i] > 0:
+            z = torch.empty_like(x[i]).normal_(generator=g)
+            x[i] = x[i] + sigmas[i] * z
+    return x.clamp(0.0, 1.0)

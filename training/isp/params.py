@@ -18,6 +18,8 @@ Matrix3 = tuple[tuple[float, float, float], tuple[float, float, float], tuple[fl
 CFA_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 #: Demosaicking methods of the forward ISP.
 DEMOSAIC_METHODS = ("bilinear", "malvar")
+#: Where the protocols' Gaussian/Poisson noise enters: the RAW mosaic or the forward ISP's sRGB output.
+NOISE_DOMAINS = ("raw", "srgb")
 
 
 def as_matrix3(m: Any) -> Matrix3:
@@ -38,10 +40,13 @@ class ISPParams:
         rgb2cam: linear RGB -> camera RGB, rows sum to 1.
         rgb_gain, red_gain, blue_gain: the camera's true digital gain and white-balance gains, undone in RAW.
 
-    Noise, added to the RAW mosaic (values relative to white = 1):
-        shot_noise, read_noise: heteroscedastic sensor noise, variance ``shot_noise * x + read_noise``.
+    Noise (values relative to white = 1):
+        shot_noise, read_noise: heteroscedastic sensor noise in the RAW mosaic, variance
+            ``shot_noise * x + read_noise``.
         gaussian_sigma: extra signal-independent Gaussian noise, standard deviation.
         poisson_lambda: Poisson noise scale: ``x -> Poisson(x / lambda) * lambda`` (0 = off).
+        noise_domain: where ``gaussian_sigma`` and ``poisson_lambda`` are added: ``"raw"`` (the mosaic,
+            before the forward ISP amplifies them) or ``"srgb"`` (the forward ISP's output, before JPEG).
         noise_seed: seeds the per-image torch generator the noise is drawn from.
 
     Forward ISP (the hyperparameters the simulated camera actually used):
@@ -77,11 +82,14 @@ class ISPParams:
     sharpen_amount: float
     sharpen_sigma: float
     jpeg_quality: int | None
+    noise_domain: str = "raw"
     preset: str = ""
 
     def __post_init__(self) -> None:
         if self.cfa not in CFA_PATTERNS:
             raise ParamsError(f"cfa must be one of {CFA_PATTERNS}, got {self.cfa!r}")
+        if self.noise_domain not in NOISE_DOMAINS:
+            raise ParamsError(f"noise_domain must be one of {NOISE_DOMAINS}, got {self.noise_domain!r}")
         if self.demosaic not in DEMOSAIC_METHODS:
             raise ParamsError(f"demosaic must be one of {DEMOSAIC_METHODS}, got {self.demosaic!r}")
         object.__setattr__(self, "rgb2cam", as_matrix3(self.rgb2cam))

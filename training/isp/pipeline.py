@@ -1,4 +1,4 @@
-"""The composer: clean sRGB -> (inverse ISP) RAW -> noise -> (forward ISP) degraded sRGB -> JPEG.
+"""The composer: clean sRGB -> (inverse ISP) RAW -> noise -> (forward ISP) sRGB -> [noise] -> JPEG.
 
 Shapes and spaces at the boundary: ``clean`` is ``(N, 3, H, W)`` float32 sRGB in ``[0, 1]`` on any device;
 ``degraded`` has the same shape, dtype and device. Odd ``H`` or ``W``: the image is reflect-padded by one
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from training.isp.errors import ImageError, ParamsError, check_srgb_batch
 from training.isp.jpeg import jpeg_compress
-from training.isp.noise import add_raw_noise, noise_generators
+from training.isp.noise import add_raw_noise, add_srgb_noise, noise_generators
 from training.isp.ops import apply_ccm, per_image
 from training.isp.params import ISPParams
 from training.isp.presets import get_preset
@@ -84,16 +84,41 @@ def unprocess(srgb: torch.Tensor, params: Sequence[ISPParams], stages: Stages | 
     return raw
 
 
-def add_noise(raw: torch.Tensor, params: Sequence[ISPParams]) -> torch.Tensor:
-    """Sensor noise in RAW: ``(N, 1, H, W)`` -> ``(N, 1, H, W)``, drawn from each image's ``noise_seed``."""
+def _protocol_noise(
+    params: Sequence[ISPParams], domain: str, like: torch.Tensor
+) -> tuple[torch.Tensor, list[float]]:
+    """Gaussian sigmas ``(N, 1, 1, 1)`` and Poisson lambdas, 0 for images whose noise is not in ``domain``."""
+    sigma = [p.gaussian_sigma if p.noise_domain == domain else 0.0 for p in params]
+    lam = [p.poisson_lambda if p.noise_domain == domain else 0.0 for p in params]
+    return per_image(sigma, like), lam
+
+
+def add_noise(
+    raw: torch.Tensor, params: Sequence[ISPParams], generators: Sequence[torch.Generator] | None = None
+) -> torch.Tensor:
+    """Noise in RAW: ``(N, 1, H, W)`` -> ``(N, 1, H, W)``, drawn from each image's ``noise_seed``.
+
+    Sensor shot/read noise always; the protocol's Gaussian/Poisson noise for images with
+    ``noise_domain == "raw"``. ``generators`` (one per image) continue into :func:`add_noise_srgb`.
+    """
+    gens = generators or noise_generators([p.noise_seed for p in params], raw.device)
+    sigma, lam = _protocol_noise(params, "raw", raw)
     return add_raw_noise(
         raw,
         shot=_column(params, "shot_noise", raw),
         read=_column(params, "read_noise", raw),
-        gaussian_sigma=_column(params, "gaussian_sigma", raw),
-        poisson_lambda=[p.poisson_lambda for p in params],
-        generators=noise_generators([p.noise_seed for p in params], raw.device),
+        gaussian_sigma=sigma,
+        poisson_lambda=lam,
+        generators=gens,
     )
+
+
+def add_noise_srgb(
+    srgb: torch.Tensor, params: Sequence[ISPParams], generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """The protocol's noise for images with ``noise_domain == "srgb"``: ``(N, 3, H, W)`` in ``[0, 1]``."""
+    sigma, lam = _protocol_noise(params, "srgb", srgb)
+    return add_srgb_noise(srgb, sigma, lam, generators)
 
 
 def process(raw: torch.Tensor, params: Sequence[ISPParams], stages: Stages | None = None) -> torch.Tensor:
@@ -142,12 +167,15 @@ def degrade(
     x = F.pad(clean, (0, w % 2, 0, h % 2), mode="reflect") if (h % 2 or w % 2) else clean
     # Inverse ISP to clean RAW.
     raw = unprocess(x, params, stages)
-    # Sensor and protocol noise in RAW.
-    raw = add_noise(raw, params)
+    # Sensor noise (and the protocol's noise, for noise_domain "raw") in RAW.
+    generators = noise_generators([p.noise_seed for p in params], raw.device)
+    raw = add_noise(raw, params, generators)
     if stages is not None:
         stages["RAW (noisy)"] = raw
     # Forward ISP with this camera's hyperparameters; crop the padding back.
     out = process(raw, params, stages)[:, :, :h, :w]
+    # The protocol's noise for noise_domain "srgb", on the camera's output before compression.
+    out = add_noise_srgb(out, params, generators)
     # JPEG at each image's quality (on the CPU).
     out = jpeg_compress(out, [p.jpeg_quality for p in params])
     return SimResult(clean=clean, degraded=out, params=list(params), stages=stages or {})

@@ -45,8 +45,10 @@ class Preset:
         description: one line for docs and CLI help.
         cfa_patterns: Bayer phases drawn uniformly.
         sensor_noise: probability of heteroscedastic shot/read noise (Brooks' log-linear model).
-        gaussian_sigma: extra Gaussian noise standard deviation in RAW.
-        poisson_lambda: Poisson noise scale in RAW.
+        gaussian_sigma: extra Gaussian noise standard deviation (relative to white = 1).
+        poisson_lambda: Poisson noise scale.
+        srgb_noise: probability that ``gaussian_sigma`` / ``poisson_lambda`` go into the forward ISP's sRGB
+            output (before JPEG) rather than into the RAW mosaic.
         exposure_ev: forward digital-gain error in stops (``digital_gain = true * 2**ev``).
         wb_error: forward white-balance error factor for the red and blue gains (drawn independently).
         ccm_perturbation: maximum absolute perturbation of each forward colour-matrix entry.
@@ -56,6 +58,8 @@ class Preset:
         tone_strength: forward tone-curve strength (1 = the curve the inverse ISP undid).
         sharpen_amount, sharpen_sigma: unsharp-mask amount and blur sigma in pixels.
         jpeg_quality: JPEG quality (rounded to an int).
+        neutral_isp: probability that the forward ISP draws none of its errors (true gains and colour
+            matrix, gamma 2.2, tone strength 1, no denoise or sharpening): a correctly rendered image.
         default_forward: the forward ISP ignores the true camera and uses fixed default gains and the
             average-camera colour matrix (the "default params ISP"); the error draws above are then unused.
     """
@@ -66,6 +70,7 @@ class Preset:
     sensor_noise: float = 1.0
     gaussian_sigma: Draw = OFF
     poisson_lambda: Draw = OFF
+    srgb_noise: float = 0.0
     exposure_ev: Draw = OFF
     wb_error: Draw = OFF
     ccm_perturbation: float = 0.0
@@ -76,11 +81,17 @@ class Preset:
     sharpen_amount: Draw = OFF
     sharpen_sigma: Draw = Draw(1.0, 1.0)
     jpeg_quality: Draw = OFF
+    neutral_isp: float = 0.0
     default_forward: bool = False
 
     def __post_init__(self) -> None:
         bad_cfa = [p for p in self.cfa_patterns if p not in CFA_PATTERNS]
         bad_dm = [m for m in self.demosaic if m not in DEMOSAIC_METHODS]
+        if not (0.0 <= self.srgb_noise <= 1.0 and 0.0 <= self.neutral_isp <= 1.0):
+            raise ParamsError(
+                f"preset {self.name!r}: srgb_noise={self.srgb_noise} and neutral_isp={self.neutral_isp} "
+                "must be probabilities in [0, 1]"
+            )
         if bad_cfa or bad_dm or not self.cfa_patterns or not self.demosaic:
             raise ParamsError(
                 f"preset {self.name!r}: bad cfa patterns {bad_cfa} or demosaic methods {bad_dm}"
@@ -105,18 +116,22 @@ PRESETS: dict[str, Preset] = {
     "ablation": replace(
         _RANDOM_ISP,
         name="ablation",
-        description="paper Table 5: random ISP + Gaussian sigma U[0.05, 0.1] in RAW + JPEG quality U[10, 30]",
+        description="paper Table 5: random ISP + Gaussian sigma U[0.05, 0.1] in sRGB + JPEG quality "
+        "U[10, 30]",
         sensor_noise=0.0,
         gaussian_sigma=Draw(0.05, 0.1),
+        srgb_noise=1.0,
         jpeg_quality=Draw(10, 30),
     ),
     "lowlight": replace(
         _RANDOM_ISP,
         name="lowlight",
-        description="paper Table 4: random ISP + Gaussian sigma U[0.15, 0.35] + Poisson lambda U[0.02, 0.04]",
+        description="paper Table 4: random ISP + Gaussian sigma U[0.15, 0.35] + Poisson lambda U[0.02, 0.04] "
+        "in sRGB",
         sensor_noise=0.0,
         gaussian_sigma=Draw(0.15, 0.35),
         poisson_lambda=Draw(0.02, 0.04),
+        srgb_noise=1.0,
     ),
     "train": Preset(
         name="train",
@@ -124,6 +139,7 @@ PRESETS: dict[str, Preset] = {
         sensor_noise=0.8,
         gaussian_sigma=Draw(0.005, 0.4, prob=0.7, log=True),
         poisson_lambda=Draw(0.002, 0.05, prob=0.3, log=True),
+        srgb_noise=0.75,
         exposure_ev=Draw(-1.0, 1.0),
         wb_error=Draw(0.7, 1.4, log=True),
         ccm_perturbation=0.2,
@@ -133,6 +149,7 @@ PRESETS: dict[str, Preset] = {
         sharpen_amount=Draw(0.0, 1.5),
         sharpen_sigma=Draw(0.5, 2.0),
         jpeg_quality=Draw(8, 95, prob=0.7),
+        neutral_isp=0.2,
     ),
     "default-isp": Preset(
         name="default-isp",

@@ -90,9 +90,11 @@ def degrade_image(clean: np.ndarray, p: ISPParams, *, jpeg: bool = True) -> np.n
     rng = np.random.default_rng(p.noise_seed)
     z = rng.standard_normal((h, w), dtype=np.float32)
     noisy = raw
-    if p.poisson_lambda > 0:
+    in_raw = p.noise_domain == "raw"
+    if in_raw and p.poisson_lambda > 0:
         noisy = (rng.poisson(np.maximum(raw, 0.0) / p.poisson_lambda) * p.poisson_lambda).astype(np.float32)
-    variance = p.shot_noise * np.maximum(raw, 0.0) + p.read_noise + p.gaussian_sigma**2
+    sigma = p.gaussian_sigma if in_raw else 0.0
+    variance = p.shot_noise * np.maximum(raw, 0.0) + p.read_noise + sigma**2
     raw = noisy + np.sqrt(variance).astype(np.float32) * z
     # Forward ISP.
     site_gain = np.where(m["R"], p.wb_red_gain, np.where(m["B"], p.wb_blue_gain, 1.0)) * p.digital_gain
@@ -105,6 +107,12 @@ def degrade_image(clean: np.ndarray, p: ISPParams, *, jpeg: bool = True) -> np.n
     x = x + p.tone_strength * (x * x * (3.0 - 2.0 * x) - x)
     if p.sharpen_amount > 0:
         x = np.clip(x + p.sharpen_amount * (x - _blur(x, p.sharpen_sigma)), 0.0, 1.0)
+    x = np.clip(x, 0.0, 1.0).astype(np.float32)
+    # The protocol's noise on the camera's output, for noise_domain "srgb".
+    if not in_raw and p.poisson_lambda > 0:
+        x = (rng.poisson(x / p.poisson_lambda) * p.poisson_lambda).astype(np.float32)
+    if not in_raw and p.gaussian_sigma > 0:
+        x = x + np.float32(p.gaussian_sigma) * rng.standard_normal(x.shape, dtype=np.float32)
     x = np.clip(x, 0.0, 1.0).astype(np.float32)
     if jpeg and p.jpeg_quality is not None:
         rgb = np.round(x * 255.0).astype(np.uint8)

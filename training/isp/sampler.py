@@ -113,6 +113,12 @@ def sample_params(preset: Preset, seed: int) -> ISPParams:
     sharpen_amount = _draw(rng, preset.sharpen_amount, 0.0)
     sharpen_sigma = _draw(rng, preset.sharpen_sigma, 1.0)
     quality = _draw(rng, preset.jpeg_quality, 0.0)
+    # Drawn last, so the draws above are the same whatever these probabilities are.
+    noise_domain = "srgb" if rng.random() < preset.srgb_noise else "raw"
+    if rng.random() < preset.neutral_isp and not preset.default_forward:
+        digital_gain, wb_red, wb_blue = rgb_gain, red_gain, blue_gain
+        cam2rgb = np.linalg.inv(rgb2cam)
+        denoise_sigma, gamma, tone_strength, sharpen_amount = 0.0, 2.2, 1.0, 0.0
     return ISPParams(
         cfa=cfa,
         rgb2cam=as_matrix3(rgb2cam),
@@ -135,5 +141,6 @@ def sample_params(preset: Preset, seed: int) -> ISPParams:
         sharpen_amount=sharpen_amount,
         sharpen_sigma=sharpen_sigma,
         jpeg_quality=round(quality) if quality > 0 else None,
+        noise_domain=noise_domain,
         preset=preset.name,
     )
