@@ -136,7 +136,12 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
     """
     entry = resolve_entry(settings.model_store, settings.restore_model, "restore")
     model = await asyncio.to_thread(
-        RestoreModel.load, entry, settings.provider_list, settings.threads, not settings.uses_redis
+        RestoreModel.load,
+        entry,
+        settings.provider_list,
+        settings.threads,
+        not settings.uses_redis,
+        settings.precision,
     )
     policy = BatchPolicy(settings.max_batch, settings.max_queue_delay_ms / 1000.0, settings.queue_bound)
     queue: TileQueue
@@ -147,7 +152,14 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
     await queue.start()
     tile, overlap = tile_geometry(model, settings.tile_size, settings.tile_overlap)
     detector, detector_error = await asyncio.to_thread(_load_detector, settings)
-    log.info("serving %s (tiles %d/%d, queue %s)", model.ref, tile, overlap, settings.queue.split("@")[-1])
+    log.info(
+        "serving %s %s (tiles %d/%d, queue %s)",
+        model.ref,
+        model.precision,
+        tile,
+        overlap,
+        settings.queue.split("@")[-1],
+    )
     return ServiceState(
         settings, metrics, model, queue, Restorer(model, queue, tile, overlap), detector, detector_error
     )
@@ -323,7 +335,12 @@ def _install_routes(app: FastAPI) -> None:
             )
             for e in await asyncio.to_thread(list_entries, state.settings.model_store)
         ]
-        return ModelsResponse(restore=state.model.ref, detect=detector_ref, models=infos)
+        return ModelsResponse(
+            restore=state.model.ref,
+            restore_precision=state.model.precision,
+            detect=detector_ref,
+            models=infos,
+        )
 
     @app.post(
         "/v1/restore",

@@ -59,7 +59,7 @@ def worker(argv: list[str] | None = None) -> None:
     if not settings.uses_redis:
         parser.error("dir-worker needs a Redis queue: --queue redis://host:6379/0 or DIR_QUEUE")
     entry = resolve_entry(settings.model_store, settings.restore_model, "restore")
-    model = RestoreModel.load(entry, settings.provider_list, settings.threads)
+    model = RestoreModel.load(entry, settings.provider_list, settings.threads, precision=settings.precision)
     metrics = Metrics()
     if args.metrics_port is not None and not multiprocess_dir():
         start_http_server(args.metrics_port, registry=metrics.registry)
@@ -67,7 +67,9 @@ def worker(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    logging.getLogger("dir.worker").info("worker %s serving %s", args.name or os.getpid(), model.ref)
+    logging.getLogger("dir.worker").info(
+        "worker %s serving %s %s", args.name or os.getpid(), model.ref, model.precision
+    )
     try:
         Worker(client, model, settings, metrics, consumer=args.name).run(stop)
     finally:

@@ -71,6 +71,9 @@ class ModelsResponse(BaseModel):
     """The entries under the model store and which are serving."""
 
     restore: str | None
+    restore_precision: str = Field(
+        description="graph the restoration model runs in this process: 'fp32' or 'fp16' (DIR_PRECISION)"
+    )
     detect: str | None
     models: list[ModelInfo]
 

@@ -12,6 +12,8 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_STORE = Path(__file__).resolve().parent.parent / "model_store"
+#: Values of ``DIR_PRECISION``.
+PRECISIONS = ("auto", "fp32", "fp16")
 
 
 class Settings(BaseSettings):
@@ -51,6 +53,11 @@ class Settings(BaseSettings):
         default="auto",
         description="comma-separated ONNX Runtime providers; 'auto': CUDA when available, else CPU",
     )
+    precision: str = Field(
+        default="auto",
+        description="restoration graph: 'fp32', 'fp16' (the entry's model.fp16.onnx), or 'auto' (fp16 when "
+        "the CUDA provider is used and the entry has one, else fp32)",
+    )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = CPU cores")
     host: str = Field(default="127.0.0.1", description="dir-serve bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="dir-serve port")
@@ -73,6 +80,13 @@ class Settings(BaseSettings):
     def _queue_kind(cls, value: str) -> str:
         if value != "embedded" and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"DIR_QUEUE must be 'embedded' or a redis:// URL, got {value!r}")
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _precision_kind(cls, value: str) -> str:
+        if value not in PRECISIONS:
+            raise ValueError(f"DIR_PRECISION must be one of {PRECISIONS}, got {value!r}")
         return value
 
     @property

@@ -127,6 +127,23 @@ def make_session(onnx_path: Path, providers: list[str] | None, threads: int) -> 
         raise ModelStoreError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
 
 
+def choose_graph(entry: ModelEntry, precision: str, providers: list[str]) -> tuple[str, str]:
+    """``(precision, onnx file)`` to serve: ``fp32`` the manifest's ``onnx_file``; ``fp16`` the entry's
+    half-precision graph (``extra.fp16.onnx_file``, same I/O); ``auto`` fp16 when the CUDA provider is
+    in ``providers`` and the entry has one, else fp32. ``fp16`` on an entry without one raises."""
+    fp16 = entry.manifest.extra.get("fp16")
+    fp16_file = fp16.get("onnx_file") if isinstance(fp16, dict) else None
+    if precision == "fp16" and not fp16_file:
+        raise ModelStoreError(
+            f"{entry.ref} has no fp16 graph (manifest extra.fp16.onnx_file); use DIR_PRECISION=fp32 or auto"
+        )
+    if fp16_file and entry.manifest.file_sha256(str(fp16_file)) is None:
+        raise ModelStoreError(f"{entry.ref}: manifest records no sha256 for {fp16_file}; refusing it")
+    if precision == "fp16" or (precision == "auto" and fp16_file and "CUDAExecutionProvider" in providers):
+        return "fp16", str(fp16_file)
+    return "fp32", entry.manifest.onnx_file
+
+
 class RestoreModel:
     """A verified restoration entry and its session.
 
@@ -136,9 +153,12 @@ class RestoreModel:
     ``(N, C, T/s, T/s)`` with ``s = scale``.
     """
 
-    def __init__(self, entry: ModelEntry, session: ort.InferenceSession | None) -> None:
+    def __init__(
+        self, entry: ModelEntry, session: ort.InferenceSession | None, precision: str = "fp32"
+    ) -> None:
         self.entry = entry
         self.session = session
+        self.precision = precision
         manifest = entry.manifest
         self.input_name = manifest.inputs[0].name
         self.output_names = [o.name for o in manifest.outputs]
@@ -148,14 +168,21 @@ class RestoreModel:
 
     @classmethod
     def load(
-        cls, entry: ModelEntry, providers: list[str] | None, threads: int, with_session: bool = True
+        cls,
+        entry: ModelEntry,
+        providers: list[str] | None,
+        threads: int,
+        with_session: bool = True,
+        precision: str = "auto",
     ) -> RestoreModel:
-        """Verify ``entry`` and build its session (``with_session=False``: manifest only, for a Redis API)."""
+        """Verify ``entry`` and build its session (``with_session=False``: manifest only, for a Redis API).
+
+        ``precision`` picks the graph (see :func:`choose_graph`).
+        """
         verify_entry(entry)
-        session = (
-            make_session(entry.path / entry.manifest.onnx_file, providers, threads) if with_session else None
-        )
-        return cls(entry, session)
+        chosen, onnx_file = choose_graph(entry, precision, choose_providers(providers))
+        session = make_session(entry.path / onnx_file, providers, threads) if with_session else None
+        return cls(entry, session, chosen)
 
     @property
     def ref(self) -> str:

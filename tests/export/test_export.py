@@ -76,3 +76,20 @@ def test_export_refuses_ablations_and_bad_parity_images(tmp_path: Path) -> None:
         export_system(DiRSystem(SMALL, "autoencoder"), tmp_path / "a", "1", [torch.rand(1, 3, 16, 16)])
     with pytest.raises(ExportError, match="multiples of 4"):
         export_system(DiRSystem(SMALL, "full"), tmp_path / "b", "1", [torch.rand(1, 3, 18, 16)])
+
+
+def test_fp16_variant_has_fp32_io_and_stated_parity(exported: tuple[DiRSystem, Path]) -> None:
+    system, entry = exported
+    m = read_manifest(entry)
+    fp16 = m.extra["fp16"]
+    assert fp16["onnx_file"] == "model.fp16.onnx"
+    assert fp16["parity_max_abs"]["restored"] <= fp16["tolerance_restored"] == pytest.approx(2 / 255)
+    assert [f.role for f in m.files if f.path == "model.fp16.onnx"] == ["serve-fp16"]
+    session = ort.InferenceSession(str(entry / "model.fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type) for i in session.get_inputs()] == [("image", "tensor(float)")]
+    x = torch.rand(2, 3, 20, 28)
+    restored = session.run(["restored"], {"image": x.numpy()})[0]
+    with torch.no_grad():
+        ref = system(x)["restored"].numpy()
+    assert restored.dtype == np.float32 and restored.shape == ref.shape
+    assert float(np.abs(restored - ref).max()) < 2 / 255

@@ -40,14 +40,19 @@ class TinyDiR(nn.Module):
         return restored, r_plus, r0, pilot
 
 
-def build_entry(
-    store: Path, name: str = "dir-restore", version: str = "0.0.1", tile: int = 64, overlap: int = 16
-) -> Path:
-    """Export ``TinyDiR`` to ``store/name/version/`` with a manifest (sha256 recorded); returns the folder."""
-    entry = store / name / version
-    entry.mkdir(parents=True, exist_ok=True)
-    model = TinyDiR().eval()
-    onnx_path = entry / "model.onnx"
+class HalfTinyDiR(nn.Module):
+    """``TinyDiR`` computed in float16 with float32 input and outputs, like the real fp16 export."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = TinyDiR().half()
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        restored, r_plus, r0, pilot = self.model(image.half())
+        return restored.float(), r_plus.float(), r0.float(), pilot.float()
+
+
+def _export(model: nn.Module, onnx_path: Path) -> None:
     spatial = {0: "N", 2: "H", 3: "W"}
     torch.onnx.export(
         model,
@@ -65,6 +70,31 @@ def build_entry(
         opset_version=17,
         dynamo=False,
     )
+
+
+def build_entry(
+    store: Path,
+    name: str = "dir-restore",
+    version: str = "0.0.1",
+    tile: int = 64,
+    overlap: int = 16,
+    fp16: bool = False,
+) -> Path:
+    """Export ``TinyDiR`` to ``store/name/version/`` with a manifest (sha256 recorded); returns the folder.
+
+    ``fp16=True`` also writes ``model.fp16.onnx`` (:class:`HalfTinyDiR`), recorded as dir-export does.
+    """
+    entry = store / name / version
+    entry.mkdir(parents=True, exist_ok=True)
+    onnx_path = entry / "model.onnx"
+    _export(TinyDiR().eval(), onnx_path)
+    files = [ModelFile(path="model.onnx", sha256=sha256_file(onnx_path))]
+    extra: dict[str, object] = {}
+    if fp16:
+        half_path = entry / "model.fp16.onnx"
+        _export(HalfTinyDiR().eval(), half_path)
+        files.append(ModelFile(path=half_path.name, sha256=sha256_file(half_path), role="serve-fp16"))
+        extra["fp16"] = {"onnx_file": "model.fp16.onnx"}
     latent: list[int | str] = ["N", CHANNELS, f"H/{SCALE}", f"W/{SCALE}"]
     manifest = Manifest(
         name=name,
@@ -83,7 +113,8 @@ def build_entry(
         ],
         size_multiple=SCALE,
         tile=TileSpec(size=tile, overlap=overlap),
-        files=[ModelFile(path="model.onnx", sha256=sha256_file(onnx_path))],
+        files=files,
+        extra=extra,
     )
     write_manifest(entry, manifest)
     return entry

@@ -206,6 +206,7 @@ async def test_ops_endpoints(api_settings: Callable[..., Settings], served_entry
     assert ready.status_code == 200 and ready.json()["ready"] is True
     listing = models.json()
     assert listing["restore"] == served_entry.ref and listing["detect"] is None
+    assert listing["restore_precision"] == "fp32"
     served = [m for m in listing["models"] if f"{m['name']}/{m['version']}" == served_entry.ref]
     assert served[0]["loaded"] is True
     assert served[0]["outputs"][:4] == ["restored", "r_plus", "r0", "pilot"]

@@ -6,13 +6,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.errors import ModelStoreError
 from service.manifest import read_manifest, write_manifest
 from service.settings import Settings
-from service.store import RestoreModel, resolve_entry, verify_entry, version_key
+from service.store import RestoreModel, choose_graph, resolve_entry, verify_entry, version_key
 from tests.service.conftest import serve
+from tests.service.fixture_model import build_entry
 
 
 def copy_store(fixture_store: Path, tmp_path: Path) -> Path:
@@ -73,3 +75,35 @@ async def test_app_refuses_to_start_without_entry(
     with pytest.raises(ModelStoreError, match="no restore entry"):
         async with serve(make_settings(model_store=tmp_path)):
             pass
+
+
+def test_precision_choice(tmp_path: Path) -> None:
+    entry = resolve_entry(build_entry(tmp_path / "a", fp16=True).parents[1], "dir-restore", "restore")
+    plain = resolve_entry(build_entry(tmp_path / "b").parents[1], "dir-restore", "restore")
+    cpu, cuda = ["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_graph(entry, "auto", cpu) == ("fp32", "model.onnx")
+    assert choose_graph(entry, "auto", cuda) == ("fp16", "model.fp16.onnx")
+    assert choose_graph(entry, "fp16", cpu) == ("fp16", "model.fp16.onnx")
+    assert choose_graph(entry, "fp32", cuda) == ("fp32", "model.onnx")
+    assert choose_graph(plain, "auto", cuda) == ("fp32", "model.onnx")
+    with pytest.raises(ModelStoreError, match="has no fp16 graph"):
+        choose_graph(plain, "fp16", cpu)
+
+
+def test_fp16_graph_serves_close_to_fp32(tmp_path: Path) -> None:
+    entry = resolve_entry(build_entry(tmp_path, fp16=True).parents[1], "dir-restore", "restore")
+    half, full = RestoreModel.load(entry, None, 1, precision="fp16"), RestoreModel.load(entry, None, 1)
+    assert (half.precision, full.precision) == ("fp16", "fp32")
+    tiles = np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8)
+    a, b = half.run(tiles, ["restored"])["restored"], full.run(tiles, ["restored"])["restored"]
+    assert a.dtype == np.float32 and a.shape == b.shape
+    assert 0 < float(np.abs(a - b).max()) < 2 / 255
+
+
+def test_unlisted_fp16_graph_is_refused(tmp_path: Path) -> None:
+    entry_dir = build_entry(tmp_path, fp16=True)
+    manifest = read_manifest(entry_dir)
+    write_manifest(entry_dir, manifest.model_copy(update={"files": manifest.files[:1]}))
+    entry = resolve_entry(tmp_path, "dir-restore", "restore")
+    with pytest.raises(ModelStoreError, match=r"no sha256 for model\.fp16\.onnx"):
+        RestoreModel.load(entry, None, 1, precision="fp16")

@@ -19,6 +19,9 @@ from training.train.errors import CheckpointError, ExportError
 
 OPSET = 17
 PARITY_TOLERANCE_FP32 = 1e-4
+#: fp16 graph vs fp32 PyTorch, max-abs error of ``restored`` (sRGB [0, 1]): 2 steps of 8-bit output.
+PARITY_TOLERANCE_FP16 = 2.0 / 255.0
+FP16_FILE = "model.fp16.onnx"
 SERVING_OUTPUTS = ("restored", "r_plus", "r0", "pilot")
 ENTRY_NAME = "dir-restore"
 
@@ -34,6 +37,22 @@ class ServingGraph(nn.Module):
         """See :meth:`DiRSystem.forward`; the dict becomes a tuple in ``SERVING_OUTPUTS`` order."""
         out = self.system(image)
         return out["restored"], out["r_plus"], out["r0"], out["pilot"]
+
+
+class HalfServingGraph(nn.Module):
+    """The fused graph computed in float16 with float32 input and outputs (casts at both ends).
+
+    Same I/O names, shapes and ranges as :class:`ServingGraph`, so a service swaps the file, nothing else.
+    """
+
+    def __init__(self, system: DiRSystem) -> None:
+        super().__init__()
+        self.graph = ServingGraph(system).half()
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """image (N, 3, H, W) float32 sRGB [0, 1] -> the four serving outputs as float32."""
+        restored, r_plus, r0, pilot = self.graph(image.half())
+        return restored.float(), r_plus.float(), r0.float(), pilot.float()
 
 
 class _Mean(nn.Module):
@@ -173,6 +192,7 @@ def export_system(
             raise ExportError(
                 f"{graph.file}: max-abs error {parity[graph.file]:.3g} vs PyTorch > {tolerance:g}"
             )
+    fp16 = _export_fp16(system, entry_dir / FP16_FILE, feeds["image"])
     c = system.cfg.latent_channels
     latent: list[int | str] = ["N", c, f"H/{m}", f"W/{m}"]
     desc = {
@@ -193,6 +213,8 @@ def export_system(
     files = [
         ModelFile(path=g.file, sha256=sha256_file(entry_dir / g.file), role=g.role) for g in _graphs(system)
     ]
+    if fp16["onnx_file"]:
+        files.append(ModelFile(path=FP16_FILE, sha256=sha256_file(entry_dir / FP16_FILE), role="serve-fp16"))
     manifest = Manifest(
         name=ENTRY_NAME,
         version=version,
@@ -219,6 +241,7 @@ def export_system(
             "latent_stride": m,
             "parity_max_abs_fp32": parity,
             "parity_tolerance_fp32": tolerance,
+            "fp16": fp16,
             "components": {
                 g.file: {"inputs": list(g.inputs), "outputs": list(g.outputs)} for g in _graphs(system)
             },
@@ -229,6 +252,46 @@ def export_system(
     )
     write_manifest(entry_dir, manifest)
     return ExportReport(manifest=manifest, entry_dir=entry_dir, parity_max_abs=parity)
+
+
+def _export_fp16(system: DiRSystem, path: Path, batches: list[tuple[Tensor, ...]]) -> dict[str, Any]:
+    """Export :class:`HalfServingGraph` to ``path`` and compare it (ONNX Runtime, CPU) with fp32 PyTorch.
+
+    Returns the manifest's ``extra.fp16`` record: ``onnx_file`` (None when parity failed; the file is then
+    removed), max-abs error per output, the tolerance on ``restored`` and, for the latents, the max-abs
+    error relative to the output's largest magnitude.
+    """
+    import copy
+
+    import onnx
+    import onnxruntime as ort
+
+    half = HalfServingGraph(copy.deepcopy(system)).eval()
+    _export_one(_Graph(path.name, half, ("image",), SERVING_OUTPUTS, "serve-fp16"), batches[0], path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reference = ServingGraph(system)
+    worst = dict.fromkeys(SERVING_OUTPUTS, 0.0)
+    relative = dict.fromkeys(SERVING_OUTPUTS[1:], 0.0)
+    for (x,) in batches:
+        got = session.run(list(SERVING_OUTPUTS), {"image": x.numpy()})
+        with torch.no_grad():
+            refs = reference(x)
+        for name, g, r in zip(SERVING_OUTPUTS, got, refs, strict=True):
+            err = float(np.abs(g - r.numpy()).max())
+            worst[name] = max(worst[name], err)
+            if name in relative:
+                relative[name] = max(relative[name], err / max(float(r.abs().max()), 1e-12))
+    ok = worst["restored"] <= PARITY_TOLERANCE_FP16
+    if not ok:
+        path.unlink()
+    return {
+        "onnx_file": path.name if ok else None,
+        "parity_max_abs": worst,
+        "parity_max_rel_latents": relative,
+        "tolerance_restored": PARITY_TOLERANCE_FP16,
+        "reference": "fp32 PyTorch on the parity images, fp16 graph run by ONNX Runtime (CPU)",
+    }
 
 
 def parity_images_for_run(run_dir: Path) -> list[Tensor]:
