@@ -81,12 +81,24 @@ def unpack(message: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return header, arrays
 
 
-def quantize_unit(array: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] -> uint16 (step 1/65535, far below 8-bit output precision): half of float32 on
-    the wire for ``restored`` tiles."""
-    return (np.clip(array, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+def quantize_unit(array: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Values in [0, 1] -> uint16 (``bits=16``, step 1/65535) or uint8 (``bits=8``, step 1/255).
+
+    Workers send ``restored`` tiles of 8-bit sources as uint8 (the response is 8-bit: a quarter of float32
+    on the wire; the stitched image is then identical outside tile overlaps and within one 8-bit step inside
+    them) and those of 16-bit sources as uint16.
+    """
+    if bits == 8:
+        return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if bits == 16:
+        return (np.clip(array, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+    raise ValueError(f"bits must be 8 or 16, got {bits}")
 
 
 def dequantize(array: np.ndarray) -> np.ndarray:
-    """Inverse of ``quantize_unit`` for uint16 arrays; float32 arrays pass through."""
-    return array.astype(np.float32) / np.float32(65535.0) if array.dtype == np.uint16 else array
+    """Inverse of ``quantize_unit`` for uint8 / uint16 arrays -> float32 in [0, 1]; float32 passes through."""
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / np.float32(65535.0)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / np.float32(255.0)
+    return array

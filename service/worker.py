@@ -235,8 +235,9 @@ class Worker:
             wait = max(0.0, now - job.enqueued)
             self.metrics.queue_wait.labels(self.model.ref).observe(wait)
             header = {"idx": job.index, "wait": wait, "compute": elapsed, "batch": batch_id}
+            bits = 8 if job.tile.dtype == np.uint8 else 16
             arrays = {
-                name: quantize_unit(values[name][k]) if name in self.unit_outputs else values[name][k]
+                name: quantize_unit(values[name][k], bits) if name in self.unit_outputs else values[name][k]
                 for name in job.outputs
             }
             self._push(pipe, job.request_id, header, arrays)

@@ -1,0 +1,45 @@
+"""The Redis byte codec: pack/unpack round trip and the unit-range quantisation of result tiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.imaging import to_uint8
+from service.queue import dequantize, pack, quantize_unit, unpack
+
+
+def test_pack_round_trip_keeps_dtypes_and_header() -> None:
+    rng = np.random.default_rng(0)
+    arrays = {
+        "tile": rng.integers(0, 256, (3, 8, 8), dtype=np.uint8),
+        "r_plus": rng.standard_normal((4, 2, 2)).astype(np.float32),
+        "restored": quantize_unit(rng.random((3, 8, 8)).astype(np.float32)),
+    }
+    header, back = unpack(pack({"idx": 3}, arrays))
+    assert header == {"idx": 3}
+    for name, array in arrays.items():
+        assert back[name].dtype == array.dtype and np.array_equal(back[name], array)
+
+
+@pytest.mark.parametrize(("bits", "dtype", "step"), [(8, np.uint8, 1 / 255), (16, np.uint16, 1 / 65535)])
+def test_quantisation_error_is_half_a_step(bits: int, dtype: type, step: float) -> None:
+    x = np.linspace(-0.1, 1.1, 10_001, dtype=np.float32)
+    q = quantize_unit(x, bits)
+    assert q.dtype == dtype
+    back = dequantize(q)
+    assert back.dtype == np.float32
+    inside = (x >= 0) & (x <= 1)
+    assert np.abs(back[inside] - x[inside]).max() <= step / 2 + 1e-7
+    assert back.min() == 0.0 and back.max() == 1.0
+
+
+def test_8_bit_quantisation_gives_the_8_bit_output_of_the_float_tile() -> None:
+    """Outside tile overlaps the response is byte-identical whether the tile travelled as uint8 or float."""
+    x = np.random.default_rng(1).random((100, 100, 3)).astype(np.float32)
+    assert np.array_equal(to_uint8(dequantize(quantize_unit(x, 8))), to_uint8(x))
+
+
+def test_bad_bits_are_refused() -> None:
+    with pytest.raises(ValueError, match="bits must be 8 or 16, got 12"):
+        quantize_unit(np.zeros(2, dtype=np.float32), 12)
