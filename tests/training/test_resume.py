@@ -152,4 +152,5 @@ def test_score_writes_psnr_of_restored_and_input(
     record = score_run(run, ["full"], ["cset5"], limit=1)
     row = record["psnr_db"]["full"]["cset5"]
     assert row["images"] == 1 and row["restored_psnr"] > 0 and row["input_psnr"] > 0
+    assert 0 < row["ceiling_psnr"] < 100, "D*(DfR(clean)) ceiling recorded for the full method"
     assert json.loads((run / "scores.json").read_text())["protocol"] == "ablation"

@@ -2,7 +2,9 @@
 
 Each clean image y* (sRGB [0, 1], full size) is degraded once with ``simulate(y*, preset,
 seed=[stable_seed(preset, dataset, filename)])`` (the shared protocol seeding of docs/ISP.md), so every run
-and every method sees the same inputs.
+and every method sees the same inputs. For the variants that decode with D* (full, no_pilot) the record also
+holds D*'s ceiling: the PSNR of D*(mean DfRNet(y*)), the clean image through its own representation, which
+no restoration through the frozen D* can exceed by much.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn import functional
 
-from training.models import Variant, load_system
+from training.models import DiRSystem, Variant, load_system
 from training.paths import dataset_dir
 from training.train.data import list_images, load_rgb
 from training.train.metrics import psnr
@@ -26,28 +29,42 @@ PAPER_TABLE5_PSNR = {
 }
 
 
+def decoder_ceiling(system: DiRSystem, clean: torch.Tensor) -> torch.Tensor:
+    """D*(mean DfRNet(clean)) clamped to [0, 1]: (N, 3, H, W) sRGB -> same; any H, W (replicate-padded)."""
+    h, w = clean.shape[-2:]
+    m = system.size_multiple
+    x = functional.pad(clean, (0, (-w) % m, 0, (-h) % m), mode="replicate")
+    r_star = system.get_submodule("dfrnet")(x)[0]
+    return system.get_submodule("decoder")(r_star).clamp(0.0, 1.0)[..., :h, :w]
+
+
 @torch.no_grad()
 def score_variant(
     run: Path, variant: Variant, datasets: list[str], preset: str = "ablation", limit: int | None = None
 ) -> dict[str, dict[str, float]]:
-    """Mean PSNR (dB) of restored and degraded images per dataset -> {dataset: {restored, input, images}}."""
+    """Mean PSNR (dB) per dataset -> {dataset: {restored_psnr, input_psnr, images[, ceiling_psnr]}}."""
     from training.isp import simulate, stable_seed
 
     system = load_system(run, variant)
     out: dict[str, dict[str, float]] = {}
     for name in datasets:
         files = list_images(dataset_dir(name))[:limit]
-        restored_db, input_db = [], []
+        restored_db, input_db, ceiling_db = [], [], []
+        with_ceiling = variant in ("full", "no_pilot")
         for f in files:
             clean = load_rgb(f).float().div(255.0).unsqueeze(0)
             x = simulate(clean, preset=preset, seed=[stable_seed(preset, name, f.name)]).degraded
             restored_db.append(float(psnr(system.restore(x), clean)))
             input_db.append(float(psnr(x, clean)))
+            if with_ceiling:
+                ceiling_db.append(float(psnr(decoder_ceiling(system, clean), clean)))
         out[name] = {
             "restored_psnr": round(sum(restored_db) / len(files), 3),
             "input_psnr": round(sum(input_db) / len(files), 3),
             "images": len(files),
         }
+        if with_ceiling:
+            out[name]["ceiling_psnr"] = round(sum(ceiling_db) / len(files), 3)
     return out
 
 
