@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.manifest import read_manifest, sha256_file
+from service.manifest import TileSpec, read_manifest, sha256_file
 from training.export import SERVING_OUTPUTS, export_system
 from training.models import DiRSystem, ModelConfig
 from training.train.errors import ExportError
@@ -93,3 +93,19 @@ def test_fp16_variant_has_fp32_io_and_stated_parity(exported: tuple[DiRSystem, P
         ref = system(x)["restored"].numpy()
     assert restored.dtype == np.float32 and restored.shape == ref.shape
     assert float(np.abs(restored - ref).max()) < 2 / 255
+
+
+def test_manifest_tile_default_and_bad_tiles(exported: tuple[DiRSystem, Path], tmp_path: Path) -> None:
+    system, _ = exported
+    assert read_manifest(exported[1]).tile == TileSpec(size=512, overlap=32)
+    images = [torch.rand(1, 3, 16, 16)]
+    with pytest.raises(ExportError, match="tile size 250 and overlap 32 must be multiples of 4"):
+        export_system(system, tmp_path / "bad", "0.0.0", images, tile=TileSpec(size=250, overlap=32))
+
+
+def test_cli_refuses_a_bad_tile_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.export.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--to", str(tmp_path / "e"), "--tile-size", "0"])
+    assert exit_info.value.code == 2 and "bad tile" in capsys.readouterr().err
