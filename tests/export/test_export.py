@@ -97,7 +97,7 @@ def test_fp16_variant_has_fp32_io_and_stated_parity(exported: tuple[DiRSystem, P
 
 def test_manifest_tile_default_and_bad_tiles(exported: tuple[DiRSystem, Path], tmp_path: Path) -> None:
     system, _ = exported
-    assert read_manifest(exported[1]).tile == TileSpec(size=512, overlap=32)
+    assert read_manifest(exported[1]).tile == TileSpec(size=256, overlap=32)
     images = [torch.rand(1, 3, 16, 16)]
     with pytest.raises(ExportError, match="tile size 250 and overlap 32 must be multiples of 4"):
         export_system(system, tmp_path / "bad", "0.0.0", images, tile=TileSpec(size=250, overlap=32))

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path, help="run folder holding stage2.pt and config.yaml")
     p.add_argument("--to", type=Path, required=True, help="entry folder, e.g. model_store/dir-restore/1.0.0")
     p.add_argument("--version", help="version string (default: the entry folder's name)")
-    p.add_argument("--tile-size", type=int, default=512, help="serving tile side in pixels (manifest)")
+    p.add_argument("--tile-size", type=int, default=256, help="serving tile side in pixels (manifest)")
     p.add_argument("--tile-overlap", type=int, default=32, help="serving tile overlap in pixels")
     args = p.parse_args(argv)
     from service.manifest import TileSpec

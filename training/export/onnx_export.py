@@ -22,9 +22,9 @@ PARITY_TOLERANCE_FP32 = 1e-4
 #: fp16 graph vs fp32 PyTorch, max-abs error of ``restored`` (sRGB [0, 1]): 2 steps of 8-bit output.
 PARITY_TOLERANCE_FP16 = 2.0 / 255.0
 FP16_FILE = "model.fp16.onnx"
-#: Serving tiles written to the manifest. 512 px: overlap waste (T / (T - overlap))^2 is 1.14 against 1.31
-#: at 256, and a 512x512 image is one tile instead of nine (2.4x less time on this CPU, docs/DECISIONS.md).
-DEFAULT_TILE = TileSpec(size=512, overlap=32)
+#: Serving tiles written to the manifest (``dir-export --tile-size/--tile-overlap`` override). Images smaller
+#: than a tile are padded up to it, so larger tiles only pay off for large images (docs/DECISIONS.md).
+DEFAULT_TILE = TileSpec(size=256, overlap=32)
 SERVING_OUTPUTS = ("restored", "r_plus", "r0", "pilot")
 ENTRY_NAME = "dir-restore"
 
