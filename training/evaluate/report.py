@@ -265,10 +265,13 @@ def findings(run: RunResult) -> list[str]:
                 (by_name[n].label, p) for n in ABLATION_ORDER if n in by_name and (p := _psnr(by_name[n], ds))
             ]
             if len(chain) >= 2:
-                text = " < ".join(f"{lab} {p:.2f}" for lab, p in chain)
+                expected = " < ".join(lab for lab, _ in chain)
+                ours_text = ", ".join(f"{lab} {p:.2f}" for lab, p in chain)
                 broken = [f"{a} >= {b}" for (a, pa), (b, pb) in itertools.pairwise(chain) if pa >= pb]
                 verdict = "holds" if not broken else "does NOT hold (" + "; ".join(broken) + ")"
-                out.append(f"{label}: ablation ordering {text} dB: the paper's ordering {verdict}.")
+                out.append(
+                    f"{label}: the paper's ablation ordering {expected} {verdict}; ours: {ours_text} dB."
+                )
     if run.protocol == "real" and ours is not None and run.nr_name:
         shown = [m for m in [by_name.get("identity"), ours, *peers] if m is not None]
         for ds in run.datasets:
