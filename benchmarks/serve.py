@@ -43,6 +43,9 @@ from training.paths import data_root
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 START, END = "<!-- serve:start -->", "<!-- serve:end -->"
+#: Requests at concurrency 1: the Redis-vs-embedded p50 difference is ~2 % of a request, so it needs more
+#: samples than the throughput rows (8 requests gave +15 to +28 ms run to run).
+SERIAL_REQUESTS = 24
 MODES = {
     "batching_off": {"DIR_MAX_BATCH": "1", "DIR_MAX_QUEUE_DELAY_MS": "0"},
     "embedded": {},
@@ -168,7 +171,8 @@ def serving_rows(
             continue
         with server({**env, **extra}, redis_url if use_redis else None) as (base, _):
             asyncio.run(load(base, body, 1, 2))
-            rows[mode] = [asyncio.run(load(base, body, c, max(8, c))) for c in levels]
+            counts = [SERIAL_REQUESTS if c == 1 else max(8, c) for c in levels]
+            rows[mode] = [asyncio.run(load(base, body, c, n)) for c, n in zip(levels, counts, strict=True)]
         print(f"{mode}: {rows[mode]}", file=sys.stderr)
     return rows
 

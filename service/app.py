@@ -142,6 +142,7 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
         settings.threads,
         not settings.uses_redis,
         settings.precision,
+        settings.ort_spinning,
     )
     policy = BatchPolicy(settings.max_batch, settings.max_queue_delay_ms / 1000.0, settings.queue_bound)
     queue: TileQueue

@@ -59,7 +59,13 @@ def worker(argv: list[str] | None = None) -> None:
     if not settings.uses_redis:
         parser.error("dir-worker needs a Redis queue: --queue redis://host:6379/0 or DIR_QUEUE")
     entry = resolve_entry(settings.model_store, settings.restore_model, "restore")
-    model = RestoreModel.load(entry, settings.provider_list, settings.threads, precision=settings.precision)
+    model = RestoreModel.load(
+        entry,
+        settings.provider_list,
+        settings.threads,
+        precision=settings.precision,
+        spinning=settings.ort_spinning,
+    )
     metrics = Metrics()
     if args.metrics_port is not None and not multiprocess_dir():
         start_http_server(args.metrics_port, registry=metrics.registry)

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
         description="restoration graph: 'fp32', 'fp16' (the entry's model.fp16.onnx), or 'auto' (fp16 when "
         "the CUDA provider is used and the entry has one, else fp32)",
     )
+    ort_spinning: bool = Field(
+        default=True,
+        description="ONNX Runtime intra-op threads spin-wait between runs (lower latency, busier cores)",
+    )
     intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = CPU cores")
     host: str = Field(default="127.0.0.1", description="dir-serve bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="dir-serve port")

@@ -113,11 +113,17 @@ def choose_providers(requested: list[str] | None) -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def make_session(onnx_path: Path, providers: list[str] | None, threads: int) -> ort.InferenceSession:
-    """An ONNX Runtime session with ``threads`` intra-op threads; load failures become ``ModelStoreError``."""
+def make_session(
+    onnx_path: Path, providers: list[str] | None, threads: int, spinning: bool = True
+) -> ort.InferenceSession:
+    """An ONNX Runtime session with ``threads`` intra-op threads; load failures become ``ModelStoreError``.
+
+    ``spinning=False`` makes idle intra-op threads sleep instead of spin-waiting for the next run.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         return ort.InferenceSession(
@@ -174,14 +180,15 @@ class RestoreModel:
         threads: int,
         with_session: bool = True,
         precision: str = "auto",
+        spinning: bool = True,
     ) -> RestoreModel:
         """Verify ``entry`` and build its session (``with_session=False``: manifest only, for a Redis API).
 
-        ``precision`` picks the graph (see :func:`choose_graph`).
+        ``precision`` picks the graph (see :func:`choose_graph`); ``spinning``: see :func:`make_session`.
         """
         verify_entry(entry)
         chosen, onnx_file = choose_graph(entry, precision, choose_providers(providers))
-        session = make_session(entry.path / onnx_file, providers, threads) if with_session else None
+        session = make_session(entry.path / onnx_file, providers, threads, spinning) if with_session else None
         return cls(entry, session, chosen)
 
     @property

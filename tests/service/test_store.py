@@ -107,3 +107,14 @@ def test_unlisted_fp16_graph_is_refused(tmp_path: Path) -> None:
     entry = resolve_entry(tmp_path, "dir-restore", "restore")
     with pytest.raises(ModelStoreError, match=r"no sha256 for model\.fp16\.onnx"):
         RestoreModel.load(entry, None, 1, precision="fp16")
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_spinning_setting_reaches_the_session(tmp_path: Path, spinning: bool) -> None:
+    entry = resolve_entry(build_entry(tmp_path).parents[1], "dir-restore", "restore")
+    model = RestoreModel.load(entry, None, 1, spinning=spinning)
+    assert model.session is not None
+    options = model.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spinning))
+    tiles = np.zeros((1, 3, 64, 64), dtype=np.uint8)
+    assert model.run(tiles, ["restored"])["restored"].shape == (1, 3, 64, 64)
