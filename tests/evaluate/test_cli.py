@@ -27,6 +27,8 @@ def test_cli_writes_json_report_and_figure(tmp_path: Path, dataset: Callable[[st
     assert "| OpenCV NLM |" in text and "CC15 (Nam) ΔPSNR vs input" in text and "CC15 (Nam) NIQE" in text
     assert by_name["nlm"]["scores"][0]["nr"] > 0.0
     assert (tmp_path / "img" / "results_real.png").stat().st_size > 0
+    assert (tmp_path / "img" / "results_real_psnr.png").stat().st_size > 0
+    assert "![PSNR per method, protocol real](img/results_real_psnr.png)" in text
 
 
 def test_cli_unknown_method_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -164,6 +164,52 @@ def write_figure(run: RunResult, path: Path) -> Path:
     return path
 
 
+def write_psnr_chart(run: RunResult, path: Path) -> Path | None:
+    """Horizontal bars of each method's mean PSNR per dataset, the degraded input as a dashed line and the
+    paper's Table 5 value as a diamond where it has one; None when no method has a PSNR (no reference)."""
+    ran = [m for m in run.methods if m.reason is None]
+    datasets = [ds for ds in run.datasets if any((s := m.summary(ds)) and s.psnr is not None for m in ran)]
+    if not datasets:
+        return None
+    shown = [m for m in ran if m.family != "reference"]
+    reference = next((m for m in ran if m.family == "reference"), None)
+    fig = Figure(figsize=(4.2 * len(datasets), 0.32 * len(shown) + 1.2))
+    axes = fig.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
+    for ax, ds in zip(axes, datasets, strict=True):
+        values = [_psnr(m, ds) for m in shown]
+        ys = range(len(shown))
+        ax.barh(
+            list(ys),
+            [v or 0.0 for v in values],
+            color=["#999999" if m.family == "peer" else "#4c72b0" for m in shown],
+        )
+        base = _psnr(reference, ds)
+        if base is not None:
+            ax.axvline(
+                base, color="black", linestyle="--", linewidth=1, label=f"degraded input {base:.2f} dB"
+            )
+        known = [v for v in values if v is not None] + ([base] if base is not None else [])
+        for y, m in zip(ys, shown, strict=True):
+            paper = PAPER_TABLE5.get(_paper_key(m), {}).get(ds) if run.protocol == "ablation" else None
+            if paper is not None:
+                ax.plot(paper[0], y, marker="D", color="#c44e52", markersize=5)
+                known.append(paper[0])
+        ax.set_xlim(min(known) - 2.0, max(known) + 1.0)
+        ax.set_title(f"{_label(ds)}: mean PSNR (dB)", fontsize=8)
+        ax.set_yticks(list(ys))
+        ax.set_yticklabels([m.label for m in shown], fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.invert_yaxis()
+        if base is not None:
+            ax.legend(fontsize=6, loc="lower right")
+    note = "; red diamonds: the paper's Table 5" if run.protocol == "ablation" else ""
+    fig.suptitle(f"protocol {run.protocol}: blue = our models, grey = peers{note}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 NOTES = """\
 - Metrics: PSNR (peak 1.0) and SSIM on sRGB in [0, 1], float outputs clipped to [0, 1], no 8-bit rounding, no
   border crop; the dataset value is the mean of the per-image values. SSIM: Gaussian window 11x11, sigma 1.5,
@@ -372,6 +418,9 @@ def write_report(
         stated = findings(run)
         if stated:
             lines += ["Against the targets:", "", *[f"- {s}" for s in stated], ""]
+        chart = write_psnr_chart(run, path.parent / "img" / f"results_{run.protocol}_psnr.png")
+        if chart is not None:
+            lines += [f"![PSNR per method, protocol {run.protocol}](img/{chart.name})", ""]
         lines += [f"![crops, protocol {run.protocol}](img/{fig.name})", ""]
         missing = [m for m in run.methods if m.reason is not None]
         if missing:
