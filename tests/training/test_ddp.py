@@ -13,36 +13,22 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.training.test_resume import MICRO_MODEL
+from tests.training.test_resume import micro
+from training.train.config import config_to_dict
 
 
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
+    """The micro config of test_resume (4 steps per stage) as a YAML file, with its own six images."""
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(1)
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    raw = {
-        "run_dir": str(tmp_path / "run"),
-        "device": "cpu",
-        "num_threads": 1,
-        "log_every": 1,
-        "eval_every": 2,
-        "ckpt_every": 100,
-        "data": {
-            "train_dir": str(images),
-            "val_images": 1,
-            "val_crop": 32,
-            "patch_size": 32,
-            "batch_size": 2,
-        },
-        "model": MICRO_MODEL,
-        "stage1": {"steps": 4, "warmup_steps": 1},
-        "stage2": {"steps": 4, "warmup_steps": 1},
-    }
+    steps = {"steps": 4, "warmup_steps": 1}
+    cfg = micro(images, tmp_path / "run", stage1=steps, stage2=steps)
     path = tmp_path / "micro.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     return path
 
 
