@@ -4,6 +4,7 @@ dir-train stage1 --config tiny            # DiRNet + DfRNet/D* (Eq. 5, Eq. 6)
 dir-train stage2 --config tiny            # alignment network A (Eq. 8), needs stage1.pt in run_dir
 dir-train ablation --config tiny          # no_pilot, r0_only, autoencoder with the Stage II budget
 dir-train stage1 --config tiny --resume   # continue bit for bit from run_dir/stage1.pt
+dir-train stage1 --config gpu --time-limit 480   # fit the stage into 8 minutes (steps chosen by speed)
 dir-train plot runs/tiny                  # loss curves -> runs/tiny/loss_curves.png
 dir-train score runs/tiny                 # PSNR on cset14 / bsd100 (ablation protocol) -> scores.json
 """
@@ -35,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
             "--resume", action="store_true", help="continue from the stage's checkpoint in run_dir"
         )
         s.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this many steps")
+        s.add_argument("--steps", type=int, help="the stage's step count (replaces the config's)")
+        s.add_argument(
+            "--time-limit",
+            type=float,
+            metavar="SECONDS",
+            help="fit the stage into this many seconds: the step count (at most the config's) is set from "
+            "the speed measured over the first 60 steps, and the lr schedule spans it",
+        )
         s.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
         if name == "ablation":
             s.add_argument(
@@ -79,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         from training.train.loop import train_stage
 
         cfg = load_config(args.config, {"run_dir": args.run_dir} if args.run_dir else None)
-        common = {"resume": args.resume, "stop_at": args.stop_at, "progress": not args.no_progress}
+        common = {
+            "resume": args.resume,
+            "stop_at": args.stop_at,
+            "progress": not args.no_progress,
+            "steps": args.steps,
+            "time_limit_s": args.time_limit,
+        }
         if args.command == "ablation":
             for variant in args.variant or ["no_pilot", "r0_only", "autoencoder"]:
                 print(train_stage(cfg, "ablation", variant=variant, **common))

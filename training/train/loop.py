@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import asdict
@@ -30,6 +31,23 @@ STAGE1_PARTS: dict[Variant, tuple[str, ...]] = {
     "r0_only": ("dirnet",),
     "autoencoder": (),
 }
+
+
+# A time-budgeted stage measures its speed over steps PROBE_SKIP..PROBE_STEPS (the first ones include CUDA
+# and allocator warm-up), then fixes its total step count so the rest fits the budget with BUDGET_MARGIN.
+PROBE_SKIP = 10
+PROBE_STEPS = 60
+BUDGET_MARGIN = 0.92
+
+
+def budget_steps(configured: int, done: int, rate: float, remaining_s: float) -> int:
+    """Total steps of a time-budgeted stage: ``done`` plus what fits in ``remaining_s`` at ``rate`` steps/s.
+
+    Keeps :data:`BUDGET_MARGIN` of the remaining time spare (evaluations, checkpoints, slower steps later),
+    never exceeds ``configured`` and never goes below ``done``.
+    """
+    extra = int(max(remaining_s, 0.0) * rate * BUDGET_MARGIN)
+    return max(done, min(configured, done + extra))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,13 +141,27 @@ def train_stage(
     resume: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
+    steps: int | None = None,
+    time_limit_s: float | None = None,
 ) -> Path:
     """Train one stage -> its checkpoint path (``ablation`` needs a variant: no_pilot, r0_only, autoencoder).
 
     Writes ``run_dir/<stage>.pt`` (``ablation-<variant>.pt``) and ``metrics-<tag>.jsonl``. ``resume``
-    continues from that checkpoint bit for bit; ``stop_at`` ends (with a checkpoint) after that many steps.
-    Under ``torchrun`` (WORLD_SIZE > 1) the objective is wrapped in DistributedDataParallel and rank 0 writes.
+    continues from that checkpoint bit for bit, with the step count the checkpoint was started with;
+    ``stop_at`` ends (with a checkpoint) after that many steps. ``steps`` replaces the config's step count of
+    the stage. ``time_limit_s`` fits the stage into that many seconds of optimisation (start-up not counted):
+    after :data:`PROBE_STEPS` steps it measures its speed and sets the total step count (at most the
+    configured one) with :func:`budget_steps`; the learning-rate schedule then spans the chosen count, and the
+    checkpoint and ``config.yaml`` record it. Under ``torchrun`` (WORLD_SIZE > 1) the objective is wrapped in
+    DistributedDataParallel and rank 0 writes (a time budget is then measured on each rank, so ranks may
+    disagree: use it on one process).
     """
+    if time_limit_s is not None and (resume or time_limit_s <= 0):
+        raise ConfigError(
+            f"time limit {time_limit_s!r}: needs a positive number of seconds and a fresh run (not --resume)"
+        )
+    if steps is not None and steps <= 0:
+        raise ConfigError(f"steps must be positive, got {steps}")
     if stage == "ablation" and variant not in ("no_pilot", "r0_only", "autoencoder"):
         raise ConfigError(f"ablation needs a variant among no_pilot, r0_only, autoencoder; got {variant!r}")
     if stage == "stage2":
@@ -146,7 +178,21 @@ def train_stage(
     ckpt_path = run_dir / checkpoint_name(stage, variant)
     log_path = metrics_path(run_dir, tag)
 
+    stage_key = "stage1" if stage == "stage1" else "stage2"
     stage_cfg = cfg.stage1 if stage == "stage1" else cfg.stage2
+
+    def set_steps(n: int) -> None:
+        nonlocal cfg, stage_cfg
+        stage_cfg = dataclasses.replace(stage_cfg, steps=n)
+        if stage_key == "stage1":
+            cfg = dataclasses.replace(cfg, stage1=stage_cfg)
+        else:
+            cfg = dataclasses.replace(cfg, stage2=stage_cfg)
+
+    if steps is not None:
+        set_steps(steps)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed + rank)
     objective: nn.Module
     if stage == "stage1":
@@ -169,12 +215,18 @@ def train_stage(
         optimizer.load_state_dict(ckpt["optimizer"])
         restore_rng(ckpt["rng"], generator)
         step = int(ckpt["step"])
+        if steps is None:
+            set_steps(int(ckpt["steps"]))
         if rank == 0:
             truncate_log(log_path, step)
     elif rank == 0:
         log_path.unlink(missing_ok=True)
-    if rank == 0:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+    def write_config() -> None:
+        if rank == 0:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+    write_config()
 
     val_names = [p.name for p in store.val_files]
     val_clean = center_crops(store.val, cfg.data.val_crop).to(device) if val_names else None
@@ -207,6 +259,7 @@ def train_stage(
     )
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     tick, seen = time.perf_counter(), 0
+    loop_start, probe_start = tick, tick
     while step < last:
         lr = lr_at(step, stage_cfg)
         for group in optimizer.param_groups:
@@ -225,6 +278,18 @@ def train_stage(
         step += 1
         seen += clean.shape[0] * world
         bar.update(1)
+        if time_limit_s is not None and step in (PROBE_SKIP, PROBE_STEPS):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            if step == PROBE_SKIP:
+                probe_start = now
+            else:
+                rate = (PROBE_STEPS - PROBE_SKIP) / max(now - probe_start, 1e-9)
+                set_steps(budget_steps(stage_cfg.steps, step, rate, time_limit_s - (now - loop_start)))
+                last = stage_cfg.steps if stop_at is None else min(stop_at, stage_cfg.steps)
+                bar.total = stage_cfg.steps
+                write_config()
         if rank != 0:
             continue
         if step % cfg.log_every == 0 or step == last:
