@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The GPU runs behind the published GPU-trained models and GPU benchmarks (docs/TRAINING.md,
+# docs/BENCHMARKS.md), in two sittings of under ten minutes each on one GPU:
+#
+#   scripts/gpu-train.sh stage1 OUT   # ISP benchmarks; `gpu` Stage I (480 s budget) beside the whole
+#                                     # `paper` config (Stage I 230 s + Stage II 210 s budgets)
+#   scripts/gpu-train.sh stage2 OUT   # `gpu` Stage II and the three ablations side by side (480 s budgets,
+#                                     # from runs/gpu/stage1.pt); serving-graph throughput per precision
+#
+# Runs concurrently on one GPU (the small networks leave it mostly idle); each process fits its stage into
+# its --time-limit and records the steps it ran. Weights come back under OUT without optimiser state
+# (`paper` in fp16) so they fit the transfer limits of the machine they ran on.
+set -u
+phase=${1:?usage: scripts/gpu-train.sh stage1|stage2 OUT}
+out=${2:?usage: scripts/gpu-train.sh stage1|stage2 OUT}
+mkdir -p "$out" runs
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
+py=${PYTHON:-python3}
+train() { "$py" -m training.cli "$@" --no-progress; }
+
+strip() {  # strip SRC DST DTYPE: keep weights, step counts and configs; drop optimiser state
+  "$py" - "$@" <<'PY'
+import sys, torch
+src, dst, dtype = sys.argv[1], sys.argv[2], getattr(torch, sys.argv[3])
+ckpt = torch.load(src, map_location="cpu", weights_only=True)
+ckpt.pop("optimizer", None)
+ckpt["rng"] = {}
+ckpt["modules"] = {n: {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+                   for n, sd in ckpt["modules"].items()}
+torch.save(ckpt, dst)
+PY
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$py" -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'ort', o.__version__, o.get_available_providers())"
+  nproc; } > "$out/env.txt" 2>&1
+
+if [ "$phase" = stage1 ]; then
+  { "$py" benchmarks/isp_throughput.py --device cuda --json --no-write --repeats 5
+    "$py" benchmarks/isp_throughput.py --device cuda --json --no-write --repeats 3 --batch 32 --size 512
+  } > "$out/isp_cuda.json" 2> "$out/isp_cuda.err"
+  train stage1 --config gpu --run-dir runs/gpu --time-limit 480 > runs/gpu-stage1.log 2>&1 &
+  { train stage1 --config paper --run-dir runs/paper --time-limit 230 \
+      && train stage2 --config paper --run-dir runs/paper --time-limit 210; } > runs/paper.log 2>&1 &
+  wait
+  strip runs/gpu/stage1.pt "$out/gpu-stage1.pt" float32
+  strip runs/paper/stage2.pt runs/paper-stage2.fp16.pt float16 && split -b 15M -d runs/paper-stage2.fp16.pt "$out/paper-stage2.fp16.pt."
+  tar czf "$out/logs.tar.gz" runs/*.log runs/*/metrics-*.jsonl runs/*/config.yaml
+elif [ "$phase" = stage2 ]; then
+  train stage2 --config gpu --run-dir runs/gpu --time-limit 480 > runs/gpu-stage2.log 2>&1 &
+  for v in no_pilot r0_only autoencoder; do
+    train ablation --config gpu --run-dir runs/gpu --variant "$v" --time-limit 480 > "runs/gpu-$v.log" 2>&1 &
+  done
+  wait
+  for f in stage2 ablation-no_pilot ablation-r0_only ablation-autoencoder; do
+    strip "runs/gpu/$f.pt" "$out/gpu-$f.pt" float32
+  done
+  for c in gpu paper; do
+    "$py" benchmarks/model_throughput.py --config "$c" --device cuda --batch 8 --tile 256
+  done > "$out/model_cuda.json" 2> "$out/model_cuda.err"
+  tar czf "$out/logs.tar.gz" runs/*.log runs/gpu/metrics-*.jsonl runs/gpu/config.yaml
+else
+  echo "unknown phase $phase" >&2
+  exit 2
+fi
+ls -la "$out"
+tail -n 3 runs/*.log
