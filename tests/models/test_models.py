@@ -116,3 +116,27 @@ def test_load_system_round_trip_and_errors(tmp_path: Path) -> None:
         load_system(tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_system(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("variant", ["full", "no_pilot"])
+def test_guide_mean_of_the_input_itself_changes_nothing(variant: str) -> None:
+    """forward(x, mean of guide_features(x)) is forward(x); another mean changes the output."""
+    torch.manual_seed(0)
+    system = DiRSystem(SMALL, variant).eval()  # type: ignore[arg-type]
+    for p in system.alignment.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.rand(2, 3, 16, 24)
+    with torch.no_grad():
+        features = system.guide_features(x)
+        assert features.shape == (2, SMALL.align_m2 * SMALL.align_width, 4, 6)
+        own = system(x, features.mean(dim=(2, 3)))
+        plain = system(x)
+        other = system(x, torch.zeros(2, features.shape[1]))
+    for name in plain:
+        torch.testing.assert_close(own[name], plain[name])
+    assert not torch.allclose(other["r_plus"], plain["r_plus"])
+
+
+def test_guide_features_need_an_alignment_network() -> None:
+    with pytest.raises(CheckpointError, match="no alignment network"):
+        DiRSystem(SMALL, "r0_only").guide_features(torch.rand(1, 3, 16, 16))

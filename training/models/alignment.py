@@ -7,6 +7,8 @@ down to the latent channels. Latents are (N, C, h, w) with h = H/4, w = W/4.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -37,8 +39,9 @@ def dynamic_depthwise_conv(features: Tensor, kernels: Tensor) -> Tensor:
 class GuidedLayer(nn.Module):
     """One layer of A2: f_k (G-Conv with kernels from the pilot) + f_a (features x sigmoid attention).
 
-    Guide branch: pilot (N, Cg, h, w) -> two 3x3 convs -> global average pool -> FC -> F kernels of k x k.
-    Attention branch: 1x1 conv on [features, guide features] -> sigmoid map (N, 1, h, w).
+    Guide branch: pilot (N, Cg, h, w) -> two 3x3 convs -> g (N, F, h, w) -> global average pool -> FC -> F
+    kernels of k x k. Attention branch: 1x1 conv on [features, g] -> sigmoid map (N, 1, h, w). The pool is
+    over the whole input, so a tile of an image needs the image's pool (``pooled``) to match the whole image.
     """
 
     def __init__(self, width: int, guide_channels: int, kernel: int) -> None:
@@ -60,10 +63,15 @@ class GuidedLayer(nn.Module):
         with torch.no_grad():
             self.fc.bias.copy_(delta.flatten())
 
-    def forward(self, features: Tensor, guide: Tensor) -> Tensor:
-        """features (N, F, h, w), guide (N, Cg, h, w) -> f_k + f_a, (N, F, h, w)."""
+    def forward(self, features: Tensor, guide: Tensor, pooled: Tensor | None = None) -> Tensor:
+        """features (N, F, h, w), guide (N, Cg, h, w) -> f_k + f_a, (N, F, h, w).
+
+        ``pooled`` (N, F): the spatial mean of the guide features g to predict the kernels from, in place
+        of g's mean over this input (a tile passes its whole image's mean); None: g's own mean.
+        """
         g = self.guide(guide)
-        kernels = self.fc(g.mean(dim=(2, 3))).reshape(-1, self.width, self.kernel, self.kernel)
+        pool = g.mean(dim=(2, 3)) if pooled is None else pooled
+        kernels = self.fc(pool).reshape(-1, self.width, self.kernel, self.kernel)
         f_k = dynamic_depthwise_conv(features, kernels)
         f_a = features * torch.sigmoid(self.attention(torch.cat([features, g], dim=1)))
         return f_k + f_a
@@ -100,10 +108,25 @@ class AlignmentNet(nn.Module):
             if last_conv.bias is not None:
                 nn.init.zeros_(last_conv.bias)
 
-    def forward(self, r0: Tensor, guide: Tensor) -> Tensor:
-        """r0 (N, C, h, w), guide (N, C, h, w) -> r+ (N, C, h, w) (= guide + A3(...) when residual)."""
+    def guide_features(self, guide: Tensor) -> Tensor:
+        """guide (N, C, h, w) -> the per-position guide features g of every guided layer, (N, m2*F, h, w).
+
+        Layer order: channels [i*F, (i+1)*F) belong to ``a2[i]``. Their spatial mean is what each layer
+        pools; :meth:`forward` takes that mean as ``guide_mean``.
+        """
+        return torch.cat([cast(GuidedLayer, layer).guide(guide) for layer in self.a2], dim=1)
+
+    def forward(self, r0: Tensor, guide: Tensor, guide_mean: Tensor | None = None) -> Tensor:
+        """r0 (N, C, h, w), guide (N, C, h, w) -> r+ (N, C, h, w) (= guide + A3(...) when residual).
+
+        ``guide_mean`` (N, m2*F): the spatial mean of :meth:`guide_features` over the whole image, used by
+        the guided layers instead of the mean over this input (None: this input's own mean).
+        """
+        pools: list[Tensor | None] = (
+            [None] * len(self.a2) if guide_mean is None else list(guide_mean.chunk(len(self.a2), dim=1))
+        )
         x = self.a1(r0)
-        for layer in self.a2:
-            x = self.a2_act(layer(x, guide))
+        for layer, pooled in zip(self.a2, pools, strict=True):
+            x = self.a2_act(layer(x, guide, pooled))
         out = self.a3(x)
         return guide + out if self.residual else out

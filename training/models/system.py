@@ -82,11 +82,27 @@ class DiRSystem(nn.Module):
         """H and W given to :meth:`forward` must be multiples of this (the latent downsampling, 4)."""
         return self.cfg.downsample
 
-    def forward(self, image: Tensor) -> dict[str, Tensor]:
+    def guide_features(self, image: Tensor) -> Tensor:
+        """image (N, 3, H, W) float32 sRGB [0, 1], H, W multiples of 4 -> (N, m2*F, H/4, W/4).
+
+        The per-position guide features g of A's guided layers (see :meth:`AlignmentNet.guide_features`),
+        computed from the pilot (full) or r0 (no_pilot). Their spatial mean over a whole image is the
+        ``guide_mean`` that makes :meth:`forward` on any tile of it use the whole image's global pooling.
+        """
+        if self.variant not in ("full", "no_pilot"):
+            raise CheckpointError(f"variant {self.variant!r} has no alignment network, hence no guide")
+        encoder = "dfrnet" if self.variant == "full" else "dirnet"
+        guide = self.get_submodule(encoder)(image)[0]
+        return cast(AlignmentNet, self.get_submodule("alignment")).guide_features(guide)
+
+    def forward(self, image: Tensor, guide_mean: Tensor | None = None) -> dict[str, Tensor]:
         """image (N, 3, H, W) float32 sRGB [0, 1], H, W multiples of 4 -> dict of tensors.
 
         Keys: ``restored`` (N, 3, H, W) clamped to [0, 1]; ``r_plus`` and ``r0`` (N, C, H/4, W/4); and
-        ``pilot`` (same shape) for the variants that compute one (full, no_pilot).
+        ``pilot`` (same shape) for the variants that compute one (full, no_pilot). ``guide_mean``
+        (N, m2*F), full and no_pilot only: the spatial mean of :meth:`guide_features` over the whole image
+        this input is a tile of, replacing the guided layers' pooling over ``image`` alone; None pools
+        over ``image`` (the same as passing its own mean).
         """
         out: dict[str, Tensor] = {}
         if self.variant == "autoencoder":
@@ -98,7 +114,7 @@ class DiRSystem(nn.Module):
             if self.variant in ("full", "no_pilot"):
                 pilot = self.get_submodule("dfrnet")(image)[0]
                 guide = pilot if self.variant == "full" else r0
-                r_plus = self.get_submodule("alignment")(r0, guide)
+                r_plus = self.get_submodule("alignment")(r0, guide, guide_mean)
                 out["pilot"] = pilot
         out["r0"] = r0
         out["r_plus"] = r_plus
