@@ -14,6 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_NAME = "manifest.json"
+#: Version of this schema written by ``dir-export``. 1: one serving graph (no ``schema_version`` field);
+#: 2: adds ``guide`` (two-pass tiled serving). Readers accept every version up to this one.
+SCHEMA_VERSION = 2
 
 
 class TensorSpec(BaseModel):
@@ -49,11 +52,29 @@ class ModelFile(BaseModel):
     role: str = "serve"
 
 
+class GuideSpec(BaseModel):
+    """Pass 1 of two-pass tiled serving, for models that pool over the whole image.
+
+    ``onnx_file`` maps the serving graph's image input to ``outputs[0]`` (N, K, H/s, W/s), per-position
+    features whose spatial mean over the whole image (each pixel once) the serving graph takes as its
+    input ``mean_input`` (N, K). The service runs every tile through this graph, averages, then runs every
+    tile with its image's mean through the serving graph.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    onnx_file: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    mean_input: str
+
+
 class Manifest(BaseModel):
     """Everything the service needs to load and call a model_store entry, plus its provenance."""
 
     model_config = ConfigDict(extra="forbid")
 
+    schema_version: int = Field(default=1, ge=1, le=SCHEMA_VERSION)
     name: str
     version: str
     task: Literal["restore", "detect", "component"] = "restore"
@@ -62,6 +83,10 @@ class Manifest(BaseModel):
     opset: int
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    guide: GuideSpec | None = Field(
+        default=None,
+        description="two-pass serving: the graph whose whole-image mean feeds an input of onnx_file",
+    )
     size_multiple: int = Field(1, gt=0)
     tile: TileSpec | None = None
     files: list[ModelFile] = Field(default_factory=list)

@@ -61,6 +61,7 @@ def test_export_writes_a_checked_manifest_with_parity(tiny_run: Path, tmp_path: 
     assert [t.name for t in manifest.outputs] == ["restored", "r_plus", "r0", "pilot"]
     assert {f.path: f.role for f in manifest.files} == {
         "model.onnx": "serve",
+        "guide.onnx": "serve-guide",
         "dirnet.onnx": "component",
         "dfrnet.onnx": "component",
         "alignment.onnx": "component",
@@ -75,8 +76,10 @@ def test_export_writes_a_checked_manifest_with_parity(tiny_run: Path, tmp_path: 
     # The served graph on a real held-out image of a new size (dynamic axes) matches PyTorch.
     _, degraded = _held_out(tiny_run)
     x = degraded[:1, :, :120, :100].contiguous()
+    guide = ort.InferenceSession(str(entry / "guide.onnx"), providers=["CPUExecutionProvider"])
+    guide_mean = guide.run(["guide_features"], {"image": x.numpy()})[0].mean(axis=(2, 3))
     session = ort.InferenceSession(str(entry / "model.onnx"), providers=["CPUExecutionProvider"])
-    restored, r_plus = session.run(["restored", "r_plus"], {"image": x.numpy()})
+    restored, r_plus = session.run(["restored", "r_plus"], {"image": x.numpy(), "guide_mean": guide_mean})
     with torch.no_grad():
         ref = load_system(tiny_run)(x)
     c = manifest.extra["latent_channels"]

@@ -13,7 +13,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from service.manifest import Manifest, ModelFile, TensorSpec, TileSpec, sha256_file, write_manifest
+from service.manifest import (
+    SCHEMA_VERSION,
+    GuideSpec,
+    Manifest,
+    ModelFile,
+    TensorSpec,
+    TileSpec,
+    sha256_file,
+    write_manifest,
+)
 from training.models import DiRSystem, load_system
 from training.train.errors import CheckpointError, ExportError
 
@@ -22,6 +31,10 @@ PARITY_TOLERANCE_FP32 = 1e-4
 #: fp16 graph vs fp32 PyTorch, max-abs error of ``restored`` (sRGB [0, 1]): 2 steps of 8-bit output.
 PARITY_TOLERANCE_FP16 = 2.0 / 255.0
 FP16_FILE = "model.fp16.onnx"
+GUIDE_FILE = "guide.onnx"
+#: The serving graph's second input: the spatial mean of the guide graph's output over the whole image.
+GUIDE_MEAN = "guide_mean"
+GUIDE_OUTPUT = "guide_features"
 #: Serving tiles written to the manifest (``dir-export --tile-size/--tile-overlap`` override). Images smaller
 #: than a tile are padded up to it, so larger tiles only pay off for large images (docs/DECISIONS.md).
 DEFAULT_TILE = TileSpec(size=256, overlap=32)
@@ -30,20 +43,38 @@ ENTRY_NAME = "dir-restore"
 
 
 class ServingGraph(nn.Module):
-    """The fused graph: image (N, 3, H, W) sRGB [0, 1] -> (restored, r_plus, r0, pilot)."""
+    """The fused graph: (image, guide_mean) -> (restored, r_plus, r0, pilot).
+
+    image (N, 3, H, W) sRGB [0, 1]; guide_mean (N, m2*F): the spatial mean of :class:`GuideGraph`'s output
+    over the whole image ``image`` is (a tile of); ``guide_mean=None`` pools over ``image`` itself.
+    """
 
     def __init__(self, system: DiRSystem) -> None:
         super().__init__()
         self.system = system
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(
+        self, image: Tensor, guide_mean: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """See :meth:`DiRSystem.forward`; the dict becomes a tuple in ``SERVING_OUTPUTS`` order."""
-        out = self.system(image)
+        out = self.system(image, guide_mean)
         return out["restored"], out["r_plus"], out["r0"], out["pilot"]
 
 
+class GuideGraph(nn.Module):
+    """Pass 1 of tiled serving: image (N, 3, H, W) sRGB [0, 1] -> guide_features (N, m2*F, H/4, W/4)."""
+
+    def __init__(self, system: DiRSystem) -> None:
+        super().__init__()
+        self.system = system
+
+    def forward(self, image: Tensor) -> Tensor:
+        """See :meth:`DiRSystem.guide_features`."""
+        return self.system.guide_features(image)
+
+
 class HalfServingGraph(nn.Module):
-    """The fused graph computed in float16 with float32 input and outputs (casts at both ends).
+    """The fused graph computed in float16 with float32 inputs and outputs (casts at both ends).
 
     Same I/O names, shapes and ranges as :class:`ServingGraph`, so a service swaps the file, nothing else.
     """
@@ -52,9 +83,10 @@ class HalfServingGraph(nn.Module):
         super().__init__()
         self.graph = ServingGraph(system).half()
 
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """image (N, 3, H, W) float32 sRGB [0, 1] -> the four serving outputs as float32."""
-        restored, r_plus, r0, pilot = self.graph(image.half())
+    def forward(self, image: Tensor, guide_mean: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """image (N, 3, H, W) float32 sRGB [0, 1], guide_mean (N, m2*F) float32 -> the four serving
+        outputs as float32."""
+        restored, r_plus, r0, pilot = self.graph(image.half(), guide_mean.half())
         return restored.float(), r_plus.float(), r0.float(), pilot.float()
 
 
@@ -99,9 +131,12 @@ class ExportReport:
 
 
 def _graphs(system: DiRSystem) -> list[_Graph]:
+    """Every graph of an entry, in export order: the guide graph first (the serving graph's parity feeds
+    need its output), then the serving graph, then the components."""
     parts = system.get_submodule
     return [
-        _Graph("model.onnx", ServingGraph(system), ("image",), SERVING_OUTPUTS, "serve"),
+        _Graph(GUIDE_FILE, GuideGraph(system), ("image",), (GUIDE_OUTPUT,), "serve-guide"),
+        _Graph("model.onnx", ServingGraph(system), ("image", GUIDE_MEAN), SERVING_OUTPUTS, "serve"),
         _Graph("dirnet.onnx", _Mean(parts("dirnet")), ("image",), ("r0",), "component"),
         _Graph("dfrnet.onnx", _Mean(parts("dfrnet")), ("image",), ("pilot",), "component"),
         _Graph("alignment.onnx", parts("alignment"), ("r0", "pilot"), ("r_plus",), "component"),
@@ -111,6 +146,8 @@ def _graphs(system: DiRSystem) -> list[_Graph]:
 
 def _export_one(graph: _Graph, example: tuple[Tensor, ...], path: Path) -> None:
     axes = {name: {0: "N", 2: "H", 3: "W"} for name in graph.inputs + graph.outputs}
+    if GUIDE_MEAN in axes:
+        axes[GUIDE_MEAN] = {0: "N"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -125,7 +162,8 @@ def _export_one(graph: _Graph, example: tuple[Tensor, ...], path: Path) -> None:
         )
 
 
-def _check_and_compare(graph: _Graph, path: Path, batches: list[tuple[Tensor, ...]]) -> float:
+def _session(path: Path) -> Any:
+    """``onnx.checker`` (full check) on ``path``, then a CPU ONNX Runtime session on it."""
     import onnx
     import onnxruntime as ort
 
@@ -133,18 +171,44 @@ def _check_and_compare(graph: _Graph, path: Path, batches: list[tuple[Tensor, ..
         onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{path.name} fails onnx.checker: {exc}") from exc
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _run(session: Any, graph: _Graph, inputs: tuple[Tensor, ...]) -> list[np.ndarray]:
+    feed = {n: t.numpy() for n, t in zip(graph.inputs, inputs, strict=True)}
+    return list(session.run(list(graph.outputs), feed))
+
+
+def _max_abs(path: Path, got: list[np.ndarray], refs: tuple[Tensor, ...]) -> float:
     worst = 0.0
-    for inputs in batches:
-        feed = {n: t.numpy() for n, t in zip(graph.inputs, inputs, strict=True)}
-        got = session.run(list(graph.outputs), feed)
-        with torch.no_grad():
-            ref = graph.module(*inputs)
-        refs = ref if isinstance(ref, tuple) else (ref,)
-        for g, r in zip(got, refs, strict=True):
-            if g.shape != tuple(r.shape):
-                raise ExportError(f"{path.name}: ONNX output shape {g.shape} != PyTorch {tuple(r.shape)}")
-            worst = max(worst, float(np.abs(g - r.numpy()).max()))
+    for g, r in zip(got, refs, strict=True):
+        if g.shape != tuple(r.shape):
+            raise ExportError(f"{path.name}: ONNX output shape {g.shape} != PyTorch {tuple(r.shape)}")
+        worst = max(worst, float(np.abs(g - r.numpy()).max()))
+    return worst
+
+
+def _as_tuple(value: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _check_and_compare(
+    graph: _Graph,
+    path: Path,
+    batches: list[tuple[Tensor, ...]],
+    references: list[tuple[Tensor, ...]] | None = None,
+) -> float:
+    """Max-abs error of the ONNX graph at ``path`` on ``batches`` against ``references`` (default: the
+    PyTorch module on the same inputs)."""
+    session = _session(path)
+    worst = 0.0
+    for k, inputs in enumerate(batches):
+        if references is None:
+            with torch.no_grad():
+                refs = _as_tuple(graph.module(*inputs))
+        else:
+            refs = references[k]
+        worst = max(worst, _max_abs(path, _run(session, graph, inputs), refs))
     return worst
 
 
@@ -156,6 +220,17 @@ def _component_batches(system: DiRSystem, images: list[Tensor]) -> dict[str, lis
             out["latents"].append((o["r0"], o["pilot"]))
             out["r_plus"].append((o["r_plus"],))
     return out
+
+
+def _whole_image_feeds(guide: _Graph, path: Path, images: list[Tensor]) -> list[tuple[Tensor, ...]]:
+    """(image, guide_mean) per parity batch, guide_mean = the spatial mean of the exported guide graph's
+    output on the whole image (what the service computes from its tiles)."""
+    session = _session(path)
+    feeds: list[tuple[Tensor, ...]] = []
+    for x in images:
+        (features,) = _run(session, guide, (x,))
+        feeds.append((x, torch.from_numpy(features).mean(dim=(2, 3))))
+    return feeds
 
 
 def export_system(
@@ -172,7 +247,8 @@ def export_system(
 
     ``parity_images``: batches (n, 3, H, W) float32 sRGB [0, 1], H, W multiples of 4 (real degraded
     images; use at least two shapes to exercise the dynamic axes). ``tile``: the serving tiles recorded in
-    the manifest (size and overlap multiples of the latent stride).
+    the manifest (size and overlap multiples of the latent stride). The serving graph is checked as served:
+    ``model.onnx(image, mean over H, W of guide.onnx(image))`` against PyTorch ``system(image)``.
     """
     if system.variant != "full":
         raise ExportError(f"only the full method is served; got variant {system.variant!r}")
@@ -189,20 +265,29 @@ def export_system(
     system = system.cpu().eval()
     entry_dir.mkdir(parents=True, exist_ok=True)
     feeds = _component_batches(system, parity_images)
-    kind = {"model.onnx": "image", "dirnet.onnx": "image", "dfrnet.onnx": "image"}
+    kind = {GUIDE_FILE: "image", "dirnet.onnx": "image", "dfrnet.onnx": "image"}
     kind |= {"alignment.onnx": "latents", "decoder.onnx": "r_plus"}
+    graphs = _graphs(system)
+    with torch.no_grad():
+        served = [ServingGraph(system)(x) for x in parity_images]
     parity: dict[str, float] = {}
-    for graph in _graphs(system):
+    for graph in graphs:
         path = entry_dir / graph.file
-        batches = feeds[kind[graph.file]]
+        if graph.file == "model.onnx":
+            batches = _whole_image_feeds(graphs[0], entry_dir / GUIDE_FILE, parity_images)
+            feeds["served"] = batches
+            references: list[tuple[Tensor, ...]] | None = served
+        else:
+            batches, references = feeds[kind[graph.file]], None
         _export_one(graph, batches[0], path)
-        parity[graph.file] = _check_and_compare(graph, path, batches)
+        parity[graph.file] = _check_and_compare(graph, path, batches, references)
         if parity[graph.file] > tolerance:
             raise ExportError(
                 f"{graph.file}: max-abs error {parity[graph.file]:.3g} vs PyTorch > {tolerance:g}"
             )
-    fp16 = _export_fp16(system, entry_dir / FP16_FILE, feeds["image"])
+    fp16 = _export_fp16(system, entry_dir / FP16_FILE, feeds["served"], served)
     c = system.cfg.latent_channels
+    guide_channels = system.cfg.align_m2 * system.cfg.align_width
     latent: list[int | str] = ["N", c, f"H/{m}", f"W/{m}"]
     desc = {
         "restored": "restored image D*(r+)",
@@ -219,12 +304,31 @@ def export_system(
             description=desc["restored"],
         )
     ] + [TensorSpec(name=n, shape=list(latent), description=desc[n]) for n in SERVING_OUTPUTS[1:]]
-    files = [
-        ModelFile(path=g.file, sha256=sha256_file(entry_dir / g.file), role=g.role) for g in _graphs(system)
-    ]
+    image_spec = TensorSpec(
+        name="image",
+        shape=["N", 3, "H", "W"],
+        value_range=(0.0, 1.0),
+        color_space="sRGB",
+        description=f"degraded camera image; H and W multiples of {m}",
+    )
+    files = [ModelFile(path=g.file, sha256=sha256_file(entry_dir / g.file), role=g.role) for g in graphs]
     if fp16["onnx_file"]:
         files.append(ModelFile(path=FP16_FILE, sha256=sha256_file(entry_dir / FP16_FILE), role="serve-fp16"))
+    guide = GuideSpec(
+        onnx_file=GUIDE_FILE,
+        inputs=[image_spec],
+        outputs=[
+            TensorSpec(
+                name=GUIDE_OUTPUT,
+                shape=["N", guide_channels, f"H/{m}", f"W/{m}"],
+                description="per-position guide features g of A's guided layers, concatenated in layer "
+                "order (the G-Conv kernels come from their global average pool)",
+            )
+        ],
+        mean_input=GUIDE_MEAN,
+    )
     manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
         name=ENTRY_NAME,
         version=version,
         task="restore",
@@ -233,15 +337,17 @@ def export_system(
         onnx_file="model.onnx",
         opset=OPSET,
         inputs=[
+            image_spec,
             TensorSpec(
-                name="image",
-                shape=["N", 3, "H", "W"],
-                value_range=(0.0, 1.0),
-                color_space="sRGB",
-                description=f"degraded camera image; H and W multiples of {m}",
-            )
+                name=GUIDE_MEAN,
+                shape=["N", guide_channels],
+                layout="NC",
+                description=f"spatial mean of {GUIDE_FILE}'s {GUIDE_OUTPUT} over the whole image (each "
+                "pixel once), the same vector for every tile of one image",
+            ),
         ],
         outputs=outputs,
+        guide=guide,
         size_multiple=m,
         tile=tile,
         files=files,
@@ -251,9 +357,7 @@ def export_system(
             "parity_max_abs_fp32": parity,
             "parity_tolerance_fp32": tolerance,
             "fp16": fp16,
-            "components": {
-                g.file: {"inputs": list(g.inputs), "outputs": list(g.outputs)} for g in _graphs(system)
-            },
+            "components": {g.file: {"inputs": list(g.inputs), "outputs": list(g.outputs)} for g in graphs},
         },
         training=training or {},
         metrics=metrics or {},
@@ -263,29 +367,29 @@ def export_system(
     return ExportReport(manifest=manifest, entry_dir=entry_dir, parity_max_abs=parity)
 
 
-def _export_fp16(system: DiRSystem, path: Path, batches: list[tuple[Tensor, ...]]) -> dict[str, Any]:
+def _export_fp16(
+    system: DiRSystem,
+    path: Path,
+    batches: list[tuple[Tensor, ...]],
+    references: list[tuple[Tensor, ...]],
+) -> dict[str, Any]:
     """Export :class:`HalfServingGraph` to ``path`` and compare it (ONNX Runtime, CPU) with fp32 PyTorch.
 
+    ``batches``: (image, guide_mean) as served; ``references``: fp32 PyTorch outputs on the whole images.
     Returns the manifest's ``extra.fp16`` record: ``onnx_file`` (None when parity failed; the file is then
     removed), max-abs error per output, the tolerance on ``restored`` and, for the latents, the max-abs
     error relative to the output's largest magnitude.
     """
     import copy
 
-    import onnx
-    import onnxruntime as ort
-
     half = HalfServingGraph(copy.deepcopy(system)).eval()
-    _export_one(_Graph(path.name, half, ("image",), SERVING_OUTPUTS, "serve-fp16"), batches[0], path)
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    reference = ServingGraph(system)
+    graph = _Graph(path.name, half, ("image", GUIDE_MEAN), SERVING_OUTPUTS, "serve-fp16")
+    _export_one(graph, batches[0], path)
+    session = _session(path)
     worst = dict.fromkeys(SERVING_OUTPUTS, 0.0)
     relative = dict.fromkeys(SERVING_OUTPUTS[1:], 0.0)
-    for (x,) in batches:
-        got = session.run(list(SERVING_OUTPUTS), {"image": x.numpy()})
-        with torch.no_grad():
-            refs = reference(x)
+    for inputs, refs in zip(batches, references, strict=True):
+        got = _run(session, graph, inputs)
         for name, g, r in zip(SERVING_OUTPUTS, got, refs, strict=True):
             err = float(np.abs(g - r.numpy()).max())
             worst[name] = max(worst[name], err)
@@ -299,7 +403,8 @@ def _export_fp16(system: DiRSystem, path: Path, batches: list[tuple[Tensor, ...]
         "parity_max_abs": worst,
         "parity_max_rel_latents": relative,
         "tolerance_restored": PARITY_TOLERANCE_FP16,
-        "reference": "fp32 PyTorch on the parity images, fp16 graph run by ONNX Runtime (CPU)",
+        "reference": "fp32 PyTorch on the whole parity images; the fp16 graph run by ONNX Runtime (CPU) "
+        "with guide_mean from the fp32 guide graph",
     }
 
 
