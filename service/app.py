@@ -147,16 +147,17 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
     policy = BatchPolicy(settings.max_batch, settings.max_queue_delay_ms / 1000.0, settings.queue_bound)
     queue: TileQueue
     if settings.uses_redis:
-        queue = RedisQueue(settings.queue, model.ref, policy, settings.stream_prefix)
+        queue = RedisQueue(settings.queue, model.ref, policy, settings.stream_prefix, graphs=model.graphs)
     else:
         queue = EmbeddedQueue(model.ref, model.run, policy, metrics)
     await queue.start()
     tile, overlap = tile_geometry(model, settings.tile_size, settings.tile_overlap)
     detector, detector_error = await asyncio.to_thread(_load_detector, settings)
     log.info(
-        "serving %s %s (tiles %d/%d, queue %s)",
+        "serving %s %s (%s, tiles %d/%d, queue %s)",
         model.ref,
         model.precision,
+        "two-pass" if model.guide else "single-pass",
         tile,
         overlap,
         settings.queue.split("@")[-1],

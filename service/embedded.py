@@ -1,7 +1,9 @@
 """The embedded backend: an asyncio batcher inside the API process (the default; no Redis needed).
 
-One lane per model: tiles wait in a deque; a single task applies ``BatchPolicy`` with the injected clock,
-runs each batch in a worker thread (ONNX Runtime releases the GIL) and hands outputs back per request.
+One lane per graph of the model (the serving graph, and the guide graph of two-pass entries): tiles wait in
+a deque per lane; a single task applies ``BatchPolicy`` to each lane with the injected clock, runs the
+ready batch whose oldest tile waited longest in a worker thread (ONNX Runtime releases the GIL) and hands
+outputs back per request. A batch holds tiles of one lane only.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import numpy as np
 from service.batching import BatchPolicy
 from service.errors import DeadlineExceeded, InferenceError, QueueFull, ServiceError
 from service.metrics import Metrics
-from service.queue import TileResult
+from service.queue import SERVE_GRAPH, TileResult, lane_ref
 from service.tiling import stack_tiles
 
-Runner = Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]
+#: ``runner(inputs, outputs, graph)``: one batch ``{input name: (n, ...)}`` of ``graph`` -> outputs.
+Runner = Callable[[dict[str, np.ndarray], list[str], str], dict[str, np.ndarray]]
 
 
 @dataclass
@@ -42,7 +45,7 @@ class _Request:
 class _Tile:
     request: _Request
     index: int
-    pixels: np.ndarray
+    inputs: dict[str, np.ndarray]
     enqueued: float
 
 
@@ -62,14 +65,17 @@ class EmbeddedQueue:
         self._policy = policy
         self._metrics = metrics
         self._clock = clock
-        self._tiles: deque[_Tile] = deque()
+        self._lanes: dict[str, deque[_Tile]] = {SERVE_GRAPH: deque()}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
     def depth(self) -> int:
-        """Tiles waiting (not yet in a running batch)."""
-        return len(self._tiles)
+        """Tiles waiting in every lane (not yet in a running batch)."""
+        return sum(len(lane) for lane in self._lanes.values())
+
+    def _set_depth(self, graph: str) -> None:
+        self._metrics.queue_depth.labels(lane_ref(self.model_ref, graph)).set(len(self._lanes[graph]))
 
     async def start(self) -> None:
         """Start the batcher task."""
@@ -81,10 +87,11 @@ class EmbeddedQueue:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while self._tiles:
-            tile = self._tiles.popleft()
-            if not tile.request.future.done():
-                tile.request.future.set_exception(DeadlineExceeded("service shutting down"))
+        for lane in self._lanes.values():
+            while lane:
+                tile = lane.popleft()
+                if not tile.request.future.done():
+                    tile.request.future.set_exception(DeadlineExceeded("service shutting down"))
 
     async def ping(self) -> None:
         """Always reachable while the batcher task runs."""
@@ -93,21 +100,31 @@ class EmbeddedQueue:
         """One line for /readyz."""
         return f"ok: embedded, {self.depth} tiles waiting"
 
-    async def submit(self, tiles: np.ndarray, outputs: list[str], timeout_s: float) -> TileResult:
-        """Queue ``tiles`` (n, 3, T, T) and wait for their outputs (n, C, T/s, T/s)."""
-        count = int(tiles.shape[0])
-        if not self._policy.admit(self.depth, count):
+    async def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        timeout_s: float,
+        graph: str = SERVE_GRAPH,
+    ) -> TileResult:
+        """Queue one request's tiles for ``graph`` (inputs ``(n, ...)`` each) and wait for their outputs
+        ``(n, C, T/s, T/s)``."""
+        count = len(next(iter(inputs.values())))
+        lane = self._lanes.setdefault(graph, deque())
+        if not self._policy.admit(len(lane), count):
             raise QueueFull(
-                f"queue for {self.model_ref} holds {self.depth} tiles; {count} more exceed the bound "
-                f"{self._policy.bound}"
+                f"queue for {lane_ref(self.model_ref, graph)} holds {len(lane)} tiles; {count} more "
+                f"exceed the bound {self._policy.bound}"
             )
         now = self._clock()
         future: asyncio.Future[TileResult] = asyncio.get_running_loop().create_future()
         request = _Request(
             count, outputs, now + timeout_s, future, {o: [None] * count for o in outputs}, count
         )
-        self._tiles.extend(_Tile(request, i, tiles[i], now) for i in range(count))
-        self._metrics.queue_depth.labels(self.model_ref).set(self.depth)
+        lane.extend(
+            _Tile(request, i, {name: array[i] for name, array in inputs.items()}, now) for i in range(count)
+        )
+        self._set_depth(graph)
         self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
@@ -117,19 +134,26 @@ class EmbeddedQueue:
 
     async def _loop(self) -> None:
         while True:
-            decision = self._policy.decide(
-                self._clock(), self.depth, self._tiles[0].enqueued if self._tiles else None
-            )
-            if decision.take == 0:
+            now = self._clock()
+            ready: list[tuple[float, str, int]] = []
+            waits: list[float] = []
+            for graph, lane in self._lanes.items():
+                decision = self._policy.decide(now, len(lane), lane[0].enqueued if lane else None)
+                if decision.take:
+                    ready.append((lane[0].enqueued, graph, decision.take))
+                elif decision.wait_s is not None:
+                    waits.append(decision.wait_s)
+            if not ready:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), decision.wait_s)
+                    await asyncio.wait_for(self._wake.wait(), min(waits, default=None))
                 continue
-            batch = [self._tiles.popleft() for _ in range(decision.take)]
-            self._metrics.queue_depth.labels(self.model_ref).set(self.depth)
-            await self._run(batch)
+            _, graph, take = min(ready)
+            batch = [self._lanes[graph].popleft() for _ in range(take)]
+            self._set_depth(graph)
+            await self._run(graph, batch)
 
-    async def _run(self, batch: list[_Tile]) -> None:
+    async def _run(self, graph: str, batch: list[_Tile]) -> None:
         now = self._clock()
         live = []
         for tile in batch:
@@ -142,15 +166,16 @@ class EmbeddedQueue:
         if not live:
             return
         outputs = sorted({o for t in live for o in t.request.outputs})
+        label = lane_ref(self.model_ref, graph)
         for tile in live:
             wait = now - tile.enqueued
             tile.request.queue_wait_s = max(tile.request.queue_wait_s, wait)
-            self._metrics.queue_wait.labels(self.model_ref).observe(wait)
-        self._metrics.batch_size.labels(self.model_ref).observe(len(live))
-        stacked = stack_tiles([t.pixels for t in live])
+            self._metrics.queue_wait.labels(label).observe(wait)
+        self._metrics.batch_size.labels(label).observe(len(live))
+        stacked = {name: stack_tiles([t.inputs[name] for t in live]) for name in live[0].inputs}
         started = time.perf_counter()
         try:
-            values = await asyncio.to_thread(self._runner, stacked, outputs)
+            values = await asyncio.to_thread(self._runner, stacked, outputs, graph)
         except Exception as exc:  # the batcher must outlive any failing batch
             error = (
                 exc
@@ -162,7 +187,7 @@ class EmbeddedQueue:
                     tile.request.future.set_exception(type(error)(error.message))
             return
         elapsed = time.perf_counter() - started
-        self._metrics.compute.labels(self.model_ref).observe(elapsed)
+        self._metrics.compute.labels(label).observe(elapsed)
         seen: set[int] = set()
         for k, tile in enumerate(live):
             request = tile.request

@@ -1,4 +1,9 @@
-"""One request through the model: image -> tiles -> queue (batched across requests) -> stitched outputs."""
+"""One request through the model: image -> tiles -> queue (batched across requests) -> stitched outputs.
+
+Two-pass entries (manifest ``guide``) pool over the whole image, which no single tile sees: pass 1 runs every
+tile through the guide graph, the image's mean of its output (each pixel once) is computed here, and pass 2
+runs every tile with that mean through the serving graph.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import BadInput
+from service.errors import BadInput, DeadlineExceeded
 from service.imaging import DecodedImage
-from service.queue import TileQueue
+from service.queue import GUIDE_GRAPH, TileQueue
 from service.store import RestoreModel
-from service.tiling import extract_tiles, plan_tiles, stitch_tiles
+from service.tiling import TileGrid, extract_tiles, owned_mean, plan_tiles, stitch_tiles
 
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
@@ -67,16 +72,41 @@ class Restorer:
             )
 
     async def infer(self, image: DecodedImage, outputs: list[str], timeout_s: float) -> Inference:
-        """Run ``image`` and return the stitched ``outputs``."""
+        """Run ``image`` (in two passes for a two-pass entry) and return the stitched ``outputs``.
+
+        ``Inference.queue_wait_s`` and ``compute_s`` add up both passes.
+        """
         self.check_outputs(outputs)
         started = time.perf_counter()
         grid = plan_tiles(image.height, image.width, self.tile, self.overlap, self.model.size_multiple)
         tiles = await asyncio.to_thread(extract_tiles, image.pixels, grid)
-        result = await self.queue.submit(tiles, outputs, timeout_s)
-        del tiles
+        inputs = {self.model.input_name: tiles}
+        wait_s = compute_s = 0.0
+        if self.model.guide is not None:
+            mean_input, guide_mean, wait_s, compute_s = await self._guide_mean(tiles, grid, timeout_s)
+            inputs[mean_input] = np.broadcast_to(guide_mean, (grid.count, guide_mean.size))
+        remaining = timeout_s - (time.perf_counter() - started)
+        if remaining <= 0:
+            raise DeadlineExceeded(f"request not finished within its {timeout_s:.3g} s deadline")
+        result = await self.queue.submit(inputs, outputs, remaining)
+        del tiles, inputs
         arrays = {}
         for name in outputs:
             arrays[name] = await asyncio.to_thread(stitch_tiles, result.outputs[name], grid)
         scales = {name: self.tile // int(result.outputs[name].shape[-1]) for name in outputs}
         total = time.perf_counter() - started
-        return Inference(arrays, scales, grid.count, result.queue_wait_s, result.compute_s, total)
+        wait_s += result.queue_wait_s
+        compute_s += result.compute_s
+        return Inference(arrays, scales, grid.count, wait_s, compute_s, total)
+
+    async def _guide_mean(
+        self, tiles: np.ndarray, grid: TileGrid, timeout_s: float
+    ) -> tuple[str, np.ndarray, float, float]:
+        """Pass 1: the guide graph on every tile -> (serving input name, the image's mean (K,) float32,
+        queue wait, compute time)."""
+        guide = self.model.guide
+        assert guide is not None
+        output = guide.outputs[0].name
+        result = await self.queue.submit({guide.inputs[0].name: tiles}, [output], timeout_s, GUIDE_GRAPH)
+        mean = await asyncio.to_thread(owned_mean, result.outputs[output], grid)
+        return guide.mean_input, mean, result.queue_wait_s, result.compute_s

@@ -1,8 +1,10 @@
 """The queue interface both backends implement, and the byte codec Redis jobs and results use.
 
-A request submits its tiles ``(n, 3, T, T)`` sRGB (uint8 0..255, or float32 [0, 1] for 16-bit sources) and
-gets back, per requested output name,
-``(n, C, T/s, T/s)`` float32 in tile order. Tiles of different requests share batches.
+A request submits the inputs of its ``n`` tiles for one graph of the model: ``{input name: (n, ...)}``,
+the image tiles ``(n, 3, T, T)`` sRGB (uint8 0..255, or float32 [0, 1] for 16-bit sources) plus, for the
+serving graph of a two-pass entry, ``guide_mean`` ``(n, K)`` float32. It gets back, per requested output
+name, ``(n, C, T/s, T/s)`` float32 in tile order. Tiles of different requests share batches; each graph
+has its own lane (embedded deque, Redis stream), so a batch never mixes graphs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+#: The serving graph (the manifest's ``onnx_file``): every entry has it.
+SERVE_GRAPH = "model"
+#: Pass 1 of two-pass entries (the manifest's ``guide``).
+GUIDE_GRAPH = "guide"
+
+
+def lane_ref(model_ref: str, graph: str) -> str:
+    """The lane of one graph of ``model_ref`` (``name/version``), used in metric labels and Redis keys:
+    the model ref itself for the serving graph, ``name/version:guide`` for the guide graph."""
+    return model_ref if graph == SERVE_GRAPH else f"{model_ref}:{graph}"
 
 
 @dataclass
@@ -34,8 +47,15 @@ class TileQueue(Protocol):
     async def close(self) -> None:
         """Stop the batcher task / close connections."""
 
-    async def submit(self, tiles: np.ndarray, outputs: list[str], timeout_s: float) -> TileResult:
-        """Queue ``tiles``; raises QueueFull, DeadlineExceeded, Unavailable or InferenceError."""
+    async def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        timeout_s: float,
+        graph: str = SERVE_GRAPH,
+    ) -> TileResult:
+        """Queue one request's tiles for ``graph``; raises QueueFull, DeadlineExceeded, Unavailable or
+        InferenceError."""
         ...
 
     async def ping(self) -> None:

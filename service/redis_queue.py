@@ -1,9 +1,10 @@
 """The Redis Streams backend, API side: XADD one job per tile, then collect results from a per-request list.
 
-Keys (``p`` = ``DIR_STREAM_PREFIX``, ``m`` = ``name/version``):
-``p:jobs:m`` the job stream (consumer group ``workers``), ``p:dead:m`` the dead-letter stream,
-``p:res:<request id>`` the result list (workers RPUSH, TTL ``DIR_RESULT_TTL_S``).
-Workers XDEL a job after XACK, so the stream length is the number of tiles not yet answered.
+Keys (``p`` = ``DIR_STREAM_PREFIX``, ``m`` = the lane: ``name/version`` for the serving graph,
+``name/version:guide`` for the guide graph of two-pass entries): ``p:jobs:m`` the job stream (consumer
+group ``workers``), ``p:dead:m`` the dead-letter stream, ``p:res:<request id>`` the result list (workers
+RPUSH, TTL ``DIR_RESULT_TTL_S``). Workers XDEL a job after XACK, so a stream's length is the number of its
+tiles not yet answered.
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.batching import BatchPolicy
 from service.errors import DeadlineExceeded, InferenceError, QueueFull, Unavailable
-from service.queue import TileResult, dequantize, pack, unpack
+from service.queue import SERVE_GRAPH, TileResult, dequantize, lane_ref, pack, unpack
 
 GROUP = "workers"
 LIVE_WORKER_IDLE_MS = 5_000  # workers block at most 1 s per XREADGROUP, so a live one is never idler
 
 
-def stream_key(prefix: str, model_ref: str) -> str:
-    """The job stream of ``model_ref``."""
-    return f"{prefix}:jobs:{model_ref}"
+def stream_key(prefix: str, lane: str) -> str:
+    """The job stream of ``lane`` (see :func:`service.queue.lane_ref`)."""
+    return f"{prefix}:jobs:{lane}"
 
 
-def dead_key(prefix: str, model_ref: str) -> str:
-    """The dead-letter stream of ``model_ref``."""
-    return f"{prefix}:dead:{model_ref}"
+def dead_key(prefix: str, lane: str) -> str:
+    """The dead-letter stream of ``lane``."""
+    return f"{prefix}:dead:{lane}"
 
 
 def result_key(prefix: str, request_id: str) -> str:
@@ -43,16 +44,22 @@ def result_key(prefix: str, request_id: str) -> str:
 
 
 def job_fields(
-    request_id: str, index: int, tile: np.ndarray, outputs: list[str], enqueued: float, deadline: float
+    request_id: str,
+    index: int,
+    inputs: dict[str, np.ndarray],
+    outputs: list[str],
+    enqueued: float,
+    deadline: float,
 ) -> dict[Any, Any]:
-    """Stream fields of one tile job (times are Unix seconds; ``tile`` is (3, T, T) uint8 or float32)."""
+    """Stream fields of one tile job (times are Unix seconds; ``inputs`` are the tile's graph inputs, e.g.
+    ``image`` (3, T, T) uint8 or float32 and ``guide_mean`` (K,) float32)."""
     return {
         "req": request_id,
         "idx": index,
         "enq": repr(enqueued),
         "deadline": repr(deadline),
         "outputs": ",".join(outputs),
-        "data": pack({}, {"tile": tile}),
+        "data": pack({}, inputs),
     }
 
 
@@ -64,14 +71,21 @@ class RedisQueue:
     """API side of the Redis backend; any number of ``dir-worker`` processes serve the stream."""
 
     def __init__(
-        self, url: str, model_ref: str, policy: BatchPolicy, prefix: str, poll_s: float = 1.0
+        self,
+        url: str,
+        model_ref: str,
+        policy: BatchPolicy,
+        prefix: str,
+        poll_s: float = 1.0,
+        graphs: tuple[str, ...] = (SERVE_GRAPH,),
     ) -> None:
         self.model_ref = model_ref
         self.url = url
         self._policy = policy
         self._prefix = prefix
         self._poll_s = poll_s
-        self._stream = stream_key(prefix, model_ref)
+        self._streams = {graph: stream_key(prefix, lane_ref(model_ref, graph)) for graph in graphs}
+        self._stream = self._streams[SERVE_GRAPH]
         self._client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2.0, socket_timeout=poll_s + 5.0, health_check_interval=10
         )
@@ -95,9 +109,9 @@ class RedisQueue:
             raise _unavailable(self.url, exc) from exc
 
     async def status(self) -> str:
-        """One line for /readyz: backlog and workers seen in the last ``LIVE_WORKER_IDLE_MS``."""
+        """One line for /readyz: backlog (every lane) and workers seen in the last ``LIVE_WORKER_IDLE_MS``."""
         try:
-            depth = await self.depth()
+            depth = sum([await self.depth(graph) for graph in self._streams])
             consumers: Any = await self._client.xinfo_consumers(self._stream, GROUP)
         except ResponseError:
             return "ok: redis, no consumer group yet (no worker has connected)"
@@ -106,40 +120,49 @@ class RedisQueue:
         live = sum(1 for c in consumers if int(c["idle"]) < LIVE_WORKER_IDLE_MS)
         return f"ok: redis, {depth} tiles queued, {live} live worker(s)"
 
-    async def depth(self) -> int:
-        """Tiles queued or being computed for this model."""
-        return int(await self._client.xlen(self._stream))
+    async def depth(self, graph: str = SERVE_GRAPH) -> int:
+        """Tiles queued or being computed for ``graph`` of this model."""
+        return int(await self._client.xlen(self._streams[graph]))
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
             return
-        try:
-            await self._client.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
+        for stream in self._streams.values():
+            try:
+                await self._client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise _unavailable(self.url, exc) from exc
+            except (RedisError, OSError) as exc:
                 raise _unavailable(self.url, exc) from exc
-        except (RedisError, OSError) as exc:
-            raise _unavailable(self.url, exc) from exc
         self._group_ready = True
 
-    async def submit(self, tiles: np.ndarray, outputs: list[str], timeout_s: float) -> TileResult:
-        """XADD every tile, then BLPOP results until all arrived or the deadline passed."""
+    async def submit(
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        timeout_s: float,
+        graph: str = SERVE_GRAPH,
+    ) -> TileResult:
+        """XADD every tile to ``graph``'s stream, then BLPOP results until all arrived or the deadline."""
         started = time.time()
         deadline = started + timeout_s
         request_id = uuid.uuid4().hex
         key = result_key(self._prefix, request_id)
-        count = int(tiles.shape[0])
+        count = len(next(iter(inputs.values())))
+        stream = self._streams[graph]
         try:
             await self._ensure_group()
-            depth = await self.depth()
+            depth = await self.depth(graph)
             if not self._policy.admit(depth, count):
                 raise QueueFull(
-                    f"Redis queue {self._stream} holds {depth} tiles; {count} more exceed the bound "
+                    f"Redis queue {stream} holds {depth} tiles; {count} more exceed the bound "
                     f"{self._policy.bound}"
                 )
             pipe = self._client.pipeline(transaction=False)
             for i in range(count):
-                pipe.xadd(self._stream, job_fields(request_id, i, tiles[i], outputs, started, deadline))
+                tile = {name: array[i] for name, array in inputs.items()}
+                pipe.xadd(stream, job_fields(request_id, i, tile, outputs, started, deadline))
             await pipe.execute()
             return await self._collect(key, count, outputs, deadline)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

@@ -15,7 +15,8 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from service.errors import InferenceError, ModelStoreError
-from service.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file
+from service.manifest import MANIFEST_NAME, GuideSpec, Manifest, read_manifest, sha256_file
+from service.queue import GUIDE_GRAPH, SERVE_GRAPH
 
 
 @dataclass(frozen=True)
@@ -76,15 +77,16 @@ def resolve_entry(store: Path, spec: str, task: str) -> ModelEntry:
 
 
 def verify_files(entry_dir: Path, manifest: Manifest) -> None:
-    """Check every file the manifest lists against its sha256; the ONNX file must be listed.
+    """Check every file the manifest lists against its sha256; the ONNX file (and the guide graph's, when
+    the manifest has one) must be listed.
 
     Shared by the restoration and detector loaders. Raises ``ModelStoreError`` naming the file, the expected
     and the actual digest.
     """
-    if manifest.file_sha256(manifest.onnx_file) is None:
-        raise ModelStoreError(
-            f"{entry_dir}: manifest records no sha256 for {manifest.onnx_file}; refusing it"
-        )
+    graphs = [manifest.onnx_file] + ([manifest.guide.onnx_file] if manifest.guide else [])
+    for graph in graphs:
+        if manifest.file_sha256(graph) is None:
+            raise ModelStoreError(f"{entry_dir}: manifest records no sha256 for {graph}; refusing it")
     for f in manifest.files:
         target = entry_dir / f.path
         if not target.is_file():
@@ -151,23 +153,31 @@ def choose_graph(entry: ModelEntry, precision: str, providers: list[str]) -> tup
 
 
 class RestoreModel:
-    """A verified restoration entry and its session.
+    """A verified restoration entry and its sessions: the serving graph and, for two-pass entries, the
+    guide graph.
 
-    ``run`` takes tiles ``(N, 3, T, T)`` sRGB, uint8 0..255 or float32 in [0, 1] (T a multiple of
-    ``size_multiple``), and
-    returns the requested outputs: ``restored`` ``(N, 3, T, T)`` in [0, 1]; ``r_plus``/``r0``/``pilot``
-    ``(N, C, T/s, T/s)`` with ``s = scale``.
+    ``run`` takes one graph's inputs for a batch of tiles: ``image`` ``(N, 3, T, T)`` sRGB, uint8 0..255 or
+    float32 in [0, 1] (T a multiple of ``size_multiple``), plus ``guide_mean`` ``(N, K)`` float32 for the
+    serving graph of a two-pass entry. The serving graph returns ``restored`` ``(N, 3, T, T)`` in [0, 1] and
+    ``r_plus``/``r0``/``pilot`` ``(N, C, T/s, T/s)``; the guide graph ``guide_features`` ``(N, K, T/s, T/s)``.
     """
 
     def __init__(
-        self, entry: ModelEntry, session: ort.InferenceSession | None, precision: str = "fp32"
+        self,
+        entry: ModelEntry,
+        session: ort.InferenceSession | None,
+        precision: str = "fp32",
+        guide_session: ort.InferenceSession | None = None,
     ) -> None:
         self.entry = entry
         self.session = session
+        self.guide_session = guide_session
         self.precision = precision
         manifest = entry.manifest
         self.input_name = manifest.inputs[0].name
         self.output_names = [o.name for o in manifest.outputs]
+        self.guide: GuideSpec | None = manifest.guide
+        self.graphs = (GUIDE_GRAPH, SERVE_GRAPH) if self.guide else (SERVE_GRAPH,)
         self.size_multiple = manifest.size_multiple
         first_dim = manifest.inputs[0].shape[0] if manifest.inputs[0].shape else "N"
         self.fixed_batch: int | None = first_dim if isinstance(first_dim, int) else None
@@ -182,38 +192,61 @@ class RestoreModel:
         precision: str = "auto",
         spinning: bool = True,
     ) -> RestoreModel:
-        """Verify ``entry`` and build its session (``with_session=False``: manifest only, for a Redis API).
+        """Verify ``entry`` and build its sessions (``with_session=False``: manifest only, for a Redis API).
 
-        ``precision`` picks the graph (see :func:`choose_graph`); ``spinning``: see :func:`make_session`.
+        ``precision`` picks the serving graph (see :func:`choose_graph`); the guide graph is always the
+        entry's own (fp32). ``spinning``: see :func:`make_session`.
         """
         verify_entry(entry)
         chosen, onnx_file = choose_graph(entry, precision, choose_providers(providers))
-        session = make_session(entry.path / onnx_file, providers, threads, spinning) if with_session else None
-        return cls(entry, session, chosen)
+        if not with_session:
+            return cls(entry, None, chosen)
+        session = make_session(entry.path / onnx_file, providers, threads, spinning)
+        guide = entry.manifest.guide
+        guide_session = (
+            make_session(entry.path / guide.onnx_file, providers, threads, spinning) if guide else None
+        )
+        return cls(entry, session, chosen, guide_session)
 
     @property
     def ref(self) -> str:
         """``name/version`` of the loaded entry."""
         return self.entry.ref
 
-    def run(self, tiles: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
-        """Run one batch; ORT failures become ``InferenceError`` carrying the batch shape."""
-        if self.session is None:
-            raise InferenceError(f"{self.ref} was loaded without a session (Redis API process)")
-        unknown = [o for o in outputs if o not in self.output_names]
+    def graph_outputs(self, graph: str) -> list[str]:
+        """Output names of ``graph`` (``SERVE_GRAPH`` or, for two-pass entries, ``GUIDE_GRAPH``)."""
+        if graph == SERVE_GRAPH:
+            return self.output_names
+        if graph == GUIDE_GRAPH and self.guide is not None:
+            return [o.name for o in self.guide.outputs]
+        raise InferenceError(f"{self.ref} has no graph {graph!r} (it has {list(self.graphs)})")
+
+    def run(
+        self, inputs: dict[str, np.ndarray], outputs: list[str], graph: str = SERVE_GRAPH
+    ) -> dict[str, np.ndarray]:
+        """Run one batch of ``graph``; ORT failures become ``InferenceError`` carrying the input shapes."""
+        session = self.session if graph == SERVE_GRAPH else self.guide_session
+        unknown = [o for o in outputs if o not in self.graph_outputs(graph)]
         if unknown:
-            raise InferenceError(f"{self.ref} has no outputs {unknown} (it has {self.output_names})")
-        if tiles.dtype == np.uint8:
-            feed = tiles.astype(np.float32) / np.float32(255.0)
-        else:
-            feed = np.ascontiguousarray(tiles, dtype=np.float32)
+            raise InferenceError(f"{self.ref} has no outputs {unknown} (it has {self.graph_outputs(graph)})")
+        if session is None:
+            raise InferenceError(f"{self.ref} was loaded without a session (Redis API process)")
+        feed = {
+            name: array.astype(np.float32) / np.float32(255.0)
+            if array.dtype == np.uint8
+            else np.ascontiguousarray(array, dtype=np.float32)
+            for name, array in inputs.items()
+        }
+        count = len(next(iter(feed.values())))
         try:
-            if self.fixed_batch == 1 and feed.shape[0] > 1:
+            if self.fixed_batch == 1 and count > 1:
                 parts = [
-                    self.session.run(outputs, {self.input_name: feed[i : i + 1]}) for i in range(len(feed))
+                    session.run(outputs, {name: a[i : i + 1] for name, a in feed.items()})
+                    for i in range(count)
                 ]
                 return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(outputs)}
-            values: list[Any] = self.session.run(outputs, {self.input_name: feed})
+            values: list[Any] = session.run(outputs, feed)
         except Exception as exc:
-            raise InferenceError(f"{self.ref} failed on a batch of shape {feed.shape}: {exc}") from exc
+            shapes = {name: a.shape for name, a in feed.items()}
+            raise InferenceError(f"{self.ref} failed on a batch of shapes {shapes}: {exc}") from exc
         return {name: np.asarray(v, dtype=np.float32) for name, v in zip(outputs, values, strict=True)}

@@ -137,9 +137,49 @@ def stitch_tiles(outputs: np.ndarray, grid: TileGrid) -> np.ndarray:
     return acc[:, : math.ceil(grid.height / scale), : math.ceil(grid.width / scale)]
 
 
+def _owned(offsets: tuple[int, ...], tile: int, length: int, scale: int) -> list[tuple[int, int]]:
+    """Per tile row (or column): the range ``[a, b)`` of its output cells, relative to the tile, that it owns.
+
+    Neighbours split their overlap at its midpoint and cells past the image (``ceil(length / scale)``, the
+    padding) belong to no tile, so every cell of the image is owned exactly once.
+    """
+    end = math.ceil(length / scale)
+    cuts = [0] + [(offsets[i - 1] + tile + offsets[i]) // 2 // scale for i in range(1, len(offsets))] + [end]
+    owned = []
+    for i, offset in enumerate(offsets):
+        b = min(cuts[i + 1], end)
+        a = min(cuts[i], b)
+        owned.append((a - offset // scale, b - offset // scale))
+    return owned
+
+
+def owned_mean(outputs: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """Spatial mean over the whole image of per-tile outputs ``(n, C, T/s, T/s)`` -> ``(C,)`` float32.
+
+    Each image cell counts once: a tile contributes only the cells it owns (overlaps split at their
+    midpoints, padding beyond the image excluded), so the result equals the mean over the outputs of the
+    whole image wherever tiles agree with it. ``s`` is inferred from the outputs' side.
+    """
+    n, channels, side, side_w = outputs.shape
+    if n != grid.count or side != side_w or grid.tile % side:
+        raise BadInput(
+            f"tile outputs {outputs.shape} do not match a grid of {grid.count} tiles of {grid.tile}"
+        )
+    scale = grid.tile // side
+    rows = _owned(grid.ys, grid.tile, grid.height, scale)
+    cols = _owned(grid.xs, grid.tile, grid.width, scale)
+    total = np.zeros(channels, dtype=np.float64)
+    cells = 0
+    for k in range(n):
+        (y0, y1), (x0, x1) = rows[k // len(grid.xs)], cols[k % len(grid.xs)]
+        total += outputs[k, :, y0:y1, x0:x1].sum(axis=(1, 2), dtype=np.float64)
+        cells += (y1 - y0) * (x1 - x0)
+    return (total / cells).astype(np.float32)
+
+
 def stack_tiles(tiles: list[np.ndarray]) -> np.ndarray:
-    """Tiles of several requests -> one batch ``(n, 3, T, T)``: uint8 when every tile is uint8 (0..255),
-    else float32 in [0, 1] (uint8 tiles scaled by 1/255)."""
+    """One input of several requests' tiles -> one batch ``(n, ...)`` (image tiles ``(n, 3, T, T)``): uint8
+    when every tile is uint8 (0..255), else float32 (uint8 tiles scaled by 1/255 to [0, 1])."""
     if all(t.dtype == np.uint8 for t in tiles):
         return np.stack(tiles)
     return np.stack(

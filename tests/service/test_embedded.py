@@ -11,11 +11,15 @@ from service.batching import BatchPolicy
 from service.embedded import EmbeddedQueue, Runner
 from service.errors import InferenceError
 from service.metrics import Metrics
+from service.queue import GUIDE_GRAPH, SERVE_GRAPH
 
 
-def doubling_runner(batches: list[int]) -> Runner:
-    def run(tiles: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+def doubling_runner(batches: list[int], graphs: list[str] | None = None) -> Runner:
+    def run(inputs: dict[str, np.ndarray], outputs: list[str], graph: str) -> dict[str, np.ndarray]:
+        tiles = inputs["image"]
         batches.append(len(tiles))
+        if graphs is not None:
+            graphs.append(graph)
         return {name: tiles * 2 for name in outputs}
 
     return run
@@ -29,7 +33,7 @@ async def test_requests_share_a_batch() -> None:
     a = np.random.rand(3, 3, 8, 8).astype(np.float32)
     b = np.random.rand(3, 3, 8, 8).astype(np.float32)
     result_a, result_b = await asyncio.gather(
-        queue.submit(a, ["restored"], 60), queue.submit(b, ["restored"], 60)
+        queue.submit({"image": a}, ["restored"], 60), queue.submit({"image": b}, ["restored"], 60)
     )
     await queue.close()
     assert batches == [6]
@@ -37,21 +41,40 @@ async def test_requests_share_a_batch() -> None:
     np.testing.assert_array_equal(result_b.outputs["restored"], b * 2)
 
 
+async def test_graphs_have_their_own_lanes() -> None:
+    """Tiles for the guide graph and for the serving graph never share a batch; each gets its inputs back."""
+    batches: list[int] = []
+    graphs: list[str] = []
+    queue = EmbeddedQueue("m/1", doubling_runner(batches, graphs), BatchPolicy(8, 0.05, 100), Metrics())
+    await queue.start()
+    a = np.random.rand(3, 3, 8, 8).astype(np.float32)
+    b = np.random.rand(2, 3, 8, 8).astype(np.float32)
+    mean = np.ones((2, 4), dtype=np.float32)
+    result_a, result_b = await asyncio.gather(
+        queue.submit({"image": a}, ["guide_features"], 60, GUIDE_GRAPH),
+        queue.submit({"image": b, "guide_mean": mean}, ["restored"], 60, SERVE_GRAPH),
+    )
+    await queue.close()
+    assert sorted(zip(graphs, batches, strict=True)) == [(GUIDE_GRAPH, 3), (SERVE_GRAPH, 2)]
+    np.testing.assert_array_equal(result_a.outputs["guide_features"], a * 2)
+    np.testing.assert_array_equal(result_b.outputs["restored"], b * 2)
+
+
 async def test_failing_batch_fails_its_requests_not_the_batcher() -> None:
     calls = 0
 
-    def flaky(tiles: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+    def flaky(inputs: dict[str, np.ndarray], outputs: list[str], graph: str) -> dict[str, np.ndarray]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("device lost")
-        return {name: tiles for name in outputs}
+        return {name: inputs["image"] for name in outputs}
 
     queue = EmbeddedQueue("m/1", flaky, BatchPolicy(4, 0.0, 100), Metrics())
     await queue.start()
     tiles = np.zeros((2, 3, 8, 8), dtype=np.float32)
     with pytest.raises(InferenceError, match="device lost"):
-        await queue.submit(tiles, ["restored"], 60)
-    again = await queue.submit(tiles, ["restored"], 60)
+        await queue.submit({"image": tiles}, ["restored"], 60)
+    again = await queue.submit({"image": tiles}, ["restored"], 60)
     await queue.close()
     assert again.outputs["restored"].shape == (2, 3, 8, 8)

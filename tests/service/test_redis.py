@@ -21,16 +21,18 @@ import redis
 from PIL import Image
 
 from service.metrics import Metrics
-from service.queue import unpack
+from service.queue import GUIDE_GRAPH, lane_ref, unpack
 from service.redis_queue import GROUP, dead_key, result_key, stream_key
 from service.settings import Settings
 from service.store import RestoreModel, resolve_entry
 from service.tiling import plan_tiles
 from service.worker import Worker
 from tests.service.conftest import free_port, serve, start_redis_server
+from tests.service.fixture_model import build_entry
 
 pytestmark = pytest.mark.redis
 MODEL = "dir-restore/0.0.1"
+GUIDE = lane_ref(MODEL, GUIDE_GRAPH)
 FACE_TILES = plan_tiles(276, 276, tile=64, overlap=16, multiple=4).count
 
 
@@ -103,11 +105,37 @@ async def test_redis_backend_matches_embedded(
     np.testing.assert_allclose(
         np.load(io.BytesIO(latent.content)), np.load(io.BytesIO(embedded_latent.content)), atol=1e-4
     )
-    batches = metrics.batch_size.labels(MODEL)
-    assert batches._sum.get() == 7 * FACE_TILES  # type: ignore[attr-defined]
+    # Two passes: every tile once through the guide graph, once through the serving graph, in their own
+    # batches (each lane's batch sizes sum to the tiles it ran).
+    for lane in (MODEL, GUIDE):
+        assert metrics.batch_size.labels(lane)._sum.get() == 7 * FACE_TILES  # type: ignore[attr-defined]
     client_redis = redis.Redis.from_url(settings.queue)
     assert client_redis.xlen(stream_key(settings.stream_prefix, MODEL)) == 0
+    assert client_redis.xlen(stream_key(settings.stream_prefix, GUIDE)) == 0
     client_redis.close()
+
+
+async def test_redis_serves_a_single_pass_entry(
+    make_settings: Callable[..., Settings],
+    redis_settings: Callable[..., Settings],
+    small_png: bytes,
+    tmp_path: Path,
+) -> None:
+    """An entry exported before two-pass serving (one graph, one input) runs single-pass on both backends."""
+    store = build_entry(tmp_path, two_pass=False).parents[1]
+    async with serve(make_settings(model_store=store)) as client:
+        embedded = await client.post("/v1/restore", content=small_png)
+    settings = redis_settings(model_store=store)
+    metrics = Metrics()
+    async with serve(settings) as client:
+        with worker_thread(settings, metrics):
+            response = await client.post("/v1/restore", content=small_png)
+    assert embedded.status_code == response.status_code == 200, response.text
+    a = np.asarray(Image.open(io.BytesIO(response.content)), dtype=np.int16)
+    b = np.asarray(Image.open(io.BytesIO(embedded.content)), dtype=np.int16)
+    assert np.abs(a - b).max() <= 1
+    assert metrics.batch_size.labels(MODEL)._sum.get() == FACE_TILES  # type: ignore[attr-defined]
+    assert metrics.batch_size.labels(GUIDE)._sum.get() == 0  # type: ignore[attr-defined]
 
 
 async def test_worker_killed_mid_batch_loses_nothing(
@@ -120,7 +148,7 @@ async def test_worker_killed_mid_batch_loses_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = redis_settings(request_timeout_s=120)
-    stream = stream_key(prefix, MODEL)
+    stream = stream_key(prefix, GUIDE)  # pass 1 of the two-pass fixture: the doomed worker holds it
     base = {
         "DIR_QUEUE": redis_url,
         "DIR_MODEL_STORE": str(fixture_store),
@@ -150,7 +178,7 @@ async def test_worker_killed_mid_batch_loses_nothing(
             rescuer = spawn_worker(rescue_env, "rescuer")
             responses = await asyncio.gather(*requests)
         assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
-        assert probe.xlen(stream) == 0
+        assert probe.xlen(stream) == probe.xlen(stream_key(prefix, MODEL)) == 0
     finally:
         probe.close()
         for proc in (doomed, rescuer):
@@ -206,7 +234,7 @@ async def test_redis_deadline_and_queue_full(
     probe = redis.Redis.from_url(settings.queue)
     async with serve(settings) as client:  # no worker: nothing gets computed
         first = asyncio.create_task(client.post("/v1/restore", content=small_png))
-        while not first.done() and not probe.xlen(stream_key(prefix, MODEL)):
+        while not first.done() and not probe.xlen(stream_key(prefix, GUIDE)):  # pass 1 queued
             await asyncio.sleep(0.01)
         second = await client.post("/v1/restore", content=small_png)
         timed_out = await first
@@ -217,11 +245,12 @@ async def test_redis_deadline_and_queue_full(
     metrics = Metrics()
     worker = Worker(probe, model, settings, metrics, consumer="late")
     for _ in range(100):
-        if not probe.xlen(stream_key(prefix, MODEL)):
+        if not probe.xlen(stream_key(prefix, GUIDE)):
             break
         worker.step(block_ms=10)
-    assert probe.xlen(stream_key(prefix, MODEL)) == 0
-    assert metrics.batch_size.labels(MODEL)._sum.get() == 0  # type: ignore[attr-defined]
+    assert probe.xlen(stream_key(prefix, GUIDE)) == probe.xlen(stream_key(prefix, MODEL)) == 0
+    for lane in (MODEL, GUIDE):
+        assert metrics.batch_size.labels(lane)._sum.get() == 0  # type: ignore[attr-defined]
     probe.close()
 
 

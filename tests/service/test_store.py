@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,36 @@ def test_sha256_mismatch_is_refused(fixture_store: Path, tmp_path: Path) -> None
         RestoreModel.load(entry, None, 1)
 
 
+def test_unlisted_guide_graph_is_refused(fixture_store: Path, tmp_path: Path) -> None:
+    store = copy_store(fixture_store, tmp_path)
+    entry_dir = store / "dir-restore" / "0.0.1"
+    manifest = read_manifest(entry_dir)
+    files = [f for f in manifest.files if f.path != "guide.onnx"]
+    write_manifest(entry_dir, manifest.model_copy(update={"files": files}))
+    with pytest.raises(ModelStoreError, match=r"no sha256 for guide\.onnx"):
+        verify_entry(resolve_entry(store, "dir-restore", "restore"))
+
+
+def test_manifest_schema_versions(fixture_store: Path, tmp_path: Path) -> None:
+    """Old manifests (no schema_version: 1, no guide) load single-pass; a newer schema is refused."""
+    old_dir = build_entry(tmp_path / "old", two_pass=False)
+    raw = json.loads((old_dir / "manifest.json").read_text())
+    del raw["schema_version"], raw["guide"]
+    (old_dir / "manifest.json").write_text(json.dumps(raw))
+    old = resolve_entry(old_dir.parents[1], "dir-restore", "restore")
+    assert old.manifest.schema_version == 1 and old.manifest.guide is None
+    model = RestoreModel.load(old, None, 1)
+    assert model.graphs == ("model",) and model.guide_session is None
+    two_pass = RestoreModel.load(resolve_entry(fixture_store, "", "restore"), None, 1)
+    assert two_pass.graphs == ("guide", "model")
+    store = copy_store(fixture_store, tmp_path)
+    entry_dir = store / "dir-restore" / "0.0.1"
+    raw = (entry_dir / "manifest.json").read_text().replace('"schema_version": 2', '"schema_version": 3')
+    (entry_dir / "manifest.json").write_text(raw)
+    with pytest.raises(ModelStoreError, match="schema_version"):
+        resolve_entry(store, "dir-restore", "restore")
+
+
 def test_unlisted_onnx_is_refused(fixture_store: Path, tmp_path: Path) -> None:
     store = copy_store(fixture_store, tmp_path)
     entry_dir = store / "dir-restore" / "0.0.1"
@@ -95,7 +126,8 @@ def test_fp16_graph_serves_close_to_fp32(tmp_path: Path) -> None:
     half, full = RestoreModel.load(entry, None, 1, precision="fp16"), RestoreModel.load(entry, None, 1)
     assert (half.precision, full.precision) == ("fp16", "fp32")
     tiles = np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8)
-    a, b = half.run(tiles, ["restored"])["restored"], full.run(tiles, ["restored"])["restored"]
+    feed = {"image": tiles, "guide_mean": np.ones((2, 8), dtype=np.float32)}
+    a, b = half.run(feed, ["restored"])["restored"], full.run(feed, ["restored"])["restored"]
     assert a.dtype == np.float32 and a.shape == b.shape
     assert 0 < float(np.abs(a - b).max()) < 2 / 255
 
@@ -103,7 +135,8 @@ def test_fp16_graph_serves_close_to_fp32(tmp_path: Path) -> None:
 def test_unlisted_fp16_graph_is_refused(tmp_path: Path) -> None:
     entry_dir = build_entry(tmp_path, fp16=True)
     manifest = read_manifest(entry_dir)
-    write_manifest(entry_dir, manifest.model_copy(update={"files": manifest.files[:1]}))
+    files = [f for f in manifest.files if f.path != "model.fp16.onnx"]
+    write_manifest(entry_dir, manifest.model_copy(update={"files": files}))
     entry = resolve_entry(tmp_path, "dir-restore", "restore")
     with pytest.raises(ModelStoreError, match=r"no sha256 for model\.fp16\.onnx"):
         RestoreModel.load(entry, None, 1, precision="fp16")
@@ -117,4 +150,6 @@ def test_spinning_setting_reaches_the_session(tmp_path: Path, spinning: bool) ->
     options = model.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spinning))
     tiles = np.zeros((1, 3, 64, 64), dtype=np.uint8)
-    assert model.run(tiles, ["restored"])["restored"].shape == (1, 3, 64, 64)
+    assert model.run({"image": tiles}, ["guide_features"], "guide")["guide_features"].shape == (1, 8, 16, 16)
+    feed = {"image": tiles, "guide_mean": np.zeros((1, 8), dtype=np.float32)}
+    assert model.run(feed, ["restored"])["restored"].shape == (1, 3, 64, 64)

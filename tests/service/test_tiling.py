@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from service.errors import BadInput
+from service.manifest import read_manifest
 from service.store import ModelEntry
-from service.tiling import extract_tiles, plan_tiles, stitch_tiles
+from service.tiling import extract_tiles, owned_mean, plan_tiles, stitch_tiles
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -61,31 +62,68 @@ def degraded(clean_path: Path, quality: int = 20) -> np.ndarray:
     return np.asarray(Image.open(buffer), dtype=np.float32) / 255
 
 
+def _batched(session: ort.InferenceSession, output: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+    count = len(next(iter(feed.values())))
+    parts = [session.run([output], {k: v[i : i + 8] for k, v in feed.items()})[0] for i in range(0, count, 8)]
+    return np.concatenate(parts)
+
+
 def run_tiled_and_whole(
-    onnx_path: Path, image: np.ndarray, tile: int, overlap: int, multiple: int
+    entry_dir: Path, image: np.ndarray, tile: int, overlap: int, pool: str = "image"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The model's ``restored`` output on overlapping tiles (stitched) and on the whole (padded) image."""
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    """The entry's ``restored`` on overlapping tiles (stitched) and on the whole (padded) image, (H, W, 3).
+
+    Two-pass entries get a ``guide_mean``: on the whole image its spatial mean of ``guide.onnx``; on tiles,
+    ``pool="image"`` the image's mean from the tiles' guide features (what the service computes) or
+    ``pool="tile"`` each tile's own mean (what single-pass tiling amounts to).
+    """
+    manifest = read_manifest(entry_dir)
+    multiple = manifest.size_multiple
+    providers = ["CPUExecutionProvider"]
+    serve = ort.InferenceSession(str(entry_dir / manifest.onnx_file), providers=providers)
     grid = plan_tiles(*image.shape[:2], tile=tile, overlap=overlap, multiple=multiple)
     tiles = extract_tiles(image, grid)
-    outs = np.concatenate(
-        [session.run(["restored"], {"image": tiles[i : i + 8]})[0] for i in range(0, len(tiles), 8)]
-    )
-    tiled = stitch_tiles(outs, grid).transpose(1, 2, 0)
     pad_h, pad_w = -image.shape[0] % multiple, -image.shape[1] % multiple
     full = np.pad(image.transpose(2, 0, 1), ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")[None]
-    whole = session.run(["restored"], {"image": full})[0][0][:, : image.shape[0], : image.shape[1]]
+    tile_feed: dict[str, np.ndarray] = {"image": tiles}
+    whole_feed: dict[str, np.ndarray] = {"image": full}
+    if manifest.guide is not None:
+        guide = ort.InferenceSession(str(entry_dir / manifest.guide.onnx_file), providers=providers)
+        features = _batched(guide, "guide_features", {"image": tiles})
+        if pool == "image":
+            mean = np.broadcast_to(owned_mean(features, grid), (grid.count, features.shape[1]))
+        else:
+            mean = features.mean(axis=(2, 3))
+        tile_feed["guide_mean"] = np.ascontiguousarray(mean)
+        whole_feed["guide_mean"] = guide.run(None, {"image": full})[0].mean(axis=(2, 3))
+    tiled = stitch_tiles(_batched(serve, "restored", tile_feed), grid).transpose(1, 2, 0)
+    whole = serve.run(["restored"], whole_feed)[0][0][:, : image.shape[0], : image.shape[1]]
     return tiled, whole.transpose(1, 2, 0)
 
 
-def test_tiled_matches_whole_image_within_0_1_db(fixture_store: Path, dataset: Callable[[str], Path]) -> None:
-    """JPEG-degraded monarch, fixture model on 64-px tiles vs whole image, both scored against the clean."""
+def monarch(dataset: Callable[[str], Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Clean and JPEG-degraded monarch (cset14), (H, W, 3) float32 sRGB [0, 1]."""
     clean_path = dataset("cset14") / "monarch.png"
     clean = np.asarray(Image.open(clean_path).convert("RGB"), dtype=np.float32) / 255
-    onnx_path = fixture_store / "dir-restore" / "0.0.1" / "model.onnx"
-    tiled, whole = run_tiled_and_whole(onnx_path, degraded(clean_path), tile=64, overlap=16, multiple=4)
+    return clean, degraded(clean_path)
+
+
+def test_tiled_matches_whole_image_within_0_1_db(fixture_store: Path, dataset: Callable[[str], Path]) -> None:
+    """JPEG-degraded monarch, fixture model on 64-px tiles vs whole image, both scored against the clean:
+    two-pass (the image's guide_mean for every tile) meets the contract."""
+    clean, image = monarch(dataset)
+    tiled, whole = run_tiled_and_whole(fixture_store / "dir-restore" / "0.0.1", image, tile=64, overlap=16)
     assert abs(psnr(tiled, clean) - psnr(whole, clean)) < 0.1
     assert psnr(tiled, whole) > 50
+
+
+def test_pooling_per_tile_misses_the_contract(fixture_store: Path, dataset: Callable[[str], Path]) -> None:
+    """The same model with each tile pooling over itself (single-pass tiling) loses more than 0.1 dB: the
+    contract above detects the global-pooling problem."""
+    clean, image = monarch(dataset)
+    entry = fixture_store / "dir-restore" / "0.0.1"
+    tiled, whole = run_tiled_and_whole(entry, image, tile=64, overlap=16, pool="tile")
+    assert abs(psnr(tiled, clean) - psnr(whole, clean)) > 0.1
 
 
 def test_committed_model_tiled_matches_whole_image_within_0_1_db(
@@ -99,8 +137,18 @@ def test_committed_model_tiled_matches_whole_image_within_0_1_db(
     crop = tmp_path / "monarch.png"
     Image.open(dataset("cset14") / "monarch.png").crop((100, 80, 580, 432)).save(crop)
     clean = np.asarray(Image.open(crop).convert("RGB"), dtype=np.float32) / 255
-    onnx_path = served_entry.path / served_entry.manifest.onnx_file
-    tiled, whole = run_tiled_and_whole(
-        onnx_path, degraded(crop), tile.size, tile.overlap, served_entry.manifest.size_multiple
-    )
+    tiled, whole = run_tiled_and_whole(served_entry.path, degraded(crop), tile.size, tile.overlap)
     assert abs(psnr(tiled, clean) - psnr(whole, clean)) < 0.1
+
+
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (30, 70), (64, 64), (101, 70), (250, 333)])
+def test_owned_mean_counts_every_image_cell_once(h: int, w: int) -> None:
+    """Per-tile crops of a latent map give back the map's exact mean over the image area."""
+    grid = plan_tiles(h, w, tile=64, overlap=16, multiple=4)
+    rng = np.random.default_rng(0)
+    latent = rng.random((5, grid.padded_height // 4, grid.padded_width // 4)).astype(np.float32)
+    tiles = np.stack(
+        [latent[:, y // 4 : y // 4 + 16, x // 4 : x // 4 + 16] for y in grid.ys for x in grid.xs]
+    )
+    expected = latent[:, : math.ceil(h / 4), : math.ceil(w / 4)].mean(axis=(1, 2))
+    np.testing.assert_allclose(owned_mean(tiles, grid), expected, rtol=1e-6)
