@@ -160,3 +160,17 @@ def test_ffdnet_keeps_odd_sizes(noisy_pair: tuple[torch.Tensor, torch.Tensor]) -
     out = get_method("ffdnet").bind(MethodContext())(odd, None)
     assert out.shape == odd.shape
     assert np.isfinite(out.numpy()).all()
+
+
+def test_onnx_two_pass_entry_uses_the_whole_image_guide_mean(tmp_path: Path) -> None:
+    """A two-pass entry scores the whole image: guide_mean = spatial mean of the guide graph's output, so the
+    result is the PyTorch model pooling over the whole (padded) image."""
+    from tests.service.fixture_model import TinyDiR, build_entry
+
+    entry = build_entry(tmp_path, version="3")
+    bound = get_method(f"onnx:{entry}").bind(MethodContext())
+    x = torch.rand(1, 3, 62, 70, generator=torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (0, 2, 0, 2), mode="reflect")
+    with torch.no_grad():
+        expected = TinyDiR().eval()(padded)[0][..., :62, :70]
+    torch.testing.assert_close(bound(x, None), expected, atol=1e-5, rtol=0)

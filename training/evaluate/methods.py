@@ -7,6 +7,7 @@ so a method whose files are absent raises :class:`MethodUnavailableError` only w
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -271,7 +272,9 @@ class OnnxRestorer:
     """Scores a model_store entry exactly as shipped: its ONNX file through onnxruntime (CPU EP).
 
     Inputs are reflect-padded on the bottom/right to the manifest's ``size_multiple`` and the output cropped
-    back. The file's sha256 is checked against the manifest when recorded.
+    back. Two-pass entries (manifest ``guide``) get the whole image's ``guide_mean``: the spatial mean of
+    the guide graph's output on the padded image. Each file's sha256 is checked against the manifest when
+    recorded.
     """
 
     def __init__(self, entry_dir: Path) -> None:
@@ -283,14 +286,25 @@ class OnnxRestorer:
             raise MethodUnavailableError(f"no manifest.json in model_store entry {entry_dir}")
         self.manifest = read_manifest(entry_dir)
         self.entry_dir = entry_dir
-        onnx_path = entry_dir / self.manifest.onnx_file
-        if not onnx_path.is_file():
-            raise MethodUnavailableError(f"ONNX file not found: {onnx_path}")
-        expected = self.manifest.file_sha256(self.manifest.onnx_file)
-        self.fingerprint = sha256_file(onnx_path)
-        if expected is not None and self.fingerprint != expected:
-            raise MethodUnavailableError(f"sha256 of {onnx_path} does not match its manifest")
-        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self.guide = self.manifest.guide
+        graphs = [self.manifest.onnx_file] + ([self.guide.onnx_file] if self.guide else [])
+        digests = []
+        for name in graphs:
+            path = entry_dir / name
+            if not path.is_file():
+                raise MethodUnavailableError(f"ONNX file not found: {path}")
+            digests.append(sha256_file(path))
+            expected = self.manifest.file_sha256(name)
+            if expected is not None and digests[-1] != expected:
+                raise MethodUnavailableError(f"sha256 of {path} does not match its manifest")
+        # Score-cache key: the serving graph's sha256, combined with the guide graph's for two-pass entries.
+        joined = "".join(digests).encode()
+        self.fingerprint = digests[0] if len(digests) == 1 else hashlib.sha256(joined).hexdigest()
+        providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(entry_dir / graphs[0]), providers=providers)
+        self.guide_session = (
+            ort.InferenceSession(str(entry_dir / graphs[1]), providers=providers) if self.guide else None
+        )
         self.input_name = self.manifest.inputs[0].name
         outputs = [o.name for o in self.manifest.outputs]
         self.output_name = "restored" if "restored" in outputs else outputs[0]
@@ -306,9 +320,12 @@ class OnnxRestorer:
         h, w = batch.shape[-2:]
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         x = F.pad(batch, (0, pw, 0, ph), mode="reflect") if ph or pw else batch
-        (out,) = self.session.run(
-            [self.output_name], {self.input_name: x.contiguous().numpy().astype(np.float32)}
-        )
+        feed = {self.input_name: x.contiguous().numpy().astype(np.float32)}
+        if self.guide is not None and self.guide_session is not None:
+            guide_in = {self.guide.inputs[0].name: feed[self.input_name]}
+            (features,) = self.guide_session.run([self.guide.outputs[0].name], guide_in)
+            feed[self.guide.mean_input] = np.asarray(features.mean(axis=(2, 3)), dtype=np.float32)
+        (out,) = self.session.run([self.output_name], feed)
         return torch.from_numpy(out)[..., :h, :w].clamp(0.0, 1.0)
 
 
