@@ -2,10 +2,12 @@
 # The GPU runs behind the published GPU-trained models and GPU benchmarks (docs/TRAINING.md,
 # docs/BENCHMARKS.md), in two sittings of under ten minutes each on one GPU:
 #
-#   scripts/gpu-train.sh stage1 OUT   # ISP benchmarks; `gpu` Stage I (480 s budget) beside the whole
-#                                     # `paper` config (Stage I 230 s + Stage II 210 s budgets)
-#   scripts/gpu-train.sh stage2 OUT   # `gpu` Stage II and the three ablations side by side (480 s budgets,
-#                                     # from runs/gpu/stage1.pt); serving-graph throughput per precision
+#   scripts/gpu-train.sh isp OUT      # ISP throughput on the GPU (two batch sizes)
+#   scripts/gpu-train.sh stage1 OUT   # `gpu` Stage I (490 s budget) beside the whole `paper` config
+#                                     # (Stage I 240 s + Stage II 220 s budgets)
+#   scripts/gpu-train.sh stage2 OUT   # `gpu` Stage II and the three ablations side by side (470 s budgets,
+#                                     # 3 batch workers each, from runs/gpu/stage1.pt); serving-graph
+#                                     # throughput per precision
 #
 # Runs concurrently on one GPU (the small networks leave it mostly idle); each process fits its stage into
 # its --time-limit and records the steps it ran. Weights come back under OUT without optimiser state
@@ -33,23 +35,27 @@ PY
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   "$py" -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'ort', o.__version__, o.get_available_providers())"
-  nproc; } > "$out/env.txt" 2>&1
+  nproc; df -h /dev/shm; } > "$out/env.txt" 2>&1
 
-if [ "$phase" = stage1 ]; then
+if [ "$phase" = isp ]; then
   { "$py" benchmarks/isp_throughput.py --device cuda --json --no-write --repeats 5
     "$py" benchmarks/isp_throughput.py --device cuda --json --no-write --repeats 3 --batch 32 --size 512
   } > "$out/isp_cuda.json" 2> "$out/isp_cuda.err"
-  train stage1 --config gpu --run-dir runs/gpu --time-limit 480 > runs/gpu-stage1.log 2>&1 &
-  { train stage1 --config paper --run-dir runs/paper --time-limit 230 \
-      && train stage2 --config paper --run-dir runs/paper --time-limit 210; } > runs/paper.log 2>&1 &
+elif [ "$phase" = stage1 ]; then
+  { train stage1 --config gpu --run-dir runs/gpu --time-limit 490 \
+      || train stage1 --config gpu --run-dir runs/gpu --time-limit 420 --workers 0; } > runs/gpu-stage1.log 2>&1 &
+  { train stage1 --config paper --run-dir runs/paper --time-limit 240 \
+      && train stage2 --config paper --run-dir runs/paper --time-limit 220; } > runs/paper.log 2>&1 &
   wait
   strip runs/gpu/stage1.pt "$out/gpu-stage1.pt" float32
   strip runs/paper/stage2.pt runs/paper-stage2.fp16.pt float16 && split -b 15M -d runs/paper-stage2.fp16.pt "$out/paper-stage2.fp16.pt."
   tar czf "$out/logs.tar.gz" runs/*.log runs/*/metrics-*.jsonl runs/*/config.yaml
 elif [ "$phase" = stage2 ]; then
-  train stage2 --config gpu --run-dir runs/gpu --time-limit 480 > runs/gpu-stage2.log 2>&1 &
+  [ -f runs/gpu/stage1.pt ] || { echo "stage2 needs runs/gpu/stage1.pt (from the stage1 phase)" >&2; exit 2; }
+  train stage2 --config gpu --run-dir runs/gpu --time-limit 470 --workers 3 > runs/gpu-stage2.log 2>&1 &
   for v in no_pilot r0_only autoencoder; do
-    train ablation --config gpu --run-dir runs/gpu --variant "$v" --time-limit 480 > "runs/gpu-$v.log" 2>&1 &
+    train ablation --config gpu --run-dir runs/gpu --variant "$v" --time-limit 470 --workers 3 \
+      > "runs/gpu-$v.log" 2>&1 &
   done
   wait
   for f in stage2 ablation-no_pilot ablation-r0_only ablation-autoencoder; do

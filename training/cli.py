@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this many steps")
         s.add_argument("--steps", type=int, help="the stage's step count (replaces the config's)")
         s.add_argument(
+            "--workers", type=int, help="processes that build batches on the CPU (replaces data.workers)"
+        )
+        s.add_argument(
             "--time-limit",
             type=float,
             metavar="SECONDS",
@@ -84,10 +87,13 @@ def main(argv: list[str] | None = None) -> int:
             record = score_run(args.run, args.variant or ["full"], args.datasets, args.preset, args.limit)
             print(json.dumps(record["psnr_db"], indent=2))
             return 0
-        from training.train.config import load_config
+        from training.train.config import config_from_dict, config_to_dict, load_config
         from training.train.loop import train_stage
 
         cfg = load_config(args.config, {"run_dir": args.run_dir} if args.run_dir else None)
+        if args.workers is not None:
+            raw = config_to_dict(cfg)
+            cfg = config_from_dict({**raw, "data": {**raw["data"], "workers": args.workers}})
         common = {
             "resume": args.resume,
             "stop_at": args.stop_at,

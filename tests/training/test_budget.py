@@ -1,4 +1,4 @@
-"""``--steps`` and ``--time-limit``: the stage's step count is replaced or fitted to a time budget."""
+"""``--steps`` / ``--time-limit`` (the step count replaced or fitted to a time budget) and worker batches."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import yaml
 from tests.training.test_resume import image_dir, micro  # noqa: F401  (fixture re-export)
 from training.cli import main
 from training.train.config import config_to_dict
+from training.train.data import StepBatches, iterate_batches, load_store
 from training.train.loop import PROBE_STEPS, budget_steps, train_stage
 
 
@@ -50,3 +51,19 @@ def test_time_limit_with_resume_is_a_clear_error(
     cfg_path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     assert main(["stage1", "--config", str(cfg_path), "--resume", "--time-limit", "60", "--no-progress"]) == 2
     assert "fresh run" in capsys.readouterr().err
+
+
+def test_worker_batches_equal_in_process_batches(image_dir: Path) -> None:  # noqa: F811
+    store = load_store(image_dir, 1, 32)
+    cpu = torch.device("cpu")
+    for views in (1, 2):
+        data = StepBatches(store.train, 3, 32, "train", views=views, base_seed=7, device=cpu)
+        here = iterate_batches(data, 5, workers=0, device=cpu)
+        there = iterate_batches(data, 5, workers=2, device=cpu)
+        for _ in range(4):
+            a, b = next(here), next(there)
+            assert len(a) == len(b) == 1 + views
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        there.close()
+    # A batch depends on its step index alone.
+    assert torch.equal(data[9][0], data[9][0]) and not torch.equal(data[9][0], data[10][0])

@@ -68,7 +68,7 @@ def _assert_same_checkpoint(a: Path, b: Path) -> None:
     for k, st in ca["optimizer"]["state"].items():
         for key, t in st.items():
             assert torch.equal(t, cb["optimizer"]["state"][k][key]), f"optimizer {k}.{key} differs"
-    assert torch.equal(ca["rng"]["generator"], cb["rng"]["generator"])
+    assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
 
 
 def _losses(log: Path) -> list[dict[str, Any]]:

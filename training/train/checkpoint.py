@@ -2,7 +2,8 @@
 
 A checkpoint is a dict readable with ``torch.load(weights_only=True)``: ``stage``, ``variant`` (restoration
 checkpoints only, read by :func:`training.models.load_system`), ``model_config``, ``config``, ``step``,
-``steps``, ``modules`` ({name: state_dict}), ``optimizer``, ``rng`` ({"torch", "generator", "cuda"}).
+``steps``, ``modules`` ({name: state_dict}), ``optimizer``, ``rng`` ({"torch", "cuda"}: the model's own
+randomness; training batches are a function of the step index, see :class:`training.train.data.StepBatches`).
 """
 
 from __future__ import annotations
@@ -36,17 +37,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Global torch RNG, the data/degradation generator and (where present) the CUDA RNG."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+def rng_state() -> dict[str, Any]:
+    """The global torch RNG and (where present) the CUDA RNGs."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+def restore_rng(state: dict[str, Any]) -> None:
     """Inverse of :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -33,6 +33,9 @@ class DataConfig:
 
     ``train_dir``: a dataset name under the shared data root (``bsds500_train``) or a folder path.
     The last ``val_images`` files (sorted by path) are held out for the PSNR measured during training.
+    ``workers``: 0 builds each batch (ISP included) in the training process on the training device; N > 0
+    builds them on the CPU in N worker processes, in parallel with the training steps (for GPU runs, where
+    the per-image ISP and JPEG work would otherwise stall the GPU).
     """
 
     train_dir: str = "bsds500_train"
@@ -42,6 +45,7 @@ class DataConfig:
     batch_size: int = 3
     preset: str = "train"
     val_preset: str = "ablation"
+    workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"data.batch_size must be >= 2 (the MI bound needs shuffled negatives), got {cfg.data.batch_size}"
         )
+    if cfg.data.workers < 0:
+        raise ConfigError(f"data.workers must be >= 0, got {cfg.data.workers}")
     if cfg.data.val_images < 0:
         raise ConfigError(f"data.val_images must be >= 0, got {cfg.data.val_images}")
     if cfg.model.gconv_kernel % 2 == 0:

@@ -1,7 +1,9 @@
-"""Clean training images: folder scan with clear errors, in-memory uint8 store, random patch batches."""
+"""Clean training images: folder scan with clear errors, in-memory uint8 store, random patch batches, and
+the step-indexed stream of (clean, degraded) training batches, optionally built in worker processes."""
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,3 +101,82 @@ def center_crops(images: list[Tensor], size: int) -> Tensor:
         top, left = (h - size) // 2, (w - size) // 2
         out.append(im[:, top : top + size, left : left + size])
     return torch.stack(out).float().div_(255.0)
+
+
+def step_generator(base_seed: int, step: int) -> torch.Generator:
+    """The CPU generator of one training step's batch: seeded from ``(base_seed, step)`` alone."""
+    return torch.Generator().manual_seed((base_seed * 1_000_003 + step) % (2**63 - 1))
+
+
+class StepBatches(torch.utils.data.Dataset[tuple[Tensor, ...]]):
+    """Item ``k`` is step ``k``'s batch: ``(clean, view_1[, view_2])``, each (B, 3, P, P) sRGB [0, 1].
+
+    The clean patches come from :func:`sample_batch` and the degraded views from the ISP simulator
+    (``preset``), all drawn from :func:`step_generator` ``(base_seed, k)``: a batch depends on its step index
+    only, so resuming replays the same data whichever process builds it. The ISP runs on ``device`` (the
+    training device when batches are built in the training process, the CPU in worker processes).
+    """
+
+    def __init__(
+        self,
+        images: list[Tensor],
+        batch_size: int,
+        patch: int,
+        preset: str,
+        views: int,
+        base_seed: int,
+        device: torch.device,
+    ) -> None:
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, got {views}")
+        self.images = images
+        self.batch_size = batch_size
+        self.patch = patch
+        self.preset = preset
+        self.views = views
+        self.base_seed = base_seed
+        self.device = device
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, step: int) -> tuple[Tensor, ...]:
+        from training.isp import simulate, simulate_two_views
+
+        g = step_generator(self.base_seed, step)
+        clean = sample_batch(self.images, self.batch_size, self.patch, g).to(self.device)
+        if self.views == 2:
+            a, b = simulate_two_views(clean, preset=self.preset, generator=g)
+            return clean, a.degraded, b.degraded
+        return clean, simulate(clean, preset=self.preset, generator=g).degraded
+
+
+def _single_thread_worker(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def iterate_batches(
+    dataset: StepBatches, first_step: int, workers: int, device: torch.device
+) -> Generator[tuple[Tensor, ...], None, None]:
+    """Batches of steps ``first_step, first_step + 1, ...`` on ``device``.
+
+    ``workers == 0``: built in this process, on ``dataset.device``. ``workers > 0``: built on the CPU in that
+    many worker processes (one torch thread each, batches prefetched in step order), then copied to
+    ``device`` (pinned memory on CUDA). The stream is endless; stop consuming it when the stage ends.
+    """
+    if workers == 0:
+        step = first_step
+        while True:
+            yield dataset[step]
+            step += 1
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=range(first_step, len(dataset)),
+        num_workers=workers,
+        worker_init_fn=_single_thread_worker,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4,
+    )
+    for batch in loader:
+        yield tuple(t.to(device, non_blocking=True) for t in batch)

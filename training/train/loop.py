@@ -17,7 +17,7 @@ from tqdm import tqdm
 from training.models import VARIANTS, Variant, checkpoint_name, system_state
 from training.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from training.train.config import TrainConfig, config_to_dict
-from training.train.data import center_crops, load_store, sample_batch
+from training.train.data import StepBatches, center_crops, iterate_batches, load_store
 from training.train.errors import CheckpointError, ConfigError
 from training.train.metrics import append_record, metrics_path, psnr, truncate_log
 from training.train.objectives import RestorationObjective, Stage1Objective
@@ -55,21 +55,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def degrade(clean: Tensor, preset: str, generator: torch.Generator) -> Tensor:
-    """One random ISP degradation per image: (N, 3, H, W) sRGB [0, 1] -> same shape, same device."""
-    from training.isp import simulate
-
-    return simulate(clean, preset=preset, generator=generator).degraded
-
-
-def degrade_two_views(clean: Tensor, preset: str, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Two independent ISP degradations of the same clean batch (the views x1, x2 of Stage I)."""
-    from training.isp import simulate_two_views
-
-    a, b = simulate_two_views(clean, preset=preset, generator=generator)
-    return a.degraded, b.degraded
 
 
 def degrade_fixed(clean: Tensor, preset: str, names: list[str]) -> Tensor:
@@ -206,14 +191,22 @@ def train_stage(
     optimizer = torch.optim.Adam(params, lr=stage_cfg.lr)
 
     stage_index = {"stage1": 1, "stage2": 2, "ablation": 3}[stage]
-    generator = torch.Generator().manual_seed(1_000_003 * cfg.seed + 101 * stage_index + rank)
+    batches = StepBatches(
+        store.train,
+        cfg.data.batch_size,
+        cfg.data.patch_size,
+        cfg.data.preset,
+        views=2 if stage == "stage1" else 1,
+        base_seed=1_000_003 * cfg.seed + 101 * stage_index + rank,
+        device=device if cfg.data.workers == 0 else torch.device("cpu"),
+    )
     step = 0
     if resume:
         ckpt = load_checkpoint(ckpt_path)
         for name, module in _parts(objective).items():
             module.load_state_dict(ckpt["modules"][name])
         optimizer.load_state_dict(ckpt["optimizer"])
-        restore_rng(ckpt["rng"], generator)
+        restore_rng(ckpt["rng"])
         step = int(ckpt["step"])
         if steps is None:
             set_steps(int(ckpt["steps"]))
@@ -247,7 +240,7 @@ def train_stage(
             "steps": stage_cfg.steps,
             "modules": {n: m.state_dict() for n, m in _parts(objective).items()},
             "optimizer": optimizer.state_dict(),
-            "rng": rng_state(generator),
+            "rng": rng_state(),
         }
         if isinstance(objective, RestorationObjective):
             payload.update(system_state(objective.system))
@@ -260,17 +253,17 @@ def train_stage(
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     tick, seen = time.perf_counter(), 0
     loop_start, probe_start = tick, tick
+    stream = iterate_batches(batches, step, cfg.data.workers, device)
     while step < last:
         lr = lr_at(step, stage_cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        clean = sample_batch(store.train, cfg.data.batch_size, cfg.data.patch_size, generator).to(device)
+        clean, *views = next(stream)
         with amp:
             if stage == "stage1":
-                x1, x2 = degrade_two_views(clean, cfg.data.preset, generator)
-                losses = model(x1, x2, clean, prior_scale_at(step, cfg.loss))
+                losses = model(*views, clean, prior_scale_at(step, cfg.loss))
             else:
-                losses = model(degrade(clean, cfg.data.preset, generator), clean)
+                losses = model(*views, clean)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         nn.utils.clip_grad_norm_(params, stage_cfg.grad_clip)
@@ -310,6 +303,7 @@ def train_stage(
         if step % cfg.ckpt_every == 0 or step == last:
             save(step)
     bar.close()
+    stream.close()
     if world > 1:
         import torch.distributed as dist
 
