@@ -5,7 +5,7 @@
 #   scripts/gpu-train.sh isp OUT      # ISP throughput on the GPU (two batch sizes)
 #   scripts/gpu-train.sh stage1 OUT   # `gpu` Stage I (490 s budget) beside the whole `paper` config
 #                                     # (Stage I 240 s + Stage II 220 s budgets)
-#   scripts/gpu-train.sh stage2 OUT   # `gpu` Stage II and the three ablations side by side (470 s budgets,
+#   scripts/gpu-train.sh stage2 OUT   # `gpu` Stage II and the three ablations side by side (430 s budgets,
 #                                     # 3 batch workers each, from runs/gpu/stage1.pt); serving-graph
 #                                     # throughput per precision
 #
@@ -52,9 +52,9 @@ elif [ "$phase" = stage1 ]; then
   tar czf "$out/logs.tar.gz" runs/*.log runs/*/metrics-*.jsonl runs/*/config.yaml
 elif [ "$phase" = stage2 ]; then
   [ -f runs/gpu/stage1.pt ] || { echo "stage2 needs runs/gpu/stage1.pt (from the stage1 phase)" >&2; exit 2; }
-  train stage2 --config gpu --run-dir runs/gpu --time-limit 470 --workers 3 > runs/gpu-stage2.log 2>&1 &
+  train stage2 --config gpu --run-dir runs/gpu --time-limit 430 --workers 3 > runs/gpu-stage2.log 2>&1 &
   for v in no_pilot r0_only autoencoder; do
-    train ablation --config gpu --run-dir runs/gpu --variant "$v" --time-limit 470 --workers 3 \
+    train ablation --config gpu --run-dir runs/gpu --variant "$v" --time-limit 430 --workers 3 \
       > "runs/gpu-$v.log" 2>&1 &
   done
   wait
