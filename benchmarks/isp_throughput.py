@@ -29,7 +29,12 @@ from training.isp.pipeline import degrade
 from training.isp.reference import degrade_image
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
-START, END = "<!-- isp_throughput:start -->", "<!-- isp_throughput:end -->"
+
+
+def markers(device: str) -> tuple[str, str]:
+    """The BENCHMARKS.md section markers for ``device``: CPU and CUDA results live in separate sections."""
+    name = "isp_throughput_cuda" if device.startswith("cuda") else "isp_throughput"
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
 def cpu_model() -> str:
@@ -102,6 +107,7 @@ def run(batch: int, size: int, preset: str, repeats: int, device: str) -> dict[s
 
 def markdown(r: dict[str, object], command: str) -> str:
     """The BENCHMARKS.md section for result ``r``."""
+    start, end = markers(str(r["device"]))
     mps = r["megapixels_per_s"]
     med = r["median_seconds"]
     assert isinstance(mps, dict) and isinstance(med, dict)
@@ -123,7 +129,7 @@ def markdown(r: dict[str, object], command: str) -> str:
     )
     return "\n".join(
         [
-            START,
+            start,
             "## ISP simulator throughput (`benchmarks/isp_throughput.py`)",
             "",
             f"Machine: {r['cpu']}, {r['cpu_cores']} cores, torch {r['torch']}, torch threads "
@@ -143,17 +149,18 @@ def markdown(r: dict[str, object], command: str) -> str:
             "",
             f"Ratio batched / per-image: **{r['ratio_without_jpeg']:.2f}x** without JPEG, "
             f"**{r['ratio_with_jpeg']:.2f}x** with JPEG (target >= 5x on CPU).",
-            END,
+            end,
         ]
     )
 
 
 def write_section(section: str, doc: Path = DOC) -> None:
-    """Replace the text between the markers in ``doc`` (appending markers at the end if absent)."""
+    """Replace the section in ``doc`` between its own first and last lines (its markers); append if absent."""
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1]
+    start, end = section.splitlines()[0], section.splitlines()[-1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
