@@ -108,7 +108,7 @@ class EmbeddedQueue:
         graph: str = SERVE_GRAPH,
     ) -> TileResult:
         """Queue one request's tiles for ``graph`` (inputs ``(n, ...)`` each) and wait for their outputs
-        ``(n, C, T/s, T/s)``."""
+        ``(n, ...)`` (``(n, C, T/s, T/s)``; ``guide_sum`` ``(n, K)``)."""
         count = len(next(iter(inputs.values())))
         lane = self._lanes.setdefault(graph, deque())
         if not self._policy.admit(len(lane), count):

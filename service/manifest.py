@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_NAME = "manifest.json"
 #: Version of this schema written by ``dir-export``. 1: one serving graph (no ``schema_version`` field);
@@ -67,6 +67,25 @@ class GuideSpec(BaseModel):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     mean_input: str
+
+    @model_validator(mode="after")
+    def _check_scale(self) -> GuideSpec:
+        _ = self.scale
+        return self
+
+    @property
+    def scale(self) -> int:
+        """The downscale factor ``s`` of ``outputs[0]``, read from its last axis (``"W/4"`` -> 4, ``"W"`` ->
+        1); raises ``ValueError`` when the output has no such axis."""
+        if not self.outputs or len(self.outputs[0].shape) != 4:
+            raise ValueError("guide outputs[0] must be (N, K, H/s, W/s)")
+        axis = str(self.outputs[0].shape[-1])
+        _, slash, factor = axis.partition("/")
+        if not slash:
+            return 1
+        if not factor.isdigit() or int(factor) < 1:
+            raise ValueError(f"guide output axis {axis!r} is not W/s with an integer s >= 1")
+        return int(factor)
 
 
 class Manifest(BaseModel):

@@ -1,8 +1,9 @@
 """One request through the model: image -> tiles -> queue (batched across requests) -> stitched outputs.
 
 Two-pass entries (manifest ``guide``) pool over the whole image, which no single tile sees: pass 1 runs every
-tile through the guide graph, the image's mean of its output (each pixel once) is computed here, and pass 2
-runs every tile with that mean through the serving graph.
+tile through the guide graph, which returns per tile only its features summed over the window the tile owns
+(computed here from the tile grid, so each pixel counts once); the image's mean is their total divided by
+the windows' cell count, and pass 2 runs every tile with that mean through the serving graph.
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ import numpy as np
 
 from service.errors import BadInput, DeadlineExceeded
 from service.imaging import DecodedImage
-from service.queue import GUIDE_GRAPH, TileQueue
+from service.queue import GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT, TileQueue
 from service.store import RestoreModel
-from service.tiling import TileGrid, extract_tiles, owned_mean, plan_tiles, stitch_tiles
+from service.tiling import (
+    TileGrid,
+    extract_tiles,
+    owned_window,
+    plan_tiles,
+    stitch_tiles,
+    windows_mean,
+)
 
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
@@ -102,11 +110,12 @@ class Restorer:
     async def _guide_mean(
         self, tiles: np.ndarray, grid: TileGrid, timeout_s: float
     ) -> tuple[str, np.ndarray, float, float]:
-        """Pass 1: the guide graph on every tile -> (serving input name, the image's mean (K,) float32,
-        queue wait, compute time)."""
+        """Pass 1: the guide graph on every tile, each reduced to its features' sum over the window it owns
+        -> (serving input name, the image's mean (K,) float32, queue wait, compute time)."""
         guide = self.model.guide
         assert guide is not None
-        output = guide.outputs[0].name
-        result = await self.queue.submit({guide.inputs[0].name: tiles}, [output], timeout_s, GUIDE_GRAPH)
-        mean = await asyncio.to_thread(owned_mean, result.outputs[output], grid)
+        windows = np.array([owned_window(grid, k, guide.scale) for k in range(grid.count)], dtype=np.uint16)
+        inputs = {guide.inputs[0].name: tiles, WINDOW_INPUT: windows}
+        result = await self.queue.submit(inputs, [GUIDE_SUM], timeout_s, GUIDE_GRAPH)
+        mean = windows_mean(result.outputs[GUIDE_SUM], windows)
         return guide.mean_input, mean, result.queue_wait_s, result.compute_s

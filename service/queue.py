@@ -2,9 +2,10 @@
 
 A request submits the inputs of its ``n`` tiles for one graph of the model: ``{input name: (n, ...)}``,
 the image tiles ``(n, 3, T, T)`` sRGB (uint8 0..255, or float32 [0, 1] for 16-bit sources) plus, for the
-serving graph of a two-pass entry, ``guide_mean`` ``(n, K)`` float32. It gets back, per requested output
-name, ``(n, C, T/s, T/s)`` float32 in tile order. Tiles of different requests share batches; each graph
-has its own lane (embedded deque, Redis stream), so a batch never mixes graphs.
+serving graph of a two-pass entry, ``guide_mean`` ``(n, K)`` float32, and for its guide graph
+``owned_window`` ``(n, 4)`` uint16. It gets back, per requested output name, ``(n, C, T/s, T/s)`` float32
+in tile order (``guide_sum``: ``(n, K)``). Tiles of different requests share batches; each graph has its
+own lane (embedded deque, Redis stream), so a batch never mixes graphs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ import numpy as np
 SERVE_GRAPH = "model"
 #: Pass 1 of two-pass entries (the manifest's ``guide``).
 GUIDE_GRAPH = "guide"
+#: Pass-1 input: per tile ``(y0, y1, x0, x1)`` uint16, the cells of its ``(T/s, T/s)`` guide features that
+#: it owns (:func:`service.tiling.owned_window`).
+WINDOW_INPUT = "owned_window"
+#: Pass-1 output: per tile ``(K,)`` float32, the guide features summed over its ``owned_window``; the model
+#: reduces right after the guide graph runs, so full feature maps never leave the process that computed them.
+GUIDE_SUM = "guide_sum"
 
 
 def lane_ref(model_ref: str, graph: str) -> str:

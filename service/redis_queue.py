@@ -52,7 +52,7 @@ def job_fields(
     deadline: float,
 ) -> dict[Any, Any]:
     """Stream fields of one tile job (times are Unix seconds; ``inputs`` are the tile's graph inputs, e.g.
-    ``image`` (3, T, T) uint8 or float32 and ``guide_mean`` (K,) float32)."""
+    ``image`` (3, T, T) uint8 or float32 with ``guide_mean`` (K,) float32 or ``owned_window`` (4,) uint16)."""
     return {
         "req": request_id,
         "idx": index,

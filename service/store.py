@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -16,7 +15,8 @@ from pydantic import ValidationError
 
 from service.errors import InferenceError, ModelStoreError
 from service.manifest import MANIFEST_NAME, GuideSpec, Manifest, read_manifest, sha256_file
-from service.queue import GUIDE_GRAPH, SERVE_GRAPH
+from service.queue import GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT
+from service.tiling import window_sums
 
 
 @dataclass(frozen=True)
@@ -158,8 +158,10 @@ class RestoreModel:
 
     ``run`` takes one graph's inputs for a batch of tiles: ``image`` ``(N, 3, T, T)`` sRGB, uint8 0..255 or
     float32 in [0, 1] (T a multiple of ``size_multiple``), plus ``guide_mean`` ``(N, K)`` float32 for the
-    serving graph of a two-pass entry. The serving graph returns ``restored`` ``(N, 3, T, T)`` in [0, 1] and
-    ``r_plus``/``r0``/``pilot`` ``(N, C, T/s, T/s)``; the guide graph ``guide_features`` ``(N, K, T/s, T/s)``.
+    serving graph of a two-pass entry, or ``owned_window`` ``(N, 4)`` for its guide graph. The serving graph
+    returns ``restored`` ``(N, 3, T, T)`` in [0, 1] and ``r_plus``/``r0``/``pilot`` ``(N, C, T/s, T/s)``; the
+    guide graph's ``guide_features`` ``(N, K, T/s, T/s)`` are reduced at once to ``guide_sum`` ``(N, K)``,
+    each tile's features summed over its ``owned_window``.
     """
 
     def __init__(
@@ -218,35 +220,46 @@ class RestoreModel:
         if graph == SERVE_GRAPH:
             return self.output_names
         if graph == GUIDE_GRAPH and self.guide is not None:
-            return [o.name for o in self.guide.outputs]
+            return [GUIDE_SUM]
         raise InferenceError(f"{self.ref} has no graph {graph!r} (it has {list(self.graphs)})")
 
     def run(
         self, inputs: dict[str, np.ndarray], outputs: list[str], graph: str = SERVE_GRAPH
     ) -> dict[str, np.ndarray]:
-        """Run one batch of ``graph``; ORT failures become ``InferenceError`` carrying the input shapes."""
+        """Run one batch of ``graph``; the guide graph's features are summed over each tile's ``owned_window``
+        right here. ORT failures and bad windows become ``InferenceError`` carrying the input shapes."""
         session = self.session if graph == SERVE_GRAPH else self.guide_session
         unknown = [o for o in outputs if o not in self.graph_outputs(graph)]
         if unknown:
             raise InferenceError(f"{self.ref} has no outputs {unknown} (it has {self.graph_outputs(graph)})")
         if session is None:
             raise InferenceError(f"{self.ref} was loaded without a session (Redis API process)")
+        windows = inputs.get(WINDOW_INPUT)
+        if (graph == GUIDE_GRAPH) != (windows is not None):
+            raise InferenceError(
+                f"{WINDOW_INPUT} is an input of the guide graph, and of it alone (graph {graph!r}, inputs "
+                f"{sorted(inputs)})"
+            )
         feed = {
             name: array.astype(np.float32) / np.float32(255.0)
             if array.dtype == np.uint8
             else np.ascontiguousarray(array, dtype=np.float32)
             for name, array in inputs.items()
+            if name != WINDOW_INPUT
         }
+        names = [self.guide.outputs[0].name] if windows is not None and self.guide else outputs
         count = len(next(iter(feed.values())))
         try:
             if self.fixed_batch == 1 and count > 1:
                 parts = [
-                    session.run(outputs, {name: a[i : i + 1] for name, a in feed.items()})
-                    for i in range(count)
+                    session.run(names, {name: a[i : i + 1] for name, a in feed.items()}) for i in range(count)
                 ]
-                return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(outputs)}
-            values: list[Any] = session.run(outputs, feed)
+                values = [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
+            else:
+                values = session.run(names, feed)
+            if windows is not None:
+                return {GUIDE_SUM: window_sums(np.asarray(values[0], dtype=np.float32), windows)}
         except Exception as exc:
-            shapes = {name: a.shape for name, a in feed.items()}
+            shapes = {name: a.shape for name, a in inputs.items()}
             raise InferenceError(f"{self.ref} failed on a batch of shapes {shapes}: {exc}") from exc
         return {name: np.asarray(v, dtype=np.float32) for name, v in zip(outputs, values, strict=True)}

@@ -137,50 +137,69 @@ def stitch_tiles(outputs: np.ndarray, grid: TileGrid) -> np.ndarray:
     return acc[:, : math.ceil(grid.height / scale), : math.ceil(grid.width / scale)]
 
 
-def _owned(offsets: tuple[int, ...], tile: int, length: int, scale: int) -> list[tuple[int, int]]:
-    """Per tile row (or column): the range ``[a, b)`` of its output cells, relative to the tile, that it owns.
+def _owned_range(offsets: tuple[int, ...], i: int, tile: int, length: int, scale: int) -> tuple[int, int]:
+    """The range ``[a, b)`` of output cells, relative to tile row (or column) ``i``, that it owns.
 
     Neighbours split their overlap at its midpoint and cells past the image (``ceil(length / scale)``, the
     padding) belong to no tile, so every cell of the image is owned exactly once.
     """
     end = math.ceil(length / scale)
-    cuts = [0] + [(offsets[i - 1] + tile + offsets[i]) // 2 // scale for i in range(1, len(offsets))] + [end]
-    owned = []
-    for i, offset in enumerate(offsets):
-        b = min(cuts[i + 1], end)
-        a = min(cuts[i], b)
-        owned.append((a - offset // scale, b - offset // scale))
-    return owned
+    a = 0 if i == 0 else (offsets[i - 1] + tile + offsets[i]) // 2 // scale
+    b = end if i == len(offsets) - 1 else (offsets[i] + tile + offsets[i + 1]) // 2 // scale
+    b = min(b, end)
+    a = min(a, b)
+    return a - offsets[i] // scale, b - offsets[i] // scale
 
 
-def owned_mean(outputs: np.ndarray, grid: TileGrid) -> np.ndarray:
-    """Spatial mean over the whole image of per-tile outputs ``(n, C, T/s, T/s)`` -> ``(C,)`` float32.
+def owned_window(grid: TileGrid, index: int, scale: int) -> tuple[int, int, int, int]:
+    """The cells ``(y0, y1, x0, x1)`` that tile ``index`` owns of its ``(T/s, T/s)`` output at downscale
+    ``scale`` (relative to the tile, ``0 <= y0 <= y1 <= T/s``, likewise x; possibly empty).
 
-    Each image cell counts once: a tile contributes only the cells it owns (overlaps split at their
-    midpoints, padding beyond the image excluded), so the result equals the mean over the outputs of the
-    whole image wherever tiles agree with it. ``s`` is inferred from the outputs' side.
+    Over all tiles of ``grid`` these windows cover every cell of the image's ``(ceil(H/s), ceil(W/s))``
+    output exactly once: overlaps are split at their midpoints, padding beyond the image is excluded.
     """
-    n, channels, side, side_w = outputs.shape
-    if n != grid.count or side != side_w or grid.tile % side:
-        raise BadInput(
-            f"tile outputs {outputs.shape} do not match a grid of {grid.count} tiles of {grid.tile}"
-        )
-    scale = grid.tile // side
-    rows = _owned(grid.ys, grid.tile, grid.height, scale)
-    cols = _owned(grid.xs, grid.tile, grid.width, scale)
-    total = np.zeros(channels, dtype=np.float64)
-    cells = 0
-    for k in range(n):
-        (y0, y1), (x0, x1) = rows[k // len(grid.xs)], cols[k % len(grid.xs)]
-        total += outputs[k, :, y0:y1, x0:x1].sum(axis=(1, 2), dtype=np.float64)
-        cells += (y1 - y0) * (x1 - x0)
-    return (total / cells).astype(np.float32)
+    i, j = divmod(index, len(grid.xs))
+    y0, y1 = _owned_range(grid.ys, i, grid.tile, grid.height, scale)
+    x0, x1 = _owned_range(grid.xs, j, grid.tile, grid.width, scale)
+    return y0, y1, x0, x1
+
+
+def window_sums(outputs: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Per-tile outputs ``(n, C, h, w)`` summed over each tile's window -> ``(n, C)`` float32.
+
+    ``windows`` is ``(n, 4)`` integers ``(y0, y1, x0, x1)`` (see :func:`owned_window`) with
+    ``0 <= y0 <= y1 <= h`` and ``0 <= x0 <= x1 <= w``; sums accumulate in float64. Raises ``ValueError``
+    on windows of the wrong shape or outside the outputs.
+    """
+    n, channels, height, width = outputs.shape
+    bounds = np.asarray(windows, dtype=np.int64)
+    if bounds.shape != (n, 4):
+        raise ValueError(f"windows {bounds.shape} do not match {n} tile outputs (expected ({n}, 4))")
+    y0, y1, x0, x1 = bounds.T
+    if np.any((y0 < 0) | (y0 > y1) | (y1 > height) | (x0 < 0) | (x0 > x1) | (x1 > width)):
+        raise ValueError(f"windows {bounds.tolist()} outside tile outputs of {height}x{width}")
+    sums = np.empty((n, channels), dtype=np.float32)
+    for k, (a, b, c, d) in enumerate(bounds):
+        sums[k] = outputs[k, :, a:b, c:d].sum(axis=(1, 2), dtype=np.float64)
+    return sums
+
+
+def windows_mean(sums: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """The mean over every window's cells from their sums: ``sums`` ``(n, C)``, ``windows`` ``(n, 4)`` as in
+    :func:`window_sums` -> ``(C,)`` float32 (float64 accumulation). With the :func:`owned_window` of every
+    tile of a grid, that is the spatial mean of the image's output, each image cell counted once."""
+    bounds = np.asarray(windows, dtype=np.int64)
+    cells = int(((bounds[:, 1] - bounds[:, 0]) * (bounds[:, 3] - bounds[:, 2])).sum())
+    if cells <= 0:
+        raise ValueError("the windows hold no cells")
+    return (sums.sum(axis=0, dtype=np.float64) / cells).astype(np.float32)
 
 
 def stack_tiles(tiles: list[np.ndarray]) -> np.ndarray:
-    """One input of several requests' tiles -> one batch ``(n, ...)`` (image tiles ``(n, 3, T, T)``): uint8
-    when every tile is uint8 (0..255), else float32 (uint8 tiles scaled by 1/255 to [0, 1])."""
-    if all(t.dtype == np.uint8 for t in tiles):
+    """One input of several requests' tiles -> one batch ``(n, ...)`` (image tiles ``(n, 3, T, T)``, owned
+    windows ``(n, 4)``): their dtype when every tile has the same one (uint8 image tiles 0..255, uint16
+    windows, float32), else float32 (uint8 tiles scaled by 1/255 to [0, 1])."""
+    if all(t.dtype == tiles[0].dtype for t in tiles):
         return np.stack(tiles)
     return np.stack(
         [t.astype(np.float32) / 255.0 if t.dtype == np.uint8 else t.astype(np.float32) for t in tiles]

@@ -39,7 +39,8 @@ Entry = tuple[str, str, dict[Any, Any]]
 @dataclass
 class Job:
     """One decoded tile job of ``graph``: ``inputs`` the tile's graph inputs (``image`` (3, T, T) sRGB,
-    uint8 or float32 [0, 1]; ``guide_mean`` (K,) float32 for a two-pass serving graph); Unix seconds."""
+    uint8 or float32 [0, 1]; ``guide_mean`` (K,) float32 for a two-pass serving graph; ``owned_window``
+    (4,) uint16 for a guide graph); Unix seconds."""
 
     graph: str
     entry_id: str
@@ -54,9 +55,9 @@ class Job:
 def decode_job(graph: str, entry_id: str, fields: dict[Any, Any]) -> Job:
     """Stream entry -> ``Job``; raises ``ValueError``/``KeyError`` on a malformed entry."""
     _, inputs = unpack(fields[b"data"])
-    if not inputs or any(a.dtype not in (np.uint8, np.float32) for a in inputs.values()):
+    if not inputs or any(a.dtype not in (np.uint8, np.uint16, np.float32) for a in inputs.values()):
         shapes = {name: (a.shape, str(a.dtype)) for name, a in inputs.items()}
-        raise ValueError(f"job inputs {shapes}: expected at least one, each uint8 or float32")
+        raise ValueError(f"job inputs {shapes}: expected at least one, each uint8, uint16 or float32")
     return Job(
         graph,
         entry_id,

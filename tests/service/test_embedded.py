@@ -11,7 +11,7 @@ from service.batching import BatchPolicy
 from service.embedded import EmbeddedQueue, Runner
 from service.errors import InferenceError
 from service.metrics import Metrics
-from service.queue import GUIDE_GRAPH, SERVE_GRAPH
+from service.queue import GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH
 
 
 def doubling_runner(batches: list[int], graphs: list[str] | None = None) -> Runner:
@@ -51,12 +51,12 @@ async def test_graphs_have_their_own_lanes() -> None:
     b = np.random.rand(2, 3, 8, 8).astype(np.float32)
     mean = np.ones((2, 4), dtype=np.float32)
     result_a, result_b = await asyncio.gather(
-        queue.submit({"image": a}, ["guide_features"], 60, GUIDE_GRAPH),
+        queue.submit({"image": a}, [GUIDE_SUM], 60, GUIDE_GRAPH),
         queue.submit({"image": b, "guide_mean": mean}, ["restored"], 60, SERVE_GRAPH),
     )
     await queue.close()
     assert sorted(zip(graphs, batches, strict=True)) == [(GUIDE_GRAPH, 3), (SERVE_GRAPH, 2)]
-    np.testing.assert_array_equal(result_a.outputs["guide_features"], a * 2)
+    np.testing.assert_array_equal(result_a.outputs[GUIDE_SUM], a * 2)
     np.testing.assert_array_equal(result_b.outputs["restored"], b * 2)
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ import redis
 from PIL import Image
 
 from service.metrics import Metrics
-from service.queue import GUIDE_GRAPH, lane_ref, unpack
-from service.redis_queue import GROUP, dead_key, result_key, stream_key
+from service.queue import GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT, lane_ref, unpack
+from service.redis_queue import GROUP, dead_key, job_fields, result_key, stream_key
 from service.settings import Settings
 from service.store import RestoreModel, resolve_entry
-from service.tiling import plan_tiles
+from service.tiling import extract_tiles, owned_window, plan_tiles
 from service.worker import Worker
 from tests.service.conftest import free_port, serve, start_redis_server
 from tests.service.fixture_model import build_entry
@@ -113,6 +114,45 @@ async def test_redis_backend_matches_embedded(
     assert client_redis.xlen(stream_key(settings.stream_prefix, MODEL)) == 0
     assert client_redis.xlen(stream_key(settings.stream_prefix, GUIDE)) == 0
     client_redis.close()
+
+
+def test_pass_one_results_carry_window_sums_not_feature_maps(
+    redis_settings: Callable[..., Settings], prefix: str, dataset: Callable[[str], Path]
+) -> None:
+    """What a worker RPUSHes for a pass-1 job is the tile's (K,) float32 window sum (a few hundred bytes),
+    not its (K, T/s, T/s) guide features; the sums equal the model's own reduction of the same tiles."""
+    settings = redis_settings()
+    model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
+    assert model.guide is not None
+    client = redis.Redis.from_url(settings.queue)
+    worker = Worker(client, model, settings, Metrics(), consumer="sums-test")
+    worker.ensure_group()
+    pixels = np.asarray(Image.open(dataset("cset14") / "face.png").convert("RGB"))
+    grid = plan_tiles(*pixels.shape[:2], tile=64, overlap=16, multiple=4)
+    tiles = extract_tiles(pixels, grid)
+    windows = np.array([owned_window(grid, k, model.guide.scale) for k in range(grid.count)], np.uint16)
+    now = time.time()
+    for k in range(grid.count):
+        inputs = {"image": tiles[k], WINDOW_INPUT: windows[k]}
+        client.xadd(stream_key(prefix, GUIDE), job_fields("sums", k, inputs, [GUIDE_SUM], now, now + 60))
+    for _ in range(200):
+        if not client.xlen(stream_key(prefix, GUIDE)):
+            break
+        worker.step(block_ms=20)
+    messages: Any = client.lrange(result_key(prefix, "sums"), 0, -1)
+    client.close()
+    assert len(messages) == grid.count
+    channels = int(model.guide.outputs[0].shape[1])
+    feature_map_bytes = channels * (64 // model.guide.scale) ** 2 * 4
+    sums = np.zeros((grid.count, channels), dtype=np.float32)
+    for message in messages:
+        header, arrays = unpack(message)
+        assert list(arrays) == [GUIDE_SUM]
+        assert arrays[GUIDE_SUM].shape == (channels,) and arrays[GUIDE_SUM].dtype == np.float32
+        assert len(message) < 512 < feature_map_bytes
+        sums[header["idx"]] = arrays[GUIDE_SUM]
+    expected = model.run({"image": tiles, WINDOW_INPUT: windows}, [GUIDE_SUM], GUIDE_GRAPH)[GUIDE_SUM]
+    np.testing.assert_allclose(sums, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
 
 
 async def test_redis_serves_a_single_pass_entry(

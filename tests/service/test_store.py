@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.errors import ModelStoreError
-from service.manifest import read_manifest, write_manifest
+from service.errors import InferenceError, ModelStoreError
+from service.manifest import GuideSpec, read_manifest, write_manifest
+from service.queue import GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT
 from service.settings import Settings
 from service.store import RestoreModel, choose_graph, resolve_entry, verify_entry, version_key
 from tests.service.conftest import serve
@@ -150,6 +151,38 @@ def test_spinning_setting_reaches_the_session(tmp_path: Path, spinning: bool) ->
     options = model.session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spinning))
     tiles = np.zeros((1, 3, 64, 64), dtype=np.uint8)
-    assert model.run({"image": tiles}, ["guide_features"], "guide")["guide_features"].shape == (1, 8, 16, 16)
+    window = np.array([[0, 16, 0, 16]], dtype=np.uint16)
+    sums = model.run({"image": tiles, WINDOW_INPUT: window}, [GUIDE_SUM], GUIDE_GRAPH)[GUIDE_SUM]
+    assert sums.shape == (1, 8) and sums.dtype == np.float32
     feed = {"image": tiles, "guide_mean": np.zeros((1, 8), dtype=np.float32)}
     assert model.run(feed, ["restored"])["restored"].shape == (1, 3, 64, 64)
+
+
+def test_guide_graph_sums_over_the_owned_window_only(tmp_path: Path) -> None:
+    """Pass 1 returns (N, K) window sums, never feature maps; owned_window goes with the guide graph alone."""
+    entry = resolve_entry(build_entry(tmp_path).parents[1], "dir-restore", "restore")
+    model = RestoreModel.load(entry, None, 1)
+    assert model.guide is not None and model.guide.scale == 4 and model.guide_session is not None
+    assert model.graph_outputs(GUIDE_GRAPH) == [GUIDE_SUM]
+    tiles = np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8)
+    windows = np.array([[0, 16, 0, 16], [2, 9, 5, 16]], dtype=np.uint16)
+    sums = model.run({"image": tiles, WINDOW_INPUT: windows}, [GUIDE_SUM], GUIDE_GRAPH)[GUIDE_SUM]
+    (features,) = model.guide_session.run(None, {"image": tiles.astype(np.float32) / 255})
+    expected = [features[0].sum(axis=(1, 2)), features[1, :, 2:9, 5:16].sum(axis=(1, 2))]
+    np.testing.assert_allclose(sums, np.stack(expected), rtol=1e-5)
+    with pytest.raises(InferenceError, match="owned_window"):
+        model.run({"image": tiles}, [GUIDE_SUM], GUIDE_GRAPH)
+    with pytest.raises(InferenceError, match="owned_window"):
+        feed = {"image": tiles, "guide_mean": np.zeros((2, 8), np.float32), WINDOW_INPUT: windows}
+        model.run(feed, ["restored"], SERVE_GRAPH)
+    with pytest.raises(InferenceError, match="outside"):
+        model.run({"image": tiles, WINDOW_INPUT: windows + 1}, [GUIDE_SUM], GUIDE_GRAPH)
+
+
+def test_guide_output_without_a_scale_is_refused(fixture_store: Path) -> None:
+    guide = read_manifest(fixture_store / "dir-restore" / "0.0.1").guide
+    assert guide is not None
+    raw = guide.model_dump()
+    raw["outputs"][0]["shape"] = ["N", 8, "H/x", "W/x"]
+    with pytest.raises(ValueError, match="integer s"):
+        GuideSpec.model_validate(raw)

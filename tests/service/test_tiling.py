@@ -14,8 +14,17 @@ from PIL import Image
 
 from service.errors import BadInput
 from service.manifest import read_manifest
-from service.store import ModelEntry
-from service.tiling import extract_tiles, owned_mean, plan_tiles, stitch_tiles
+from service.queue import GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT
+from service.store import ModelEntry, RestoreModel, resolve_entry
+from service.tiling import (
+    TileGrid,
+    extract_tiles,
+    owned_window,
+    plan_tiles,
+    stitch_tiles,
+    window_sums,
+    windows_mean,
+)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,6 +77,11 @@ def _batched(session: ort.InferenceSession, output: str, feed: dict[str, np.ndar
     return np.concatenate(parts)
 
 
+def grid_windows(grid: TileGrid, scale: int) -> np.ndarray:
+    """Every tile's owned window, ``(n, 4)`` uint16, as the service sends them with pass 1."""
+    return np.array([owned_window(grid, k, scale) for k in range(grid.count)], dtype=np.uint16)
+
+
 def run_tiled_and_whole(
     entry_dir: Path, image: np.ndarray, tile: int, overlap: int, pool: str = "image"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +105,9 @@ def run_tiled_and_whole(
         guide = ort.InferenceSession(str(entry_dir / manifest.guide.onnx_file), providers=providers)
         features = _batched(guide, "guide_features", {"image": tiles})
         if pool == "image":
-            mean = np.broadcast_to(owned_mean(features, grid), (grid.count, features.shape[1]))
+            windows = grid_windows(grid, manifest.guide.scale)
+            image_mean = windows_mean(window_sums(features, windows), windows)
+            mean = np.broadcast_to(image_mean, (grid.count, features.shape[1]))
         else:
             mean = features.mean(axis=(2, 3))
         tile_feed["guide_mean"] = np.ascontiguousarray(mean)
@@ -142,13 +158,80 @@ def test_committed_model_tiled_matches_whole_image_within_0_1_db(
 
 
 @pytest.mark.parametrize(("h", "w"), [(1, 1), (30, 70), (64, 64), (101, 70), (250, 333)])
-def test_owned_mean_counts_every_image_cell_once(h: int, w: int) -> None:
-    """Per-tile crops of a latent map give back the map's exact mean over the image area."""
+def test_owned_windows_cover_every_image_cell_once(h: int, w: int) -> None:
+    """The tiles' owned windows tile the image's latent area exactly (padding excluded), so per-tile window
+    sums give back the map's exact mean over the image area."""
     grid = plan_tiles(h, w, tile=64, overlap=16, multiple=4)
+    windows = grid_windows(grid, 4)
+    coverage = np.zeros((grid.padded_height // 4, grid.padded_width // 4), dtype=np.int64)
+    for k, (y0, y1, x0, x1) in enumerate(windows.astype(np.int64)):
+        y, x = grid.ys[k // len(grid.xs)] // 4, grid.xs[k % len(grid.xs)] // 4
+        coverage[y + y0 : y + y1, x + x0 : x + x1] += 1
+    latent_h, latent_w = math.ceil(h / 4), math.ceil(w / 4)
+    assert (coverage[:latent_h, :latent_w] == 1).all()
+    assert coverage.sum() == latent_h * latent_w
     rng = np.random.default_rng(0)
     latent = rng.random((5, grid.padded_height // 4, grid.padded_width // 4)).astype(np.float32)
     tiles = np.stack(
         [latent[:, y // 4 : y // 4 + 16, x // 4 : x // 4 + 16] for y in grid.ys for x in grid.xs]
     )
-    expected = latent[:, : math.ceil(h / 4), : math.ceil(w / 4)].mean(axis=(1, 2))
-    np.testing.assert_allclose(owned_mean(tiles, grid), expected, rtol=1e-6)
+    sums = window_sums(tiles, windows)
+    assert sums.shape == (grid.count, 5) and sums.dtype == np.float32
+    expected = latent[:, :latent_h, :latent_w].mean(axis=(1, 2))
+    np.testing.assert_allclose(windows_mean(sums, windows), expected, rtol=1e-6)
+
+
+def test_window_sums_refuses_windows_outside_the_outputs() -> None:
+    outputs = np.zeros((2, 3, 16, 16), dtype=np.float32)
+    with pytest.raises(ValueError, match="outside"):
+        window_sums(outputs, np.array([[0, 16, 0, 16], [0, 17, 0, 16]], dtype=np.uint16))
+    with pytest.raises(ValueError, match="do not match"):
+        window_sums(outputs, np.zeros((1, 4), dtype=np.uint16))
+
+
+def full_map_owned_mean(outputs: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """The image's mean from whole per-tile maps ``(n, C, T/s, T/s)``, as the API computed it before pass 1
+    was reduced in the model process: each tile's owned cells, the rows and columns split at the overlaps'
+    midpoints and cut at ``ceil(length / s)``, accumulated in float64 -> ``(C,)`` float32."""
+    scale = grid.tile // outputs.shape[-1]
+
+    def owned(offsets: tuple[int, ...], length: int) -> list[tuple[int, int]]:
+        end = math.ceil(length / scale)
+        cuts = [0] + [(offsets[i - 1] + grid.tile + offsets[i]) // 2 // scale for i in range(1, len(offsets))]
+        cuts.append(end)
+        ranges = []
+        for i, offset in enumerate(offsets):
+            b = min(cuts[i + 1], end)
+            ranges.append((min(cuts[i], b) - offset // scale, b - offset // scale))
+        return ranges
+
+    rows, cols = owned(grid.ys, grid.height), owned(grid.xs, grid.width)
+    total = np.zeros(outputs.shape[1], dtype=np.float64)
+    cells = 0
+    for k in range(len(outputs)):
+        (y0, y1), (x0, x1) = rows[k // len(grid.xs)], cols[k % len(grid.xs)]
+        total += outputs[k, :, y0:y1, x0:x1].sum(axis=(1, 2), dtype=np.float64)
+        cells += (y1 - y0) * (x1 - x0)
+    return (total / cells).astype(np.float32)
+
+
+def test_reduced_pass_one_equals_the_full_map_mean(
+    fixture_store: Path, dataset: Callable[[str], Path]
+) -> None:
+    """Pass 1 as served (``RestoreModel.run`` on the guide graph with each tile's owned window: (n, K) sums)
+    gives the same image mean as the full (n, K, T/s, T/s) feature maps reduced afterwards."""
+    _, image = monarch(dataset)
+    entry = resolve_entry(fixture_store, "dir-restore/0.0.1", "restore")
+    model = RestoreModel.load(entry, None, 1)
+    guide = model.guide
+    assert guide is not None and model.guide_session is not None
+    grid = plan_tiles(*image.shape[:2], tile=64, overlap=16, multiple=model.size_multiple)
+    tiles = extract_tiles(image, grid)
+    windows = grid_windows(grid, guide.scale)
+    batches = [{"image": tiles[i : i + 8], WINDOW_INPUT: windows[i : i + 8]} for i in range(0, grid.count, 8)]
+    sums = np.concatenate([model.run(feed, [GUIDE_SUM], GUIDE_GRAPH)[GUIDE_SUM] for feed in batches])
+    features = _batched(model.guide_session, guide.outputs[0].name, {"image": tiles})
+    assert sums.shape == (grid.count, features.shape[1]) and sums.dtype == np.float32
+    expected = full_map_owned_mean(features, grid)
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(windows_mean(sums, windows), expected, rtol=1e-6, atol=1e-6 * scale)
