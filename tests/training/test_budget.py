@@ -12,6 +12,7 @@ from tests.training.test_resume import image_dir, micro  # noqa: F401  (fixture 
 from training.cli import main
 from training.train.config import config_to_dict
 from training.train.data import StepBatches, iterate_batches, load_store
+from training.train.errors import ConfigError
 from training.train.loop import PROBE_STEPS, budget_steps, train_stage
 
 
@@ -67,3 +68,13 @@ def test_worker_batches_equal_in_process_batches(image_dir: Path) -> None:  # no
         there.close()
     # A batch depends on its step index alone.
     assert torch.equal(data[9][0], data[9][0]) and not torch.equal(data[9][0], data[10][0])
+
+
+def test_time_limit_is_refused_under_torchrun(
+    image_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="single process"):
+        train_stage(micro(image_dir, tmp_path / "run"), "stage1", progress=False, time_limit_s=60)

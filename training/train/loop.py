@@ -138,13 +138,15 @@ def train_stage(
     after :data:`PROBE_STEPS` steps it measures its speed and sets the total step count (at most the
     configured one) with :func:`budget_steps`; the learning-rate schedule then spans the chosen count, and the
     checkpoint and ``config.yaml`` record it. Under ``torchrun`` (WORLD_SIZE > 1) the objective is wrapped in
-    DistributedDataParallel and rank 0 writes (a time budget is then measured on each rank, so ranks may
-    disagree: use it on one process).
+    DistributedDataParallel and rank 0 writes; a time budget is refused there (each rank would choose its
+    own step count, and ranks that stop at different steps hang).
     """
     if time_limit_s is not None and (resume or time_limit_s <= 0):
         raise ConfigError(
             f"time limit {time_limit_s!r}: needs a positive number of seconds and a fresh run (not --resume)"
         )
+    if time_limit_s is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("a time limit needs a single process; under torchrun give --steps instead")
     if steps is not None and steps <= 0:
         raise ConfigError(f"steps must be positive, got {steps}")
     if stage == "ablation" and variant not in ("no_pilot", "r0_only", "autoencoder"):
