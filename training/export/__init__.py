@@ -17,6 +17,9 @@
 Every graph passes ``onnx.checker`` and is compared with PyTorch on real degraded images (``model.onnx`` as
 served: fed the spatial mean of ``guide.onnx``'s output, against PyTorch on the whole image); a max-abs
 error above the tolerance raises :class:`~training.train.errors.ExportError`.
+
+``system_from_entry(entry_dir)`` goes the other way: the PyTorch system rebuilt from an entry's
+``model.onnx`` weights and its manifest's model config, for work on a shipped model without its run folder.
 """
 
 from training.export.onnx_export import (
@@ -26,5 +29,13 @@ from training.export.onnx_export import (
     export_run,
     export_system,
 )
+from training.export.recover import system_from_entry
 
-__all__ = ["PARITY_TOLERANCE_FP32", "SERVING_OUTPUTS", "ExportReport", "export_run", "export_system"]
+__all__ = [
+    "PARITY_TOLERANCE_FP32",
+    "SERVING_OUTPUTS",
+    "ExportReport",
+    "export_run",
+    "export_system",
+    "system_from_entry",
+]
