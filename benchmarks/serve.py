@@ -3,8 +3,8 @@
 Measures, for one 512x512 JPEG (cset14 lenna re-encoded at quality 90) at concurrency 1, 8 and 32:
 throughput (requests/s) and p50/p99 latency for (a) batching off (max batch 1, no delay), (b) embedded
 batching (the defaults), (c) Redis Streams + 1 worker; ONNX Runtime vs PyTorch eager latency on the same
-weights (when the entry's checkpoint can be loaded with ``training.models.load_system``); and the API
-process's peak RSS (VmHWM) while serving one 12-megapixel JPEG.
+weights and the same computation (PyTorch rebuilt from the entry's model.onnx); and the API process's peak
+RSS (VmHWM) while serving one 12-megapixel JPEG.
 
     .venv/bin/python benchmarks/serve.py --json            # prints JSON, rewrites docs/BENCHMARKS.md section
 
@@ -33,7 +33,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from service.settings import DEFAULT_MODEL_STORE
@@ -197,79 +196,102 @@ def peak_rss_12mp(env: dict[str, str], photo: Image.Image) -> dict[str, Any]:
     }
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn()`` in ms over ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+def _single_pass_onnx(system: Any, path: Path) -> None:
+    """Export ``system`` as one graph image -> restored that pools over its own input (the computation
+    of PyTorch's whole-image ``system(image)``), for the like-for-like single-pass comparison only."""
+    import warnings
+
+    import torch
+
+    class _Restored(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.system = system
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.system(image)["restored"]
+
+    axes = {"image": {0: "N", 2: "H", 3: "W"}, "restored": {0: "N", 2: "H", 3: "W"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Restored().eval(),
+            (torch.rand(1, 3, 64, 64),),
+            str(path),
+            input_names=["image"],
+            output_names=["restored"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def ort_vs_torch(
     entry: ModelEntry, threads: int, image: np.ndarray, repeats: int, torch_run: Path | None
 ) -> dict[str, Any]:
-    """Median latency of one whole-image forward pass (1, 3, H, W), ONNX Runtime vs PyTorch eager, on the
-    same weights: the entry's training run (runs/<training.run>, or ``torch_run``) against the entry's
-    model.onnx when that run folder exists; otherwise a system built from the manifest's model config
-    (random init) exported with ``training.export.export_system`` to a temporary entry, so both runtimes
-    still execute the identical network."""
+    """Median latency of one whole-image (1, 3, H, W) restoration, ONNX Runtime vs PyTorch eager, each
+    pair running the same computation on the same weights, interleaved in one run.
+
+    Weights: ``torch_run`` (a run folder, for ``load_system``) when given, else the PyTorch system rebuilt
+    from the entry's own model.onnx (``training.export.recover.system_from_entry``), so both runtimes hold
+    the shipped weights. Rows, for a two-pass entry: ``two_pass`` (ORT guide.onnx then model.onnx with the
+    features' mean, against torch ``guide_features`` then ``system(image, guide_mean)``: what serving
+    computes) and ``single_pass`` (a graph that pools over its own input, exported to a temporary file,
+    against torch ``system(image)``); a single-pass entry has only ``single_pass`` (its model.onnx).
+    ORT sessions are built as the service builds them (``service.store.make_session``).
+    """
     import torch
 
-    from training.export.onnx_export import export_system
-    from training.models import DiRSystem, load_system, model_config_from_dict
+    from service.store import make_session
+    from training.export.recover import system_from_entry
+    from training.models import load_system
 
-    if torch_run is None:
-        run_name = entry.manifest.training.get("run")
-        torch_run = ROOT / "runs" / str(run_name) if run_name else None
     torch.set_num_threads(threads)
+    if torch_run is not None:
+        system = load_system(torch_run, "full", device="cpu")
+        weights = f"weights of run {torch_run.name} against the entry's graphs"
+    else:
+        system = system_from_entry(entry.path)
+        weights = f"the shipped weights of {entry.ref} (PyTorch rebuilt from its model.onnx)"
+    x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+    tensor = torch.from_numpy(x)
+    guide = entry.manifest.guide
+    pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        if torch_run is not None and torch_run.exists():
-            system = load_system(torch_run, "full", device="cpu")
-            onnx_path = entry.path / entry.manifest.onnx_file
-            weights = f"trained weights of {torch_run.name} (the committed model.onnx)"
-        else:
-            torch.manual_seed(0)
-            system = DiRSystem(
-                model_config_from_dict(entry.manifest.training["config"]["model"]), "full"
-            ).eval()
-            parity = [torch.rand(1, 3, 128, 128), torch.rand(1, 3, 96, 160)]
-            onnx_path = export_system(system, Path(tmp) / "entry", "bench", parity).entry_dir / "model.onnx"
-            weights = (
-                f"the entry's model config, random init (run folder {torch_run} absent), exported afresh"
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
-        tensor = torch.from_numpy(x)
-        guide = entry.manifest.guide
         if guide is None:
-            ort_ms = median_ms(lambda: session.run(None, {"image": x}), repeats)
+            single = make_session(entry.path / entry.manifest.onnx_file, ["CPUExecutionProvider"], threads)
         else:
-            # Two-pass entry: the guide graph, its whole-image mean, then the serving graph (what torch's
-            # forward computes in one call).
-            guide_session = ort.InferenceSession(
-                str(onnx_path.parent / guide.onnx_file), options, providers=["CPUExecutionProvider"]
-            )
+            serve = make_session(entry.path / entry.manifest.onnx_file, ["CPUExecutionProvider"], threads)
+            guide_session = make_session(entry.path / guide.onnx_file, ["CPUExecutionProvider"], threads)
 
-            def two_pass() -> object:
+            def ort_two_pass() -> object:
                 (features,) = guide_session.run(None, {"image": x})
-                return session.run(None, {"image": x, guide.mean_input: features.mean(axis=(2, 3))})
+                return serve.run(None, {"image": x, guide.mean_input: features.mean(axis=(2, 3))})
 
-            ort_ms = median_ms(two_pass, repeats)
+            def torch_two_pass() -> object:
+                guide_mean = system.guide_features(tensor).mean(dim=(2, 3))
+                return system(tensor, guide_mean)
+
+            pairs["two_pass"] = (ort_two_pass, torch_two_pass)
+            _single_pass_onnx(system, Path(tmp) / "single.onnx")
+            single = make_session(Path(tmp) / "single.onnx", ["CPUExecutionProvider"], threads)
+        pairs["single_pass"] = (lambda: single.run(None, {"image": x}), lambda: system(tensor))
+        times: dict[str, dict[str, list[float]]] = {k: {"ort": [], "torch": []} for k in pairs}
         with torch.inference_mode():
-            torch_ms = median_ms(lambda: system(tensor), repeats)
-    return {
-        "input_shape": list(x.shape),
-        "threads": threads,
-        "weights": weights,
-        "ort_ms": ort_ms,
-        "torch_ms": torch_ms,
-        "ort_over_torch": ort_ms / torch_ms,
-    }
+            for ort_fn, torch_fn in pairs.values():
+                ort_fn(), torch_fn()
+            for _ in range(repeats):
+                for name, (ort_fn, torch_fn) in pairs.items():
+                    for side, fn in (("ort", ort_fn), ("torch", torch_fn)):
+                        started = time.perf_counter()
+                        fn()
+                        times[name][side].append(time.perf_counter() - started)
+    rows = {}
+    for name, sides in times.items():
+        ort_ms = statistics.median(sides["ort"]) * 1000
+        torch_ms = statistics.median(sides["torch"]) * 1000
+        rows[name] = {"ort_ms": ort_ms, "torch_ms": torch_ms, "ort_over_torch": ort_ms / torch_ms}
+    return {"input_shape": list(x.shape), "threads": threads, "repeats": repeats, "weights": weights, **rows}
 
 
 def redis_reachable(url: str) -> bool:
@@ -309,11 +331,19 @@ def markdown(result: dict[str, Any]) -> str:
     for key, value in result["ratios"].items():
         lines.append(f"- {key}: {value}")
     ot = result["ort_vs_torch"]
-    lines.append(
-        f"- ONNX Runtime vs PyTorch eager, one {ot['input_shape']} forward pass, {ot['threads']} threads, "
-        f"{ot['weights']}: ORT {ot['ort_ms']:.1f} ms, torch {ot['torch_ms']:.1f} ms, "
-        f"ORT/torch = {ot['ort_over_torch']:.2f} (target <= 0.8)"
-    )
+    what = {
+        "two_pass": "two-pass as served (guide graph, its mean, serving graph)",
+        "single_pass": "single pass (the graph pools over its own input)",
+    }
+    for name, label in what.items():
+        if name in ot:
+            row = ot[name]
+            lines.append(
+                f"- ONNX Runtime vs PyTorch eager, {label}, one {ot['input_shape']} image, "
+                f"{ot['threads']} threads, median of {ot['repeats']} interleaved, {ot['weights']}: "
+                f"ORT {row['ort_ms']:.1f} ms, torch {row['torch_ms']:.1f} ms, "
+                f"ORT/torch = {row['ort_over_torch']:.2f} (target <= 0.8)"
+            )
     rss = result["peak_rss_12mp"]
     lines.append(
         f"- One 12 MP JPEG (4000x3000, {rss['tiles']} tiles): status {rss['status']}, "
@@ -362,7 +392,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--repeats", type=int, default=10, help="forward passes for ORT vs torch")
     parser.add_argument(
-        "--torch-run", type=Path, help="run folder for load_system (default runs/<training.run>)"
+        "--torch-run",
+        type=Path,
+        help="run folder for load_system (default: PyTorch rebuilt from the entry's model.onnx)",
     )
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
