@@ -127,6 +127,20 @@ def test_components_compose_to_the_fused_graph(exported: tuple[DiRSystem, Path])
     assert float(np.abs(fused[1] - r_plus).max()) < 1e-5
 
 
+def test_denoise_graph_is_the_pilot_decoded(exported: tuple[DiRSystem, Path]) -> None:
+    """denoise.onnx = clamp(D*(mean of DfRNet(image))) with dynamic axes, recorded in extra.denoise."""
+    system, entry = exported
+    m = read_manifest(entry)
+    assert m.extra["denoise"]["onnx_file"] == "denoise.onnx"
+    assert {f.path: f.role for f in m.files}["denoise.onnx"] == "serve-denoise"
+    assert m.extra["parity_max_abs_fp32"]["denoise.onnx"] < 1e-4
+    x = torch.rand(2, 3, 28, 36, generator=torch.Generator().manual_seed(5))
+    (got,) = session(entry, "denoise.onnx").run(["restored"], {"image": x.numpy()})
+    with torch.no_grad():
+        want = system.decoder(system.dfrnet(x)[0]).clamp(0.0, 1.0)  # type: ignore[operator]
+    assert np.abs(got - want.numpy()).max() < 1e-4
+
+
 def test_export_refuses_ablations_and_bad_parity_images(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="only the full method"):
         export_system(DiRSystem(SMALL, "autoencoder"), tmp_path / "a", "1", [torch.rand(1, 3, 16, 16)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -11,14 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from service.manifest import read_manifest
+from service.manifest import read_manifest, sha256_file
 from service.settings import DEFAULT_MODEL_STORE
 from service.store import make_session, resolve_entry
 from tests.export.test_export import SMALL, pool_sensitive
 from training.export import export_system
+from training.export.cli import main as export_main
 from training.export.recover import system_from_entry
 from training.models import VARIANT_PARTS, DiRSystem
 from training.paths import data_root
+from training.train.config import config_to_dict, load_config
 from training.train.errors import CheckpointError
 
 
@@ -117,3 +120,25 @@ def test_committed_default_model_matches_its_graphs_on_a_real_image() -> None:
     with torch.no_grad():
         ours = system_from_entry(entry.path)(torch.from_numpy(x))["restored"].numpy()
     assert float(np.abs(ours - restored).max()) < 1e-4
+
+
+def test_dir_export_re_exports_an_entry_byte_for_byte(
+    small_entry: tuple[DiRSystem, Path], tmp_path: Path, dataset: Callable[[str], Path]
+) -> None:
+    """``dir-export ENTRY --to NEW``: the same graphs again (parity images from the config's data folder),
+    provenance naming the source; refuses to write into the source itself."""
+    dataset("bsds500_train")
+    source = _copy_entry(small_entry[1], tmp_path / "src" / "dir-restore" / "0.0.1")
+    manifest = json.loads((source / "manifest.json").read_text())
+    config = config_to_dict(load_config("tiny"))
+    config["model"] = asdict(SMALL)
+    manifest["training"] = {"config": config}
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    target = tmp_path / "dst" / "dir-restore" / "0.0.2"
+    assert export_main([str(source), "--to", str(target)]) == 0
+    new = read_manifest(target)
+    assert new.version == "0.0.2" and new.tile == read_manifest(source).tile
+    assert new.training["rebuilt_from"]["entry"] == "dir-restore/0.0.1"
+    for name in ("model.onnx", "guide.onnx", "denoise.onnx"):
+        assert sha256_file(target / name) == sha256_file(source / name), name
+    assert export_main([str(source), "--to", str(source)]) == 2

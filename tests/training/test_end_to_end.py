@@ -62,6 +62,7 @@ def test_export_writes_a_checked_manifest_with_parity(tiny_run: Path, tmp_path: 
     assert {f.path: f.role for f in manifest.files} == {
         "model.onnx": "serve",
         "guide.onnx": "serve-guide",
+        "denoise.onnx": "serve-denoise",
         "dirnet.onnx": "component",
         "dfrnet.onnx": "component",
         "alignment.onnx": "component",

@@ -1,4 +1,8 @@
-"""``dir-export RUN --to model_store/dir-restore/VERSION/``: ONNX graphs + manifest for the service."""
+"""``dir-export SOURCE --to model_store/dir-restore/VERSION/``: ONNX graphs + manifest for the service.
+
+SOURCE is a dir-train run folder (stage2.pt + config.yaml) or an existing model_store entry (manifest.json),
+which is re-exported from its own weights with the current exporter's graphs.
+"""
 
 from __future__ import annotations
 
@@ -14,21 +18,39 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="dir-export", description="Export a trained DiR run to a model_store entry."
     )
-    p.add_argument("run", type=Path, help="run folder holding stage2.pt and config.yaml")
+    p.add_argument(
+        "source",
+        type=Path,
+        help="run folder holding stage2.pt and config.yaml, or a model_store entry folder to re-export",
+    )
     p.add_argument("--to", type=Path, required=True, help="entry folder, e.g. model_store/dir-restore/1.0.0")
     p.add_argument("--version", help="version string (default: the entry folder's name)")
-    p.add_argument("--tile-size", type=int, default=256, help="serving tile side in pixels (manifest)")
-    p.add_argument("--tile-overlap", type=int, default=32, help="serving tile overlap in pixels")
+    p.add_argument(
+        "--tile-size", type=int, help="serving tile side in pixels (default: the entry's, for a run 256)"
+    )
+    p.add_argument(
+        "--tile-overlap", type=int, help="serving tile overlap in pixels (default: the entry's, for a run 32)"
+    )
     args = p.parse_args(argv)
-    from service.manifest import TileSpec
-    from training.export.onnx_export import export_run
+    from service.manifest import MANIFEST_NAME, TileSpec
+    from training.export.onnx_export import DEFAULT_TILE, export_entry, export_run
 
+    from_entry = (args.source / MANIFEST_NAME).is_file()
+    tile: TileSpec | None = None
+    if args.tile_size is not None or args.tile_overlap is not None or not from_entry:
+        try:
+            tile = TileSpec(
+                size=DEFAULT_TILE.size if args.tile_size is None else args.tile_size,
+                overlap=DEFAULT_TILE.overlap if args.tile_overlap is None else args.tile_overlap,
+            )
+        except ValueError as exc:
+            p.error(f"bad tile: {exc}")
+    version = args.version or args.to.name
     try:
-        tile = TileSpec(size=args.tile_size, overlap=args.tile_overlap)
-    except ValueError as exc:
-        p.error(f"bad tile: {exc}")
-    try:
-        report = export_run(args.run, args.to, args.version or args.to.name, tile)
+        if from_entry:
+            report = export_entry(args.source, args.to, version, tile)
+        else:
+            report = export_run(args.source, args.to, version, tile or DEFAULT_TILE)
     except DiRError as exc:
         print(f"dir-export: error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from service.manifest import (
     write_manifest,
 )
 from training.models import DiRSystem, load_system
+from training.train.config import TrainConfig
 from training.train.errors import CheckpointError, ExportError
 
 OPSET = 17
@@ -35,6 +36,8 @@ GUIDE_FILE = "guide.onnx"
 #: The serving graph's second input: the spatial mean of the guide graph's output over the whole image.
 GUIDE_MEAN = "guide_mean"
 GUIDE_OUTPUT = "guide_features"
+#: The colour-keeping graph (manifest ``extra.denoise``): image -> restored = D*(DfR(image)), no alignment.
+DENOISE_FILE = "denoise.onnx"
 #: Serving tiles written to the manifest (``dir-export --tile-size/--tile-overlap`` override). Images smaller
 #: than a tile are padded up to it, so larger tiles only pay off for large images (docs/DECISIONS.md).
 DEFAULT_TILE = TileSpec(size=256, overlap=32)
@@ -71,6 +74,26 @@ class GuideGraph(nn.Module):
     def forward(self, image: Tensor) -> Tensor:
         """See :meth:`DiRSystem.guide_features`."""
         return self.system.guide_features(image)
+
+
+class DenoiseGraph(nn.Module):
+    """The ``denoise`` serving mode: image (N, 3, H, W) sRGB [0, 1] -> restored D*(DfR(image)) in [0, 1].
+
+    The degraded image goes through the clean-image encoder (DfRNet, its posterior mean: the pilot) and
+    straight into the decoder D*, skipping DiRNet and the alignment network. It removes noise and
+    compression artefacts but keeps the camera's colour and tone, which A would "correct" (a diagnostic
+    of the paper's pilot, not the paper's restoration; docs/DECISIONS.md). No global pooling: tiles are
+    independent, one pass.
+    """
+
+    def __init__(self, system: DiRSystem) -> None:
+        super().__init__()
+        self.system = system
+
+    def forward(self, image: Tensor) -> Tensor:
+        """image (N, 3, H, W) float32 sRGB [0, 1], H, W multiples of 4 -> (N, 3, H, W) in [0, 1]."""
+        pilot = self.system.get_submodule("dfrnet")(image)[0]
+        return self.system.get_submodule("decoder")(pilot).clamp(0.0, 1.0)
 
 
 class HalfServingGraph(nn.Module):
@@ -137,6 +160,7 @@ def _graphs(system: DiRSystem) -> list[_Graph]:
     return [
         _Graph(GUIDE_FILE, GuideGraph(system), ("image",), (GUIDE_OUTPUT,), "serve-guide"),
         _Graph("model.onnx", ServingGraph(system), ("image", GUIDE_MEAN), SERVING_OUTPUTS, "serve"),
+        _Graph(DENOISE_FILE, DenoiseGraph(system), ("image",), ("restored",), "serve-denoise"),
         _Graph("dirnet.onnx", _Mean(parts("dirnet")), ("image",), ("r0",), "component"),
         _Graph("dfrnet.onnx", _Mean(parts("dfrnet")), ("image",), ("pilot",), "component"),
         _Graph("alignment.onnx", parts("alignment"), ("r0", "pilot"), ("r_plus",), "component"),
@@ -265,7 +289,7 @@ def export_system(
     system = system.cpu().eval()
     entry_dir.mkdir(parents=True, exist_ok=True)
     feeds = _component_batches(system, parity_images)
-    kind = {GUIDE_FILE: "image", "dirnet.onnx": "image", "dfrnet.onnx": "image"}
+    kind = {GUIDE_FILE: "image", DENOISE_FILE: "image", "dirnet.onnx": "image", "dfrnet.onnx": "image"}
     kind |= {"alignment.onnx": "latents", "decoder.onnx": "r_plus"}
     graphs = _graphs(system)
     with torch.no_grad():
@@ -357,6 +381,13 @@ def export_system(
             "parity_max_abs_fp32": parity,
             "parity_tolerance_fp32": tolerance,
             "fp16": fp16,
+            "denoise": {
+                "onnx_file": DENOISE_FILE,
+                "inputs": ["image"],
+                "outputs": ["restored"],
+                "description": "restored = D*(DfR(image)): noise and compression artefacts removed, the "
+                "camera's colour and tone kept (no alignment network, no global pooling, one pass)",
+            },
             "components": {g.file: {"inputs": list(g.inputs), "outputs": list(g.outputs)} for g in graphs},
         },
         training=training or {},
@@ -408,23 +439,28 @@ def _export_fp16(
     }
 
 
-def parity_images_for_run(run_dir: Path) -> list[Tensor]:
-    """Real degraded images for the parity test: the run's held-out images (its config's data folder).
+def parity_images(cfg: TrainConfig) -> list[Tensor]:
+    """Real degraded images for the parity test: the held-out images of ``cfg``'s data folder.
 
     Two batches of different shapes: two 128x128 centre crops and one 96x160 crop, degraded with the
     ``ablation`` preset (seeded per file).
     """
-    from training.train.config import load_config
     from training.train.data import center_crops, list_images, load_rgb
     from training.train.loop import degrade_fixed
 
-    cfg = load_config(run_dir / "config.yaml")
     files = list_images(cfg.data_path())[-max(cfg.data.val_images, 2) :]
     images = [load_rgb(p) for p in files]
     square = center_crops(images[:2], 128)
     wide = center_crops(images[:1], 160)[:, :, 32:128, :]
     names = [p.name for p in files]
     return [degrade_fixed(square, "ablation", names[:2]), degrade_fixed(wide, "ablation", names[:1])]
+
+
+def parity_images_for_run(run_dir: Path) -> list[Tensor]:
+    """:func:`parity_images` for the config of a run folder."""
+    from training.train.config import load_config
+
+    return parity_images(load_config(run_dir / "config.yaml"))
 
 
 def export_run(run: Path, entry_dir: Path, version: str, tile: TileSpec = DEFAULT_TILE) -> ExportReport:
@@ -442,3 +478,30 @@ def export_run(run: Path, entry_dir: Path, version: str, tile: TileSpec = DEFAUL
     scores = run / "scores.json"
     metrics = json.loads(scores.read_text()) if scores.is_file() else {}
     return export_system(system, entry_dir, version, parity_images_for_run(run), training, metrics, tile=tile)
+
+
+def export_entry(source: Path, entry_dir: Path, version: str, tile: TileSpec | None = None) -> ExportReport:
+    """Re-export a model_store entry from its own weights (no run folder): every graph of the current
+    exporter, parity-checked again, into ``entry_dir``.
+
+    The PyTorch system is rebuilt from ``source``'s model.onnx (:func:`system_from_entry`); the parity
+    images come from the data folder of the manifest's training config; training provenance, metrics and
+    (unless ``tile`` is given) the tile geometry carry over, with ``training.rebuilt_from`` naming the
+    source entry and its model.onnx sha256.
+    """
+    from service.manifest import read_manifest
+    from training.export.recover import system_from_entry
+    from training.train.config import config_from_dict
+
+    if source.resolve() == entry_dir.resolve():
+        raise ExportError(f"re-export {source} into a new folder, not into itself")
+    system = system_from_entry(source)
+    old = read_manifest(source)
+    training = dict(old.training)
+    training["rebuilt_from"] = {
+        "entry": f"{old.name}/{old.version}",
+        "model_onnx_sha256": old.file_sha256(old.onnx_file),
+    }
+    images = parity_images(config_from_dict(dict(old.training["config"])))
+    chosen = tile or old.tile or DEFAULT_TILE
+    return export_system(system, entry_dir, version, images, training, dict(old.metrics), tile=chosen)
