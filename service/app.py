@@ -340,6 +340,7 @@ def _install_routes(app: FastAPI) -> None:
         return ModelsResponse(
             restore=state.model.ref,
             restore_precision=state.model.precision,
+            restore_modes=state.restorer.modes,
             detect=detector_ref,
             models=infos,
         )
@@ -363,18 +364,27 @@ def _install_routes(app: FastAPI) -> None:
             None, description="output format; overrides Accept"
         ),
         quality: int = Query(95, ge=1, le=100, description="JPEG quality"),
+        mode: Literal["full", "denoise"] = Query(
+            "full",
+            description="full: DiR restoration, which also corrects the ISP's colour and tone errors "
+            "(exposure, white balance, gamma); denoise: removes noise and compression artefacts but keeps "
+            "the camera's colour and tone (for correctly tuned cameras; GET /v1/models lists what the "
+            "loaded model offers)",
+        ),
     ) -> Response:
         started = time.perf_counter()
         state = _state(request)
         fmt = image_format(format, request.headers.get("accept", ""))
+        state.restorer.check_mode(mode)
         image, decode_s = await _decode(request, state)
-        result = await state.restorer.infer(image, ["restored"], state.remaining(started))
+        result = await state.restorer.infer(image, ["restored"], state.remaining(started), mode)
         body = await asyncio.to_thread(encode_image, result.restored_hwc(), fmt, quality)
         headers = _timing_headers(
             state, decode_s, result.queue_wait_s, result.compute_s, time.perf_counter() - started
         )
         headers["X-Tiles"] = str(result.tiles)
         headers["X-Image-Size"] = f"{image.width}x{image.height}"
+        headers["X-Restore-Mode"] = mode
         return Response(body, media_type=OUTPUT_MEDIA[fmt], headers=headers)
 
     @app.post(

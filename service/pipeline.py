@@ -4,6 +4,9 @@ Two-pass entries (manifest ``guide``) pool over the whole image, which no single
 tile through the guide graph, which returns per tile only its features summed over the window the tile owns
 (computed here from the tile grid, so each pixel counts once); the image's mean is their total divided by
 the windows' cell count, and pass 2 runs every tile with that mean through the serving graph.
+
+Restore modes: ``full`` (the DiR restoration above) and, for entries with a denoise graph, ``denoise``
+(one pass of D*(DfR(tile)) per tile: noise and artefacts removed, the camera's colour and tone kept).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from service.errors import BadInput, DeadlineExceeded
 from service.imaging import DecodedImage
-from service.queue import GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT, TileQueue
+from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT, TileQueue
 from service.store import RestoreModel
 from service.tiling import (
     TileGrid,
@@ -29,6 +32,8 @@ from service.tiling import (
 
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
+#: Restore modes: ``full`` DiR restoration (corrects ISP colour/tone errors), ``denoise`` keeps them.
+RESTORE_MODES = ("full", "denoise")
 
 
 @dataclass
@@ -71,6 +76,18 @@ class Restorer:
         """Outputs the model graph offers (``restored``, ``r_plus``, ``r0``, ``pilot``)."""
         return list(self.model.output_names)
 
+    @property
+    def modes(self) -> list[str]:
+        """Restore modes this model offers: ``full`` always, ``denoise`` when the entry has its graph."""
+        return ["full"] + (["denoise"] if self.model.denoise_file else [])
+
+    def check_mode(self, mode: str) -> None:
+        """Raise ``BadInput`` naming ``mode`` when the model does not offer it."""
+        if mode not in self.modes:
+            raise BadInput(
+                f"restore mode {mode!r} is not offered by {self.model.ref}; it offers {self.modes}"
+            )
+
     def check_outputs(self, outputs: list[str]) -> None:
         """Raise ``BadInput`` naming any output the model does not have."""
         unknown = [o for o in outputs if o not in self.model.output_names]
@@ -79,24 +96,33 @@ class Restorer:
                 f"unknown outputs {unknown or outputs}; this model offers {self.model.output_names}"
             )
 
-    async def infer(self, image: DecodedImage, outputs: list[str], timeout_s: float) -> Inference:
-        """Run ``image`` (in two passes for a two-pass entry) and return the stitched ``outputs``.
+    async def infer(
+        self, image: DecodedImage, outputs: list[str], timeout_s: float, mode: str = "full"
+    ) -> Inference:
+        """Run ``image`` (in two passes for a two-pass entry in mode ``full``) and return the stitched
+        ``outputs``; mode ``denoise`` offers ``restored`` alone.
 
         ``Inference.queue_wait_s`` and ``compute_s`` add up both passes.
         """
-        self.check_outputs(outputs)
+        self.check_mode(mode)
+        if mode == "denoise":
+            if outputs != ["restored"]:
+                raise BadInput(f"restore mode 'denoise' returns only 'restored'; asked for {outputs}")
+        else:
+            self.check_outputs(outputs)
         started = time.perf_counter()
         grid = plan_tiles(image.height, image.width, self.tile, self.overlap, self.model.size_multiple)
         tiles = await asyncio.to_thread(extract_tiles, image.pixels, grid)
         inputs = {self.model.input_name: tiles}
         wait_s = compute_s = 0.0
-        if self.model.guide is not None:
+        graph = DENOISE_GRAPH if mode == "denoise" else SERVE_GRAPH
+        if self.model.guide is not None and graph == SERVE_GRAPH:
             mean_input, guide_mean, wait_s, compute_s = await self._guide_mean(tiles, grid, timeout_s)
             inputs[mean_input] = np.broadcast_to(guide_mean, (grid.count, guide_mean.size))
         remaining = timeout_s - (time.perf_counter() - started)
         if remaining <= 0:
             raise DeadlineExceeded(f"request not finished within its {timeout_s:.3g} s deadline")
-        result = await self.queue.submit(inputs, outputs, remaining)
+        result = await self.queue.submit(inputs, outputs, remaining, graph)
         del tiles, inputs
         arrays = {}
         for name in outputs:

@@ -20,6 +20,8 @@ import numpy as np
 SERVE_GRAPH = "model"
 #: Pass 1 of two-pass entries (the manifest's ``guide``).
 GUIDE_GRAPH = "guide"
+#: The ``denoise`` restore mode (the manifest's ``extra.denoise``): image -> restored, one pass.
+DENOISE_GRAPH = "denoise"
 #: Pass-1 input: per tile ``(y0, y1, x0, x1)`` uint16, the cells of its ``(T/s, T/s)`` guide features that
 #: it owns (:func:`service.tiling.owned_window`).
 WINDOW_INPUT = "owned_window"
@@ -30,7 +32,7 @@ GUIDE_SUM = "guide_sum"
 
 def lane_ref(model_ref: str, graph: str) -> str:
     """The lane of one graph of ``model_ref`` (``name/version``), used in metric labels and Redis keys:
-    the model ref itself for the serving graph, ``name/version:guide`` for the guide graph."""
+    the model ref itself for the serving graph, ``name/version:<graph>`` for the others (guide, denoise)."""
     return model_ref if graph == SERVE_GRAPH else f"{model_ref}:{graph}"
 
 

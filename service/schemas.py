@@ -74,6 +74,10 @@ class ModelsResponse(BaseModel):
     restore_precision: str = Field(
         description="graph the restoration model runs in this process: 'fp32' or 'fp16' (DIR_PRECISION)"
     )
+    restore_modes: list[str] = Field(
+        description="values of /v1/restore's mode the restoration model offers: 'full', and 'denoise' "
+        "when its entry has the denoise graph"
+    )
     detect: str | None
     models: list[ModelInfo]
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from service.errors import InferenceError, ModelStoreError
 from service.manifest import MANIFEST_NAME, GuideSpec, Manifest, read_manifest, sha256_file
-from service.queue import GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT
+from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT
 from service.tiling import window_sums
 
 
@@ -152,16 +152,29 @@ def choose_graph(entry: ModelEntry, precision: str, providers: list[str]) -> tup
     return "fp32", entry.manifest.onnx_file
 
 
+def denoise_file(entry: ModelEntry) -> str | None:
+    """The entry's ``denoise`` graph (manifest ``extra.denoise.onnx_file``: image -> restored, one pass),
+    or None when it has none. A graph the manifest names without a sha256 raises ``ModelStoreError``."""
+    spec = entry.manifest.extra.get("denoise")
+    name = spec.get("onnx_file") if isinstance(spec, dict) else None
+    if not name:
+        return None
+    if entry.manifest.file_sha256(str(name)) is None:
+        raise ModelStoreError(f"{entry.ref}: manifest records no sha256 for {name}; refusing it")
+    return str(name)
+
+
 class RestoreModel:
     """A verified restoration entry and its sessions: the serving graph and, for two-pass entries, the
-    guide graph.
+    guide graph; for entries with one, the ``denoise`` graph (image -> restored, one pass).
 
     ``run`` takes one graph's inputs for a batch of tiles: ``image`` ``(N, 3, T, T)`` sRGB, uint8 0..255 or
     float32 in [0, 1] (T a multiple of ``size_multiple``), plus ``guide_mean`` ``(N, K)`` float32 for the
     serving graph of a two-pass entry, or ``owned_window`` ``(N, 4)`` for its guide graph. The serving graph
     returns ``restored`` ``(N, 3, T, T)`` in [0, 1] and ``r_plus``/``r0``/``pilot`` ``(N, C, T/s, T/s)``; the
     guide graph's ``guide_features`` ``(N, K, T/s, T/s)`` are reduced at once to ``guide_sum`` ``(N, K)``,
-    each tile's features summed over its ``owned_window``.
+    each tile's features summed over its ``owned_window``. The denoise graph takes ``image`` alone and
+    returns ``restored``.
     """
 
     def __init__(
@@ -170,16 +183,20 @@ class RestoreModel:
         session: ort.InferenceSession | None,
         precision: str = "fp32",
         guide_session: ort.InferenceSession | None = None,
+        denoise_session: ort.InferenceSession | None = None,
     ) -> None:
         self.entry = entry
         self.session = session
         self.guide_session = guide_session
+        self.denoise_session = denoise_session
         self.precision = precision
         manifest = entry.manifest
         self.input_name = manifest.inputs[0].name
         self.output_names = [o.name for o in manifest.outputs]
         self.guide: GuideSpec | None = manifest.guide
-        self.graphs = (GUIDE_GRAPH, SERVE_GRAPH) if self.guide else (SERVE_GRAPH,)
+        self.denoise_file = denoise_file(entry)
+        graphs = (GUIDE_GRAPH, SERVE_GRAPH) if self.guide else (SERVE_GRAPH,)
+        self.graphs = graphs + ((DENOISE_GRAPH,) if self.denoise_file else ())
         self.size_multiple = manifest.size_multiple
         first_dim = manifest.inputs[0].shape[0] if manifest.inputs[0].shape else "N"
         self.fixed_batch: int | None = first_dim if isinstance(first_dim, int) else None
@@ -196,8 +213,8 @@ class RestoreModel:
     ) -> RestoreModel:
         """Verify ``entry`` and build its sessions (``with_session=False``: manifest only, for a Redis API).
 
-        ``precision`` picks the serving graph (see :func:`choose_graph`); the guide graph is always the
-        entry's own (fp32). ``spinning``: see :func:`make_session`.
+        ``precision`` picks the serving graph (see :func:`choose_graph`); the guide and denoise graphs are
+        always the entry's own (fp32). ``spinning``: see :func:`make_session`.
         """
         verify_entry(entry)
         chosen, onnx_file = choose_graph(entry, precision, choose_providers(providers))
@@ -208,7 +225,11 @@ class RestoreModel:
         guide_session = (
             make_session(entry.path / guide.onnx_file, providers, threads, spinning) if guide else None
         )
-        return cls(entry, session, chosen, guide_session)
+        denoise = denoise_file(entry)
+        denoise_session = (
+            make_session(entry.path / denoise, providers, threads, spinning) if denoise else None
+        )
+        return cls(entry, session, chosen, guide_session, denoise_session)
 
     @property
     def ref(self) -> str:
@@ -216,11 +237,14 @@ class RestoreModel:
         return self.entry.ref
 
     def graph_outputs(self, graph: str) -> list[str]:
-        """Output names of ``graph`` (``SERVE_GRAPH`` or, for two-pass entries, ``GUIDE_GRAPH``)."""
+        """Output names of ``graph`` (``SERVE_GRAPH``; ``GUIDE_GRAPH`` for two-pass entries;
+        ``DENOISE_GRAPH`` for entries with a denoise graph)."""
         if graph == SERVE_GRAPH:
             return self.output_names
         if graph == GUIDE_GRAPH and self.guide is not None:
             return [GUIDE_SUM]
+        if graph == DENOISE_GRAPH and self.denoise_file is not None:
+            return ["restored"]
         raise InferenceError(f"{self.ref} has no graph {graph!r} (it has {list(self.graphs)})")
 
     def run(
@@ -228,8 +252,12 @@ class RestoreModel:
     ) -> dict[str, np.ndarray]:
         """Run one batch of ``graph``; the guide graph's features are summed over each tile's ``owned_window``
         right here. ORT failures and bad windows become ``InferenceError`` carrying the input shapes."""
-        session = self.session if graph == SERVE_GRAPH else self.guide_session
         unknown = [o for o in outputs if o not in self.graph_outputs(graph)]
+        session = {
+            SERVE_GRAPH: self.session,
+            GUIDE_GRAPH: self.guide_session,
+            DENOISE_GRAPH: self.denoise_session,
+        }[graph]
         if unknown:
             raise InferenceError(f"{self.ref} has no outputs {unknown} (it has {self.graph_outputs(graph)})")
         if session is None:

@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("inputs", nargs="+", type=Path, metavar="IN")
     restore.add_argument("-o", "--out", required=True, type=Path, metavar="OUTDIR")
     restore.add_argument("--format", choices=("png", "jpeg"), default="png", dest="fmt")
+    restore.add_argument(
+        "--mode",
+        choices=("full", "denoise"),
+        default="full",
+        help="full: DiR restoration, corrects colour/tone too; denoise: keeps the camera's colour and tone",
+    )
     restore.add_argument("-j", "--jobs", type=int, default=4, help="requests in flight at once")
     restore.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -68,7 +74,7 @@ async def _restore_all(args: argparse.Namespace) -> int:
         nonlocal failures
         async with gate:
             try:
-                result = await client.restore(path, fmt=args.fmt)
+                result = await client.restore(path, fmt=args.fmt, mode=args.mode)
             except ServerUnavailableError:
                 raise
             except DirClientError as exc:

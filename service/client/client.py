@@ -203,10 +203,11 @@ class DirClient(_Protocol):
                 return response, time.perf_counter() - start
             self._sleep(wait)
 
-    def restore(self, image: ImageInput, *, fmt: str = "png") -> RestoreResult:
-        """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``."""
+    def restore(self, image: ImageInput, *, fmt: str = "png", mode: str = "full") -> RestoreResult:
+        """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``; ``mode`` ``full`` (DiR, corrects the
+        ISP's colour and tone too) or ``denoise`` (keeps the camera's colour and tone)."""
         response, latency = self.request(
-            "POST", "/v1/restore", params={"format": fmt}, **self.image_request(image)
+            "POST", "/v1/restore", params={"format": fmt, "mode": mode}, **self.image_request(image)
         )
         return self.restore_result(response, latency)
 
@@ -280,10 +281,11 @@ class AsyncDirClient(_Protocol):
                 return response, time.perf_counter() - start
             await self._sleep(wait)
 
-    async def restore(self, image: ImageInput, *, fmt: str = "png") -> RestoreResult:
-        """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``."""
+    async def restore(self, image: ImageInput, *, fmt: str = "png", mode: str = "full") -> RestoreResult:
+        """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``; ``mode`` ``full`` (DiR, corrects the
+        ISP's colour and tone too) or ``denoise`` (keeps the camera's colour and tone)."""
         response, latency = await self.request(
-            "POST", "/v1/restore", params={"format": fmt}, **self.image_request(image)
+            "POST", "/v1/restore", params={"format": fmt, "mode": mode}, **self.image_request(image)
         )
         return self.restore_result(response, latency)
 

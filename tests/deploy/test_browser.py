@@ -94,6 +94,23 @@ def test_restore_split_and_detection_boxes(browser: Any, detector_store: Path, s
         assert problems == []
 
 
+def test_mode_switch_restores_again_in_denoise_mode(
+    browser: Any, restore_store: Path, sample_jpeg: Path
+) -> None:
+    with serve(app_for(restore_store)) as url:
+        page, problems = _open_page(browser, url)
+        page.set_input_files("#file", str(sample_jpeg))
+        _wait_restored(page)
+        page.wait_for_function("() => document.getElementById('latency').textContent.includes('full')")
+        first = page.locator("#restored-img").get_attribute("src")
+        page.select_option("#mode", "denoise")
+        page.wait_for_function("() => document.getElementById('latency').textContent.includes('denoise')")
+        _wait_restored(page)
+        assert page.locator("#restored-img").get_attribute("src") != first
+        assert page.locator("#error").is_hidden()
+        assert problems == []
+
+
 def test_errors_are_shown_in_the_page(browser: Any, restore_store: Path, sample_jpeg: Path) -> None:
     with serve(app_for(restore_store)) as url:
         page, problems = _open_page(browser, url)

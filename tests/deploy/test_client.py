@@ -85,7 +85,14 @@ def test_retry_policy_honours_retry_after_then_succeeds() -> None:
     assert result.model == "m/1"
     assert result.timings == {"decode": 0.002, "compute": 0.01}
     assert result.media_type == "image/png"
-    assert seen[0].url.params["format"] == "png"
+    assert seen[0].url.params["format"] == "png" and seen[0].url.params["mode"] == "full"
+
+
+def test_restore_sends_format_and_mode() -> None:
+    transport, seen = _scripted([])
+    with DirClient("http://dir.test", transport=transport) as client:
+        client.restore(b"x", fmt="jpeg", mode="denoise")
+    assert seen[0].url.params["format"] == "jpeg" and seen[0].url.params["mode"] == "denoise"
 
 
 def test_retry_gives_up_with_status_and_server_message() -> None:

@@ -6,7 +6,8 @@ in [0, 1] and ``r_plus``/``r0``/``pilot`` (N, 8, H/4, W/4). Like the DiR alignme
 random (non-zero), so the output depends on what the pool sees. Two-pass entries (the default, as
 ``dir-export`` writes them) add ``guide.onnx`` (image -> ``guide_features`` (N, 8, H/4, W/4)) and the
 serving input ``guide_mean`` (N, 8); single-pass entries pool over each input, as entries exported before
-two-pass serving do.
+two-pass serving do. Entries may carry ``denoise.onnx`` (image -> ``restored``, no pooling, as ``dir-export``
+writes for the ``denoise`` restore mode).
 """
 
 from __future__ import annotations
@@ -84,6 +85,19 @@ class HalfTinyDiR(nn.Module):
         return restored.float(), r_plus.float(), r0.float(), pilot.float()
 
 
+class TinyDenoise(nn.Module):
+    """The denoise-mode stand-in: image (N, 3, H, W) -> restored (N, 3, H, W) in [0, 1], local only (a
+    3x3 and a 4x4-stride conv, then nearest upsampling: tiles are independent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = TinyDiR()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        return torch.clamp(image - 0.05 * torch.tanh(m.decode(m.up(m.pilot(image)))), 0.0, 1.0)
+
+
 class _Guide(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -116,12 +130,14 @@ def build_entry(
     overlap: int = 16,
     fp16: bool = False,
     two_pass: bool = True,
+    denoise: bool = True,
 ) -> Path:
     """Export ``TinyDiR`` to ``store/name/version/`` with a manifest (sha256 recorded); returns the folder.
 
     ``two_pass=True`` writes the format of ``dir-export`` (``guide.onnx`` + the ``guide_mean`` input);
     ``False`` the older single-input format. ``fp16=True`` also writes ``model.fp16.onnx``
-    (:class:`HalfTinyDiR`), recorded as dir-export does.
+    (:class:`HalfTinyDiR`), recorded as dir-export does. ``denoise=True`` writes ``denoise.onnx``
+    (:class:`TinyDenoise`) and ``extra.denoise`` as dir-export does.
     """
     entry = store / name / version
     entry.mkdir(parents=True, exist_ok=True)
@@ -138,6 +154,12 @@ def build_entry(
             )
         )
         extra["fp16"] = {"onnx_file": "model.fp16.onnx"}
+    if denoise:
+        _export(TinyDenoise(), entry / "denoise.onnx", ["image"], ["restored"])
+        files.append(
+            ModelFile(path="denoise.onnx", sha256=sha256_file(entry / "denoise.onnx"), role="serve-denoise")
+        )
+        extra["denoise"] = {"onnx_file": "denoise.onnx", "inputs": ["image"], "outputs": ["restored"]}
     latent: list[int | str] = ["N", CHANNELS, f"H/{SCALE}", f"W/{SCALE}"]
     image = TensorSpec(name="image", shape=["N", 3, "H", "W"], value_range=(0.0, 1.0), color_space="sRGB")
     inputs = [image]

@@ -22,7 +22,7 @@ import redis
 from PIL import Image
 
 from service.metrics import Metrics
-from service.queue import GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT, lane_ref, unpack
+from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT, lane_ref, unpack
 from service.redis_queue import GROUP, dead_key, job_fields, result_key, stream_key
 from service.settings import Settings
 from service.store import RestoreModel, resolve_entry
@@ -176,6 +176,28 @@ async def test_redis_serves_a_single_pass_entry(
     assert np.abs(a - b).max() <= 1
     assert metrics.batch_size.labels(MODEL)._sum.get() == FACE_TILES  # type: ignore[attr-defined]
     assert metrics.batch_size.labels(GUIDE)._sum.get() == 0  # type: ignore[attr-defined]
+
+
+async def test_redis_denoise_mode_has_its_own_stream(
+    make_settings: Callable[..., Settings], redis_settings: Callable[..., Settings], small_png: bytes
+) -> None:
+    """mode=denoise: one pass through the denoise graph's own stream, the same image as embedded."""
+    async with serve(make_settings()) as client:
+        embedded = await client.post("/v1/restore?mode=denoise", content=small_png)
+    settings = redis_settings()
+    metrics = Metrics()
+    async with serve(settings) as client:
+        with worker_thread(settings, metrics):
+            response = await client.post("/v1/restore?mode=denoise", content=small_png)
+    assert embedded.status_code == response.status_code == 200, response.text
+    assert response.headers["x-restore-mode"] == "denoise"
+    a = np.asarray(Image.open(io.BytesIO(response.content)), dtype=np.int16)
+    b = np.asarray(Image.open(io.BytesIO(embedded.content)), dtype=np.int16)
+    assert np.abs(a - b).max() <= 1
+    denoise_lane = lane_ref(MODEL, DENOISE_GRAPH)
+    assert metrics.batch_size.labels(denoise_lane)._sum.get() == FACE_TILES  # type: ignore[attr-defined]
+    for lane in (MODEL, GUIDE):
+        assert metrics.batch_size.labels(lane)._sum.get() == 0  # type: ignore[attr-defined]
 
 
 async def test_worker_killed_mid_batch_loses_nothing(

@@ -64,7 +64,7 @@ def test_unlisted_guide_graph_is_refused(fixture_store: Path, tmp_path: Path) ->
 
 def test_manifest_schema_versions(fixture_store: Path, tmp_path: Path) -> None:
     """Old manifests (no schema_version: 1, no guide) load single-pass; a newer schema is refused."""
-    old_dir = build_entry(tmp_path / "old", two_pass=False)
+    old_dir = build_entry(tmp_path / "old", two_pass=False, denoise=False)
     raw = json.loads((old_dir / "manifest.json").read_text())
     del raw["schema_version"], raw["guide"]
     (old_dir / "manifest.json").write_text(json.dumps(raw))
@@ -73,7 +73,7 @@ def test_manifest_schema_versions(fixture_store: Path, tmp_path: Path) -> None:
     model = RestoreModel.load(old, None, 1)
     assert model.graphs == ("model",) and model.guide_session is None
     two_pass = RestoreModel.load(resolve_entry(fixture_store, "", "restore"), None, 1)
-    assert two_pass.graphs == ("guide", "model")
+    assert two_pass.graphs == ("guide", "model", "denoise")
     store = copy_store(fixture_store, tmp_path)
     entry_dir = store / "dir-restore" / "0.0.1"
     raw = (entry_dir / "manifest.json").read_text().replace('"schema_version": 2', '"schema_version": 3')
