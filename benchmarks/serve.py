@@ -2,9 +2,9 @@
 
 Measures, for one 512x512 JPEG (cset14 lenna re-encoded at quality 90) at concurrency 1, 8 and 32:
 throughput (requests/s) and p50/p99 latency for (a) batching off (max batch 1, no delay), (b) embedded
-batching (the defaults), (c) Redis Streams + 1 worker; ONNX Runtime vs PyTorch eager latency on the same
-weights and the same computation (PyTorch rebuilt from the entry's model.onnx); and the API process's peak
-RSS (VmHWM) while serving one 12-megapixel JPEG.
+batching (the defaults), (c) Redis Streams + 1 worker, (d) embedded with ``?mode=denoise``; ONNX Runtime
+vs PyTorch eager latency on the same weights and the same computation (PyTorch rebuilt from the entry's
+model.onnx); and the API process's peak RSS (VmHWM) while serving one 12-megapixel JPEG.
 
     .venv/bin/python benchmarks/serve.py --json            # prints JSON, rewrites docs/BENCHMARKS.md section
 
@@ -49,7 +49,10 @@ MODES = {
     "batching_off": {"DIR_MAX_BATCH": "1", "DIR_MAX_QUEUE_DELAY_MS": "0"},
     "embedded": {},
     "redis_1_worker": {},
+    "embedded_denoise": {},
 }
+#: The request each mode sends (default ``/v1/restore``, the full DiR restoration).
+PATHS = {"embedded_denoise": "/v1/restore?mode=denoise"}
 
 
 def cpu_model() -> str:
@@ -123,8 +126,10 @@ def server(env: dict[str, str], redis_url: str | None) -> Iterator[tuple[str, in
             proc.wait(timeout=60)
 
 
-async def load(base: str, body: bytes, concurrency: int, requests: int) -> dict[str, float]:
-    """``requests`` POST /v1/restore from ``concurrency`` concurrent clients: rps and latency percentiles."""
+async def load(
+    base: str, body: bytes, concurrency: int, requests: int, path: str = "/v1/restore"
+) -> dict[str, float]:
+    """``requests`` POSTs to ``path`` from ``concurrency`` concurrent clients: rps and latency percentiles."""
     latencies: list[float] = []
     failures = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -138,9 +143,7 @@ async def load(base: str, body: bytes, concurrency: int, requests: int) -> dict[
             while not queue.empty():
                 queue.get_nowait()
                 started = time.perf_counter()
-                response = await client.post(
-                    "/v1/restore", content=body, headers={"Content-Type": "image/jpeg"}
-                )
+                response = await client.post(path, content=body, headers={"Content-Type": "image/jpeg"})
                 latencies.append(time.perf_counter() - started)
                 failures += response.status_code != 200
 
@@ -168,10 +171,13 @@ def serving_rows(
         if use_redis and not redis_url:
             rows[mode] = {"skipped": "no Redis reachable"}
             continue
+        path = PATHS.get(mode, "/v1/restore")
         with server({**env, **extra}, redis_url if use_redis else None) as (base, _):
-            asyncio.run(load(base, body, 1, 2))
+            asyncio.run(load(base, body, 1, 2, path))
             counts = [SERIAL_REQUESTS if c == 1 else max(8, c) for c in levels]
-            rows[mode] = [asyncio.run(load(base, body, c, n)) for c, n in zip(levels, counts, strict=True)]
+            rows[mode] = [
+                asyncio.run(load(base, body, c, n, path)) for c, n in zip(levels, counts, strict=True)
+            ]
         print(f"{mode}: {rows[mode]}", file=sys.stderr)
     return rows
 
@@ -377,6 +383,12 @@ def ratios(serving: dict[str, Any]) -> dict[str, str]:
     if isinstance(emb, list) and isinstance(red, list):
         out["Redis p50 - embedded p50 at concurrency 1"] = (
             f"{red[0]['p50_ms'] - emb[0]['p50_ms']:+.1f} ms (target <= 15 ms)"
+        )
+    den = serving.get("embedded_denoise")
+    if isinstance(emb, list) and isinstance(den, list):
+        out["mode=denoise vs mode=full (embedded), p50 at concurrency 1 and throughput at the highest"] = (
+            f"{den[0]['p50_ms']:.0f} vs {emb[0]['p50_ms']:.0f} ms, "
+            f"{den[-1]['throughput_rps'] / emb[-1]['throughput_rps']:.2f}x (no target)"
         )
     return out
 
