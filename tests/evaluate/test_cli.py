@@ -1,4 +1,4 @@
-"""``dir-eval`` end to end on a small real-noise run: JSON, Markdown table and figure."""
+"""``dir-eval`` end to end on small real-noise runs: JSON, Markdown table, figure, diagnostic labels."""
 
 from __future__ import annotations
 
@@ -34,3 +34,20 @@ def test_cli_writes_json_report_and_figure(tmp_path: Path, dataset: Callable[[st
 def test_cli_unknown_method_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--protocol", "real", "--methods", "bogus", "--no-progress"]) == 2
     assert "valid methods" in capsys.readouterr().err
+
+
+def test_cli_labels_the_pilot_decode_as_a_diagnostic(tmp_path: Path, dataset: Callable[[str], Path]) -> None:
+    dataset("cc15")
+    out_json, report = tmp_path / "out.json", tmp_path / "OUT.md"
+    argv = ["--protocol", "real", "--datasets", "cc15", "--limit", "1", "--methods", "identity,onnx-pilot"]
+    assert main([*argv, "--json", str(out_json), "--report", str(report), "--no-progress"]) == 0
+    pilot = next(
+        m for m in json.loads(out_json.read_text())["runs"][0]["methods"] if m["method"] == "onnx-pilot"
+    )
+    if pilot["reason"] is not None:
+        pytest.skip(f"onnx-pilot has no model here: {pilot['reason']}")
+    assert pilot["family"] == "diagnostic" and pilot["version"].startswith("dir-restore/")
+    assert pilot["scores"][0]["psnr"] > 20.0
+    text = report.read_text()
+    assert "| Diagnostic: D*(DfR(x)), pilot decoded `dir-restore/" in text
+    assert "A diagnostic (`onnx-pilot`): neither the paper's method nor the service's default output" in text

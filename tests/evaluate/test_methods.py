@@ -1,4 +1,5 @@
-"""Every registered method restores a synthetic noisy image to a higher PSNR than its input."""
+"""Every registered method restores a synthetic noisy image to a higher PSNR than its input; the ONNX
+methods' plumbing (padding, version choice, sha256, component graphs) on tiny generated graphs."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from service.manifest import Manifest, ModelFile, TensorSpec, sha256_file, write_manifest
+from service.manifest import (
+    Manifest,
+    ModelFile,
+    TensorSpec,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
 from training.evaluate.errors import MethodUnavailableError, UnknownNameError
 from training.evaluate.methods import (
     MethodContext,
     OnnxRestorer,
+    PilotDecodeRestorer,
     get_method,
     latest_store_entry,
     method_names,
@@ -61,7 +70,8 @@ def _context() -> MethodContext:
 
 @pytest.mark.parametrize("name", [n for n in method_names() if n != "identity"])
 def test_method_raises_psnr_of_a_noisy_crop(name: str, request: pytest.FixtureRequest) -> None:
-    """Peers on a Gaussian-noise crop, DiR checkpoints and shipped models on a low-light ISP crop."""
+    """Peers on a Gaussian-noise crop; DiR checkpoints, shipped models and diagnostics on a low-light ISP
+    crop."""
     family = get_method(name).family
     clean, noisy = request.getfixturevalue("noisy_pair" if family == "peer" else "isp_pair")
     try:
@@ -83,7 +93,13 @@ def test_identity_returns_its_input(noisy_pair: tuple[torch.Tensor, torch.Tensor
 def test_unknown_method_lists_valid_names() -> None:
     with pytest.raises(UnknownNameError, match="valid methods: identity, bm3d"):
         resolve_methods("identity,nope")
-    assert [m.name for m in resolve_methods("all")] == method_names()
+    assert [m.name for m in resolve_methods("all")] == [n for n in method_names() if n != "onnx-pilot"]
+
+
+def test_diagnostic_runs_only_when_named() -> None:
+    assert get_method("onnx-pilot").family == "diagnostic"
+    assert "onnx-pilot" not in [m.name for m in resolve_methods("all")]
+    assert [m.name for m in resolve_methods("identity,onnx-pilot")] == ["identity", "onnx-pilot"]
 
 
 def test_oracle_peer_refuses_images_without_reference(noisy_pair: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -174,3 +190,105 @@ def test_onnx_two_pass_entry_uses_the_whole_image_guide_mean(tmp_path: Path) -> 
     with torch.no_grad():
         expected = TinyDiR().eval()(padded)[0][..., :62, :70]
     torch.testing.assert_close(bound(x, None), expected, atol=1e-5, rtol=0)
+
+
+def _graph(
+    name: str, nodes: list[onnx.NodeProto], inp: str, out: str, channels: tuple[int, int]
+) -> onnx.ModelProto:
+    spec_in = helper.make_tensor_value_info(inp, TensorProto.FLOAT, ["N", channels[0], "H", "W"])
+    spec_out = helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", channels[1], "h", "w"])
+    model = helper.make_model(
+        helper.make_graph(nodes, name, [spec_in], [spec_out]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    return model
+
+
+def _pilot_entry(entry: Path, gain: float = 1.0) -> Path:
+    """A two-component entry (size_multiple 4) beside :func:`_blur_entry`'s serving graph: ``dfrnet.onnx``
+    = 3x3 average pool then space-to-depth by 4 (image -> pilot (N, 48, H/4, W/4)); ``decoder.onnx`` =
+    depth-to-space by 4 times ``gain`` (r_plus -> restored). So D*(DfR(x)) = ``gain`` x the 3x3 blur of x."""
+    _blur_entry(entry, multiple=4)
+    dfrnet = _graph(
+        "dfrnet",
+        [
+            helper.make_node(
+                "AveragePool",
+                ["image"],
+                ["blur"],
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+                count_include_pad=0,
+            ),
+            helper.make_node("SpaceToDepth", ["blur"], ["pilot"], blocksize=4),
+        ],
+        "image",
+        "pilot",
+        (3, 48),
+    )
+    decoder = _graph(
+        "decoder",
+        [
+            helper.make_node("DepthToSpace", ["r_plus"], ["image"], blocksize=4, mode="DCR"),
+            helper.make_node(
+                "Constant", [], ["gain"], value=helper.make_tensor("gain", TensorProto.FLOAT, [], [gain])
+            ),
+            helper.make_node("Mul", ["image", "gain"], ["restored"]),
+        ],
+        "r_plus",
+        "restored",
+        (48, 3),
+    )
+    manifest = read_manifest(entry)
+    for name, model in (("dfrnet.onnx", dfrnet), ("decoder.onnx", decoder)):
+        onnx.save(model, entry / name)
+        manifest.files.append(ModelFile(path=name, sha256=sha256_file(entry / name), role="component"))
+    write_manifest(entry, manifest)
+    return entry
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """The 3x3 average pool of :func:`_pilot_entry`'s DfRNet on the input reflect-padded to multiples of 4."""
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (0, (-w) % 4, 0, (-h) % 4), mode="reflect")
+    return torch.nn.functional.avg_pool2d(padded, 3, 1, 1, count_include_pad=False)[..., :h, :w]
+
+
+def test_onnx_pilot_decodes_the_pilot_of_the_highest_entry(
+    tmp_path: Path, noisy_pair: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    _pilot_entry(tmp_path / "dir-restore" / "2")
+    _pilot_entry(tmp_path / "dir-restore" / "10")
+    clean, noisy = noisy_pair
+    crop_clean, crop_noisy = clean[..., :93, :90], noisy[..., :93, :90]  # not multiples of 4
+    bound = get_method("onnx-pilot").bind(MethodContext(model_store=tmp_path))
+    assert bound.version == "dir-restore/10"
+    assert bound.fingerprint is not None
+    out = bound(crop_noisy, None)
+    assert out.shape == crop_noisy.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, _blur(crop_noisy), atol=1e-6, rtol=0)
+    assert psnr(out, crop_clean)[0] > psnr(crop_noisy, crop_clean)[0]
+
+
+def test_onnx_pilot_clips_to_the_unit_range(tmp_path: Path) -> None:
+    entry = _pilot_entry(tmp_path / "dir-restore" / "1", gain=1.5)
+    x = torch.rand(2, 3, 30, 41, generator=torch.Generator().manual_seed(0))
+    out = PilotDecodeRestorer(entry)(x)
+    assert out.shape == x.shape
+    assert float(out.min()) >= 0.0 and float(out.max()) == 1.0
+    torch.testing.assert_close(out, (1.5 * _blur(x)).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+def test_onnx_pilot_without_component_graphs_names_them(tmp_path: Path) -> None:
+    _blur_entry(tmp_path / "dir-restore" / "1", multiple=4)
+    with pytest.raises(
+        MethodUnavailableError, match=r"lacks the component graph\(s\) dfrnet.onnx, decoder.onnx"
+    ):
+        get_method("onnx-pilot").bind(MethodContext(model_store=tmp_path))
+
+
+def test_onnx_pilot_refuses_a_component_with_a_wrong_sha256(tmp_path: Path) -> None:
+    entry = _pilot_entry(tmp_path / "dir-restore" / "1")
+    (entry / "decoder.onnx").write_bytes((entry / "decoder.onnx").read_bytes() + b"\0")
+    with pytest.raises(MethodUnavailableError, match=r"sha256 of .*decoder\.onnx"):
+        PilotDecodeRestorer(entry)

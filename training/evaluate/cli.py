@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default="all",
-        help=f"comma-separated methods or 'all' ({', '.join(method_names())}, onnx:<dir>)",
+        help=(
+            f"comma-separated methods or 'all' ({', '.join(method_names())}, onnx:<dir>); "
+            "'all' leaves out the diagnostics (onnx-pilot), which run only when named"
+        ),
     )
     p.add_argument(
         "--detect-methods",

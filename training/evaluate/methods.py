@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from service.manifest import sha256_file
+from service.manifest import Manifest, read_manifest, sha256_file
 from training.evaluate.errors import MethodUnavailableError, UnknownNameError
 from training.evaluate.kair import load_dncnn_color_blind, load_ffdnet_color
 from training.evaluate.metrics import estimate_noise_sigma
@@ -81,7 +81,9 @@ class MethodSpec:
     """One registered method.
 
     ``family``: "reference" (the degraded input), "peer" (classical / pretrained denoisers), "dir" (our
-    checkpoints) or "shipped" (an ONNX model_store entry). ``table5`` holds the paper's Table 5 row flags
+    checkpoints), "shipped" (an ONNX model_store entry) or "diagnostic" (a part of a shipped entry run on
+    its own to locate a loss: neither the paper's method nor the service's default output; left out of
+    ``--methods all``). ``table5`` holds the paper's Table 5 row flags
     (r0, A, pilot) for the DiR ablations.
     """
 
@@ -101,8 +103,12 @@ class MethodSpec:
         if self.build is None:
             raise MethodUnavailableError(f"method {self.name} has no builder")
         plain = self.build(ctx)
-        version = plain.version if isinstance(plain, OnnxRestorer) else None
-        fingerprint = plain.fingerprint if isinstance(plain, OnnxRestorer | CheckpointRestorer) else None
+        version = plain.version if isinstance(plain, OnnxRestorer | PilotDecodeRestorer) else None
+        fingerprint = (
+            plain.fingerprint
+            if isinstance(plain, OnnxRestorer | PilotDecodeRestorer | CheckpointRestorer)
+            else None
+        )
         return BoundMethod(self.name, plain=plain, version=version, fingerprint=fingerprint)
 
     @property
@@ -268,6 +274,32 @@ def latest_store_entry(model_store: Path, name: str = DEFAULT_STORE_ENTRY) -> Pa
     return versions[-1]
 
 
+def _verified_sha256(entry_dir: Path, manifest: Manifest, name: str) -> str:
+    """sha256 of the graph ``entry_dir/name``, checked against the manifest where it records one."""
+    path = entry_dir / name
+    if not path.is_file():
+        raise MethodUnavailableError(f"ONNX file not found: {path}")
+    digest = sha256_file(path)
+    expected = manifest.file_sha256(name)
+    if expected is not None and digest != expected:
+        raise MethodUnavailableError(f"sha256 of {path} does not match its manifest")
+    return digest
+
+
+def _read_entry(entry_dir: Path) -> Manifest:
+    """The manifest of a model_store entry folder (MethodUnavailableError where it has none)."""
+    if not (entry_dir / "manifest.json").is_file():
+        raise MethodUnavailableError(f"no manifest.json in model_store entry {entry_dir}")
+    return read_manifest(entry_dir)
+
+
+def _pad_to_multiple(batch: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Reflect-pad ``(N, 3, H, W)`` on the bottom/right so that H and W are multiples of ``multiple``."""
+    h, w = batch.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(batch, (0, pw, 0, ph), mode="reflect") if ph or pw else batch
+
+
 class OnnxRestorer:
     """Scores a model_store entry exactly as shipped: its ONNX file through onnxruntime (CPU EP).
 
@@ -280,23 +312,11 @@ class OnnxRestorer:
     def __init__(self, entry_dir: Path) -> None:
         import onnxruntime as ort
 
-        from service.manifest import read_manifest
-
-        if not (entry_dir / "manifest.json").is_file():
-            raise MethodUnavailableError(f"no manifest.json in model_store entry {entry_dir}")
-        self.manifest = read_manifest(entry_dir)
+        self.manifest = _read_entry(entry_dir)
         self.entry_dir = entry_dir
         self.guide = self.manifest.guide
         graphs = [self.manifest.onnx_file] + ([self.guide.onnx_file] if self.guide else [])
-        digests = []
-        for name in graphs:
-            path = entry_dir / name
-            if not path.is_file():
-                raise MethodUnavailableError(f"ONNX file not found: {path}")
-            digests.append(sha256_file(path))
-            expected = self.manifest.file_sha256(name)
-            if expected is not None and digests[-1] != expected:
-                raise MethodUnavailableError(f"sha256 of {path} does not match its manifest")
+        digests = [_verified_sha256(entry_dir, self.manifest, name) for name in graphs]
         # Score-cache key: the serving graph's sha256, combined with the guide graph's for two-pass entries.
         joined = "".join(digests).encode()
         self.fingerprint = digests[0] if len(digests) == 1 else hashlib.sha256(joined).hexdigest()
@@ -318,8 +338,7 @@ class OnnxRestorer:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` [0, 1] -> ``(N, 3, H, W)`` [0, 1]."""
         h, w = batch.shape[-2:]
-        ph, pw = (-h) % self.multiple, (-w) % self.multiple
-        x = F.pad(batch, (0, pw, 0, ph), mode="reflect") if ph or pw else batch
+        x = _pad_to_multiple(batch, self.multiple)
         feed = {self.input_name: x.contiguous().numpy().astype(np.float32)}
         if self.guide is not None and self.guide_session is not None:
             guide_in = {self.guide.inputs[0].name: feed[self.input_name]}
@@ -329,8 +348,61 @@ class OnnxRestorer:
         return torch.from_numpy(out)[..., :h, :w].clamp(0.0, 1.0)
 
 
+PILOT_GRAPH = "dfrnet.onnx"
+"""Component graph of a DiR entry: image (N, 3, H, W) sRGB [0, 1] -> pilot DfR (N, C, H/s, W/s)."""
+DECODER_GRAPH = "decoder.onnx"
+"""Component graph of a DiR entry: a representation (N, C, H/s, W/s), e.g. r+, -> restored (N, 3, H, W)."""
+
+
+class PilotDecodeRestorer:
+    """Diagnostic, neither the paper's method nor the service's default output: D*(DfR(x)).
+
+    Runs a model_store entry's component graphs ``dfrnet.onnx`` (image -> pilot, the mean of DfRNet) and
+    ``decoder.onnx`` (the frozen decoder D*, fed the pilot where the served model feeds it r+) through
+    onnxruntime (CPU EP), skipping DiRNet and the alignment network A. Input ``(N, 3, H, W)`` float32 sRGB
+    [0, 1], reflect-padded on the bottom/right to the manifest's ``size_multiple`` and cropped back; output
+    the same shape, clipped to [0, 1]. Each graph's sha256 is checked against the manifest when recorded;
+    ``fingerprint`` is the sha256 of the two graphs' digests.
+    """
+
+    def __init__(self, entry_dir: Path) -> None:
+        import onnxruntime as ort
+
+        self.manifest = _read_entry(entry_dir)
+        self.entry_dir = entry_dir
+        missing = [g for g in (PILOT_GRAPH, DECODER_GRAPH) if not (entry_dir / g).is_file()]
+        if missing:
+            raise MethodUnavailableError(
+                f"model_store entry {entry_dir} lacks the component graph(s) {', '.join(missing)} "
+                "(written by dir-export beside the serving graphs)"
+            )
+        digests = [_verified_sha256(entry_dir, self.manifest, g) for g in (PILOT_GRAPH, DECODER_GRAPH)]
+        self.fingerprint = hashlib.sha256("".join(digests).encode()).hexdigest()
+        providers = ["CPUExecutionProvider"]
+        self.pilot_session = ort.InferenceSession(str(entry_dir / PILOT_GRAPH), providers=providers)
+        self.decoder_session = ort.InferenceSession(str(entry_dir / DECODER_GRAPH), providers=providers)
+        self.multiple = self.manifest.size_multiple
+
+    @property
+    def version(self) -> str:
+        """``<name>/<version>`` of the entry."""
+        return f"{self.manifest.name}/{self.manifest.version}"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` sRGB [0, 1] -> D*(DfR(x)) ``(N, 3, H, W)`` sRGB clipped to [0, 1]."""
+        h, w = batch.shape[-2:]
+        x = _pad_to_multiple(batch, self.multiple).contiguous().numpy().astype(np.float32)
+        (pilot,) = self.pilot_session.run(None, {self.pilot_session.get_inputs()[0].name: x})
+        (out,) = self.decoder_session.run(None, {self.decoder_session.get_inputs()[0].name: pilot})
+        return torch.from_numpy(out)[..., :h, :w].clamp(0.0, 1.0)
+
+
 def _build_store_default(ctx: MethodContext) -> Restorer:
     return OnnxRestorer(latest_store_entry(ctx.model_store))
+
+
+def _build_store_pilot(ctx: MethodContext) -> Restorer:
+    return PilotDecodeRestorer(latest_store_entry(ctx.model_store))
 
 
 def _onnx_entry_builder(entry_dir: Path) -> Callable[[MethodContext], Restorer]:
@@ -423,12 +495,22 @@ METHODS: dict[str, MethodSpec] = {
             _build_store_default,
             f"highest version of model_store/{DEFAULT_STORE_ENTRY}, run by onnxruntime",
         ),
+        MethodSpec(
+            "onnx-pilot",
+            "Diagnostic: D*(DfR(x)), pilot decoded",
+            "diagnostic",
+            _build_store_pilot,
+            f"DIAGNOSTIC, neither the paper's method nor the service's default output: {PILOT_GRAPH} then "
+            f"{DECODER_GRAPH} of the highest model_store/{DEFAULT_STORE_ENTRY} entry (onnxruntime), "
+            "skipping DiRNet and the alignment network A (the function /v1/restore?mode=denoise serves)",
+        ),
     )
 }
 
 
 def method_names() -> list[str]:
-    """Registered method names, in table order (``onnx:<entry_dir>`` is accepted beside these)."""
+    """Registered method names, in table order, diagnostics included (``onnx:<entry_dir>`` is accepted
+    beside these)."""
     return list(METHODS)
 
 
@@ -445,7 +527,8 @@ def get_method(name: str) -> MethodSpec:
 
 
 def resolve_methods(names: str) -> list[MethodSpec]:
-    """Comma-separated names (or ``all``) -> specs; ``all`` is every registered method."""
+    """Comma-separated names (or ``all``) -> specs; ``all`` is every registered method except the
+    ``diagnostic`` family, which runs only when named."""
     if names.strip() == "all":
-        return list(METHODS.values())
+        return [spec for spec in METHODS.values() if spec.family != "diagnostic"]
     return [get_method(n.strip()) for n in names.split(",") if n.strip()]
