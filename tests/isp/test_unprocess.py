@@ -16,7 +16,16 @@ import torch
 from training.isp import get_preset, process, sample_params, unprocess
 from training.isp.ops import apply_ccm, gaussian_blur, per_image
 from training.isp.process import gamma_compression, tone_curve
-from training.isp.unprocess import gamma_expansion, inverse_smoothstep, mosaic, safe_invert_gains
+from training.isp.unprocess import (
+    cfa_onehot,
+    gamma_expansion,
+    inverse_smoothstep,
+    invert_gains_mosaic,
+    mosaic,
+    safe_invert_gains,
+    site_channels,
+    site_rows,
+)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -73,3 +82,27 @@ def test_mosaic_samples_the_pattern(cfa: str) -> None:
     expected = [{"R": 0.1, "G": 0.5, "B": 0.9}[c] for c in cfa]
     assert raw[0, 0, :2, :2].flatten().tolist() == pytest.approx(expected)
     assert torch.equal(raw[..., :2, :2], raw[..., 2:, 2:])
+
+
+@pytest.mark.parametrize("cfa", ["RGGB", "BGGR", "GRBG", "GBRG"])
+def test_cfa_tables_agree(cfa: str) -> None:
+    channels = site_channels([cfa, "RGGB"], torch.device("cpu"))
+    onehot = cfa_onehot([cfa, "RGGB"], torch.device("cpu"))
+    assert channels[0].tolist() == ["RGB".index(c) for c in cfa]
+    assert torch.equal(onehot.argmax(dim=1).flatten(1), channels) and torch.equal(
+        onehot.sum(dim=1), torch.ones(2, 2, 2)
+    )
+    rows = site_rows(onehot, 6)
+    assert rows.shape == (2, 3, 1, 2, 6)
+    assert torch.equal(rows[..., 2:4], onehot.view(2, 3, 1, 2, 2)) and torch.equal(
+        rows[..., :2], rows[..., 4:]
+    )
+
+
+def test_invert_gains_mosaic_is_bit_identical_to_the_full_image_path() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 3, 10, 14, generator=g) * 0.3 + 0.7  # many pixels above the highlight knee
+    cfa = ["RGGB", "GBRG", "BGGR", "GRBG"]
+    gains = [per_image(v, x) for v in ([1.1, 1.3, 0.9, 1.6], [2.0, 1.9, 2.4, 2.1], [1.7, 1.5, 1.9, 1.6])]
+    expected = mosaic(safe_invert_gains(x, *gains), cfa)
+    assert torch.equal(invert_gains_mosaic(x, cfa, *gains), expected)

@@ -29,7 +29,7 @@ from training.isp.process import (
     unsharp_mask,
 )
 from training.isp.sampler import image_seeds, sample_params, stable_seed
-from training.isp.unprocess import gamma_expansion, inverse_smoothstep, mosaic, safe_invert_gains
+from training.isp.unprocess import gamma_expansion, inverse_smoothstep, invert_gains_mosaic
 
 #: Smallest image side the simulator accepts (the 5x5 demosaic needs two rows/columns of context).
 MIN_SIDE = 4
@@ -75,10 +75,9 @@ def unprocess(srgb: torch.Tensor, params: Sequence[ISPParams], stages: Stages | 
         stages["linear RGB"] = x
     # Linear RGB -> this image's camera RGB.
     x = apply_ccm(x, _matrices(params, "rgb2cam", x))
-    # Undo white balance and digital gain, protecting highlights.
-    x = safe_invert_gains(x, *(_column(params, k, x) for k in ("rgb_gain", "red_gain", "blue_gain")))
-    # Sample the Bayer mosaic.
-    raw = mosaic(x, [p.cfa for p in params])
+    # Sample the Bayer mosaic and undo white balance and digital gain there, protecting highlights.
+    gains = (_column(params, k, x) for k in ("rgb_gain", "red_gain", "blue_gain"))
+    raw = invert_gains_mosaic(x, [p.cfa for p in params], *gains)
     if stages is not None:
         stages["RAW (clean)"] = raw
     return raw
@@ -135,16 +134,15 @@ def process(raw: torch.Tensor, params: Sequence[ISPParams], stages: Stages | Non
     # Optional Gaussian denoise.
     x = denoise(x, [p.denoise_sigma for p in params])
     # Camera RGB -> linear RGB with the (possibly perturbed) colour matrix.
-    x = apply_ccm(x, _matrices(params, "cam2rgb", x)).clamp(0.0, 1.0)
+    x = apply_ccm(x, _matrices(params, "cam2rgb", x)).clamp_(0.0, 1.0)
     # Display gamma.
     x = gamma_compression(x, _column(params, "gamma", x))
     # Global tone curve.
     x = tone_curve(x, _column(params, "tone_strength", x))
     if stages is not None:
         stages["gamma + tone"] = x
-    # Sharpening (unsharp mask).
-    x = unsharp_mask(x, _column(params, "sharpen_amount", x), [p.sharpen_sigma for p in params])
-    return x.clamp(0.0, 1.0)
+    # Sharpening (unsharp mask), clipped to [0, 1].
+    return unsharp_mask(x, _column(params, "sharpen_amount", x), [p.sharpen_sigma for p in params])
 
 
 def degrade(
