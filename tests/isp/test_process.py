@@ -8,7 +8,16 @@ import torch.nn.functional as F
 
 from training.isp import CFA_PATTERNS, DEMOSAIC_METHODS
 from training.isp.ops import per_image
-from training.isp.process import DEMOSAIC_KERNELS, apply_raw_gains, demosaic, gamma_compression, unsharp_mask
+from training.isp.process import (
+    DEMOSAIC_KERNELS,
+    apply_raw_gains,
+    demosaic,
+    denoise,
+    gamma_compression,
+    merge_phases,
+    phase_planes,
+    unsharp_mask,
+)
 from training.isp.unprocess import mosaic
 
 
@@ -62,3 +71,19 @@ def test_gamma_and_sharpen() -> None:
     assert torch.equal(unsharp_mask(x, per_image([0.0, 0.0], x), [1.0, 1.0]), x)
     sharp = unsharp_mask(x, per_image([1.0, 0.0], x), [1.0, 1.0])
     assert sharp[0].std() > x[0].std() and torch.allclose(sharp[1], x[1])
+
+
+def test_phase_planes_match_pixel_unshuffle_and_merge_inverts_them() -> None:
+    x = torch.rand(2, 3, 6, 10, generator=torch.Generator().manual_seed(4))
+    planes = phase_planes(x)
+    assert torch.equal(planes, F.pixel_unshuffle(x, 2))
+    assert torch.equal(merge_phases(planes), x) and torch.equal(
+        merge_phases(planes), F.pixel_shuffle(planes, 2)
+    )
+
+
+def test_denoise_filters_only_the_images_with_a_sigma() -> None:
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    out = denoise(x, [0.0, 1.0, 0.0])
+    assert torch.equal(out[0], x[0]) and torch.equal(out[2], x[2])
+    assert torch.allclose(out[1:2], denoise(x[1:2], [1.0])) and out[1].std() < x[1].std()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from training.isp.ops import gaussian_blur
-from training.isp.unprocess import cfa_onehot
+from training.isp.unprocess import cfa_onehot, site_rows
 
 # Demosaicking kernels on the raw mosaic, 5x5. Slot 0: green at a red/blue site; slot 1: red/blue at a
 # green site whose horizontal neighbours have that colour; slot 2: same with vertical neighbours; slot 3:
@@ -61,8 +61,8 @@ def apply_raw_gains(
     n, _, h, w = raw.shape
     onehot = cfa_onehot(cfa, raw.device).to(raw.dtype)
     channel_gains = torch.cat([red_gain, torch.ones_like(red_gain), blue_gain], dim=1) * digital_gain
-    tile = (onehot * channel_gains).sum(dim=1).view(n, 1, 1, 2, 1, 2)
-    return (raw.view(n, 1, h // 2, 2, w // 2, 2) * tile).view(n, 1, h, w).clamp(0.0, 1.0)
+    tile = site_rows((onehot * channel_gains).sum(dim=1, keepdim=True), w)
+    return (raw.view(n, 1, h // 2, 2, w) * tile).clamp_(0.0, 1.0).view(n, 1, h, w)
 
 
 def _slot(site: str, channel: str, horizontal_neighbour: str) -> int:
@@ -100,6 +100,33 @@ def phase_weights(pattern: str, method: str) -> torch.Tensor:
     return weight
 
 
+def phase_planes(image: torch.Tensor) -> torch.Tensor:
+    """Split ``(N, C, H, W)`` (``H, W`` even) into its 2x2 phases: ``(N, 4 * C, H / 2, W / 2)``.
+
+    Channel ``4 * c + 2 * dy + dx`` holds channel ``c`` at row parity ``dy``, column parity ``dx``: the
+    layout of ``F.pixel_unshuffle(image, 2)``, computed as one strided copy.
+    """
+    n, c, h, w = image.shape
+    blocks = image.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return blocks.contiguous().view(n, 4 * c, h // 2, w // 2)
+
+
+def merge_phases(planes: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`phase_planes`: ``(N, 4 * C, H / 2, W / 2)`` -> ``(N, C, H, W)``.
+
+    The layout of ``F.pixel_shuffle(planes, 2)``, computed as one strided copy per phase.
+    """
+    n, c4, h2, w2 = planes.shape
+    c = c4 // 4
+    out = planes.new_empty(n, c, 2 * h2, 2 * w2)
+    src = planes.view(n, c, 2, 2, h2, w2)
+    dst = out.view(n, c, h2, 2, w2, 2)
+    for dy in range(2):
+        for dx in range(2):
+            dst[:, :, :, dy, :, dx] = src[:, :, dy, dx]
+    return out
+
+
 def demosaic(raw: torch.Tensor, cfa: Sequence[str], methods: Sequence[str]) -> torch.Tensor:
     """Demosaic ``(N, 1, H, W)`` RAW (``H, W`` even) to ``(N, 3, H, W)`` camera RGB, linear, not clipped.
 
@@ -108,14 +135,17 @@ def demosaic(raw: torch.Tensor, cfa: Sequence[str], methods: Sequence[str]) -> t
     borders), evaluated at half resolution on the phase planes (:func:`phase_weights`), one convolution per
     (pattern, method) group in the batch.
     """
-    n, _, h, w = raw.shape
-    planes = F.pixel_unshuffle(F.pad(raw, (2, 2, 2, 2), mode="reflect"), 2)
-    out = torch.empty(n, 12, h // 2, w // 2, dtype=raw.dtype, device=raw.device)
+    planes = phase_planes(F.pad(raw, (2, 2, 2, 2), mode="reflect"))
     keys = list(zip(cfa, methods, strict=True))
-    for key in sorted(set(keys)):
+    groups = sorted(set(keys))
+    if len(groups) == 1:
+        return merge_phases(F.conv2d(planes, phase_weights(*groups[0]).to(raw)))
+    n, _, h, w = raw.shape
+    out = torch.empty(n, 12, h // 2, w // 2, dtype=raw.dtype, device=raw.device)
+    for key in groups:
         index = torch.tensor([i for i, k in enumerate(keys) if k == key], device=raw.device)
-        out[index] = F.conv2d(planes[index], phase_weights(*key).to(raw))
-    return F.pixel_shuffle(out, 2)
+        out.index_copy_(0, index, F.conv2d(planes.index_select(0, index), phase_weights(*key).to(raw)))
+    return merge_phases(out)
 
 
 def denoise(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
@@ -129,9 +159,7 @@ def denoise(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
     if len(on) == len(sigma):
         return gaussian_blur(image, sigma)
     index = torch.tensor(on, device=image.device)
-    out = image.clone()
-    out[index] = gaussian_blur(image[index], [sigma[i] for i in on])
-    return out
+    return image.index_copy(0, index, gaussian_blur(image.index_select(0, index), [sigma[i] for i in on]))
 
 
 def gamma_compression(linear: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -141,12 +169,17 @@ def gamma_compression(linear: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor
 
 def tone_curve(image: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
     """Global tone curve: ``(1 - s) x + s (3x^2 - 2x^3)``; ``s`` ``(N, 1, 1, 1)``; 1 = smoothstep."""
-    smooth = (3.0 - 2.0 * image).mul_(image).mul_(image).sub_(image)
+    smooth = image.mul(-2.0).add_(3.0).mul_(image).mul_(image).sub_(image)
     return smooth.mul_(strength).add_(image)
 
 
 def unsharp_mask(image: torch.Tensor, amount: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
-    """Sharpen: ``x + amount * (x - blur_sigma(x))``, clipped to ``[0, 1]``; ``amount`` ``(N, 1, 1, 1)``."""
+    """Sharpen: ``x + amount * (x - blur_sigma(x))``, clipped to ``[0, 1]``; ``amount`` ``(N, 1, 1, 1)``.
+
+    ``image`` ``(N, 3, H, W)`` sRGB; returns a new ``(N, 3, H, W)`` tensor in ``[0, 1]`` (only clipped when no
+    image is sharpened).
+    """
     if float(amount.max()) <= 0:
-        return image
-    return (image + amount * (image - gaussian_blur(image, sigma))).clamp(0.0, 1.0)
+        return image.clamp(0.0, 1.0)
+    detail = gaussian_blur(image, sigma)
+    return torch.sub(image, detail, out=detail).mul_(amount).add_(image).clamp_(0.0, 1.0)
