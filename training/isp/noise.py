@@ -41,8 +41,12 @@ def add_raw_noise(
         for i, lam in enumerate(lambdas):
             if lam > 0:
                 x[i] = torch.poisson(raw[i].clamp_min(0.0) / lam, generator=generators[i]) * lam
-    variance = shot * raw.clamp_min(0.0) + read + gaussian_sigma**2
-    return x + variance.sqrt() * z
+    if bool((shot == 0).all()):
+        # Signal-independent: one standard deviation per image (0 * x + read == read exactly).
+        std = (read + gaussian_sigma**2).sqrt_()
+    else:
+        std = raw.clamp_min(0.0).mul_(shot).add_(read).add_(gaussian_sigma**2).sqrt_()
+    return z.mul_(std).add_(x)
 
 
 def add_srgb_noise(
@@ -61,11 +65,11 @@ def add_srgb_noise(
     lambdas = [float(v) for v in poisson_lambda]
     if not any(s > 0 for s in sigmas) and not any(v > 0 for v in lambdas):
         return srgb
-    x = srgb.clone()
+    x = srgb.clone() if any(v > 0 for v in lambdas) else srgb
+    z = torch.zeros_like(srgb) if not all(s > 0 for s in sigmas) else torch.empty_like(srgb)
     for i, g in enumerate(generators):
         if lambdas[i] > 0:
             x[i] = torch.poisson(srgb[i].clamp_min(0.0) / lambdas[i], generator=g) * lambdas[i]
         if sigmas[i] > 0:
-            z = torch.empty_like(x[i]).normal_(generator=g)
-            x[i] = x[i] + sigmas[i] * z
-    return x.clamp(0.0, 1.0)
+            z[i].normal_(generator=g)
+    return z.mul_(gaussian_sigma).add_(x).clamp_(0.0, 1.0)
