@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -11,8 +12,12 @@ from PIL import Image
 
 
 def to_uint8(srgb: torch.Tensor) -> np.ndarray:
-    """``(3, H, W)`` float sRGB in ``[0, 1]`` -> ``(H, W, 3)`` uint8, rounding to nearest."""
-    return (srgb.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    """``(..., 3, H, W)`` float sRGB in ``[0, 1]`` -> contiguous ``(..., H, W, 3)`` uint8, rounded to nearest.
+
+    Clipping after scaling is the same as before it (``255 x`` is monotonic and exact at 0 and 1).
+    """
+    levels = (srgb * 255.0).clamp_(0.0, 255.0).round_().movedim(-3, -1)
+    return torch.empty(levels.shape, dtype=torch.uint8).copy_(levels).numpy()
 
 
 def jpeg_roundtrip_uint8(rgb: np.ndarray, quality: int) -> np.ndarray:
@@ -28,12 +33,28 @@ def jpeg_compress(srgb: torch.Tensor, quality: Sequence[int | None]) -> torch.Te
     """JPEG-compress each image at its quality (``None`` = leave as is); ``(N, 3, H, W)`` float sRGB.
 
     Compressed images come back quantised to 8 bits; the result is float32 in ``[0, 1]`` on the input device.
+    The conversions to and from 8 bits run once for the batch; Pillow encodes and decodes image by image,
+    on up to ``torch.get_num_threads()`` threads (Pillow releases the GIL; each image's result is the same
+    whatever the thread count).
     """
-    if all(q is None for q in quality):
+    on = [(i, q) for i, q in enumerate(quality) if q is not None]
+    if not on:
         return srgb
-    out = srgb.clone()
-    for i, q in enumerate(quality):
-        if q is not None:
-            decoded = jpeg_roundtrip_uint8(to_uint8(srgb[i]), q)
-            out[i] = torch.from_numpy(decoded).permute(2, 0, 1).to(srgb.device, torch.float32) / 255.0
-    return out
+    n, c, h, w = srgb.shape
+    index = torch.tensor([i for i, _ in on], device=srgb.device)
+    rgb = to_uint8(srgb if len(on) == n else srgb.index_select(0, index))
+    decoded = np.empty_like(rgb)
+
+    def roundtrip(k: int) -> None:
+        decoded[k] = jpeg_roundtrip_uint8(rgb[k], on[k][1])
+
+    workers = min(torch.get_num_threads(), len(on))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(roundtrip, range(len(on))))
+    else:
+        for k in range(len(on)):
+            roundtrip(k)
+    images = torch.empty(len(on), c, h, w, dtype=torch.float32, device=srgb.device)
+    torch.div(torch.from_numpy(decoded).to(srgb.device).permute(0, 3, 1, 2), 255.0, out=images)
+    return images if len(on) == n else srgb.index_copy(0, index, images)
