@@ -3,8 +3,10 @@
 Measures megapixels/s of the full degradation (inverse ISP, RAW noise, forward ISP, with and without JPEG)
 for one batch (default 16 x 256x256, preset ``ablation``), and, interleaved in the same run on the same
 parameters, :func:`training.isp.reference.degrade_image` looping over the images. Reports medians over the
-repeats and the ratio batched / per-image. Rewrites its section of docs/BENCHMARKS.md (between the
-``isp_throughput`` markers) unless ``--no-write``.
+repeats and the ratio batched / per-image. The headline uses ``--threads`` torch threads (default 1, like the
+single-threaded NumPy path); on CPU the batched path is also timed, in the same interleaved loop, with
+``--all-threads`` torch threads (default: all cores; 0 skips it). Rewrites its section of docs/BENCHMARKS.md
+(between the ``isp_throughput`` markers) unless ``--no-write``.
 
     python benchmarks/isp_throughput.py --json [--device cpu|cuda]
 """
@@ -57,8 +59,14 @@ def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
-def run(batch: int, size: int, preset: str, repeats: int, device: str) -> dict[str, object]:
-    """Measure all four variants, interleaved, and return the numbers."""
+def run(
+    batch: int, size: int, preset: str, repeats: int, device: str, threads: int = 1, all_threads: int = 0
+) -> dict[str, object]:
+    """Measure all variants, interleaved, and return the numbers.
+
+    Batched torch runs with ``threads`` intra-op threads; when ``all_threads`` is positive and differs from
+    ``threads``, the batched variants are also timed with ``all_threads`` (suffix ``_all_threads``).
+    """
     load_at_start = os.getloadavg()
     g = torch.Generator().manual_seed(0)
     clean_cpu = torch.rand(batch, 3, size, size, generator=g)
@@ -66,25 +74,41 @@ def run(batch: int, size: int, preset: str, repeats: int, device: str) -> dict[s
     images = [clean_cpu[i].permute(1, 2, 0).contiguous().numpy() for i in range(batch)]
     params = [sample_params(get_preset(preset), stable_seed("isp_throughput", i)) for i in range(batch)]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def batched(jpeg: bool, n_threads: int) -> Callable[[], object]:
+        def call() -> object:
+            torch.set_num_threads(n_threads)
+            return degrade(clean, params, jpeg=jpeg)
+
+        return call
+
+    def per_image(jpeg: bool) -> Callable[[], object]:
+        def call() -> object:
+            torch.set_num_threads(threads)
+            return [degrade_image(im, p, jpeg=jpeg) for im, p in zip(images, params, strict=True)]
+
+        return call
+
     variants: dict[str, Callable[[], object]] = {
-        "batched_torch_jpeg": lambda: degrade(clean, params, jpeg=True),
-        "batched_torch_no_jpeg": lambda: degrade(clean, params, jpeg=False),
-        "per_image_numpy_jpeg": lambda: [
-            degrade_image(im, p, jpeg=True) for im, p in zip(images, params, strict=True)
-        ],
-        "per_image_numpy_no_jpeg": lambda: [
-            degrade_image(im, p, jpeg=False) for im, p in zip(images, params, strict=True)
-        ],
+        "batched_torch_jpeg": batched(True, threads),
+        "batched_torch_no_jpeg": batched(False, threads),
+        "per_image_numpy_jpeg": per_image(True),
+        "per_image_numpy_no_jpeg": per_image(False),
     }
+    multi = all_threads > 0 and all_threads != threads
+    if multi:
+        variants["batched_torch_jpeg_all_threads"] = batched(True, all_threads)
+        variants["batched_torch_no_jpeg_all_threads"] = batched(False, all_threads)
     for fn in variants.values():
         timed(fn, sync)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
             times[name].append(timed(fn, sync))
+    torch.set_num_threads(threads)
     megapixels = batch * size * size / 1e6
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {
+    result: dict[str, object] = {
         "batch": batch,
         "size": size,
         "preset": preset,
@@ -98,11 +122,21 @@ def run(batch: int, size: int, preset: str, repeats: int, device: str) -> dict[s
         "ratio_without_jpeg": med["per_image_numpy_no_jpeg"] / med["batched_torch_no_jpeg"],
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
+        "all_threads": all_threads if multi else None,
         "load_average_at_start": load_at_start,
+        "load_average_at_end": os.getloadavg(),
         "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
         "torch": torch.__version__,
     }
+    if multi:
+        result["ratio_with_jpeg_all_threads"] = (
+            med["per_image_numpy_jpeg"] / med["batched_torch_jpeg_all_threads"]
+        )
+        result["ratio_without_jpeg_all_threads"] = (
+            med["per_image_numpy_no_jpeg"] / med["batched_torch_no_jpeg_all_threads"]
+        )
+    return result
 
 
 def markdown(r: dict[str, object], command: str) -> str:
@@ -112,15 +146,32 @@ def markdown(r: dict[str, object], command: str) -> str:
     med = r["median_seconds"]
     assert isinstance(mps, dict) and isinstance(med, dict)
     load = ", ".join(f"{v:.2f}" for v in r["load_average_at_start"])  # type: ignore[attr-defined]
+    load_end = ", ".join(f"{v:.2f}" for v in r["load_average_at_end"])  # type: ignore[attr-defined]
+    threads, all_threads = r["torch_threads"], r["all_threads"]
+    labels = {
+        "batched_torch_no_jpeg": f"batched torch, {threads} thread(s), no JPEG",
+        "per_image_numpy_no_jpeg": "per-image NumPy, no JPEG",
+        "batched_torch_jpeg": f"batched torch, {threads} thread(s), JPEG",
+        "per_image_numpy_jpeg": "per-image NumPy, JPEG",
+        "batched_torch_no_jpeg_all_threads": f"batched torch, {all_threads} threads, no JPEG",
+        "batched_torch_jpeg_all_threads": f"batched torch, {all_threads} threads, JPEG",
+    }
     rows = [
-        f"| {name.replace('_', ' ')} | {med[name] * 1000:.1f} | {mps[name]:.2f} |"
-        for name in (
-            "batched_torch_no_jpeg",
-            "per_image_numpy_no_jpeg",
-            "batched_torch_jpeg",
-            "per_image_numpy_jpeg",
-        )
+        f"| {label} | {med[name] * 1000:.1f} | {mps[name]:.2f} |"
+        for name, label in labels.items()
+        if name in med
     ]
+    multi = (
+        [
+            "",
+            f"Second measurement, same run and loop: batched torch with {all_threads} threads (all cores; "
+            "the JPEG stage then also encodes on that many threads) against the same single-threaded "
+            f"per-image path: **{r['ratio_without_jpeg_all_threads']:.2f}x** without JPEG, "
+            f"**{r['ratio_with_jpeg_all_threads']:.2f}x** with JPEG.",
+        ]
+        if all_threads
+        else []
+    )
     gpu = (
         f"GPU: {r['gpu']}."
         if r["gpu"]
@@ -133,9 +184,9 @@ def markdown(r: dict[str, object], command: str) -> str:
             "## ISP simulator throughput (`benchmarks/isp_throughput.py`)",
             "",
             f"Machine: {r['cpu']}, {r['cpu_cores']} cores, torch {r['torch']}, torch threads "
-            f"{r['torch_threads']} (the per-image NumPy path is single-threaded; `--threads` sets "
-            f"torch's), device `{r['device']}`; load average at start {load} (the machine is shared with "
-            "other jobs, so numbers vary run to run). " + gpu,
+            f"{threads} (the per-image NumPy path is single-threaded; `--threads` sets "
+            f"torch's), device `{r['device']}`; load average at start {load}, at end {load_end} (the machine "
+            "is shared with other jobs, so numbers vary run to run). " + gpu,
             "",
             f"Command: `{command}`",
             "",
@@ -147,8 +198,10 @@ def markdown(r: dict[str, object], command: str) -> str:
             "|---|---:|---:|",
             *rows,
             "",
-            f"Ratio batched / per-image: **{r['ratio_without_jpeg']:.2f}x** without JPEG, "
-            f"**{r['ratio_with_jpeg']:.2f}x** with JPEG (target >= 5x on CPU).",
+            f"Ratio batched / per-image ({threads} torch thread(s), the headline): "
+            f"**{r['ratio_without_jpeg']:.2f}x** without JPEG, **{r['ratio_with_jpeg']:.2f}x** with JPEG "
+            "(target >= 5x on CPU).",
+            *multi,
             end,
         ]
     )
@@ -179,12 +232,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (default 1, like the NumPy path)"
     )
+    parser.add_argument(
+        "--all-threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="also time the batched path with this many torch threads on CPU (default all cores; 0 skips)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available")
     torch.set_num_threads(args.threads)
-    result = run(args.batch, args.size, args.preset, args.repeats, args.device)
+    all_threads = 0 if args.device.startswith("cuda") else args.all_threads
+    result = run(args.batch, args.size, args.preset, args.repeats, args.device, args.threads, all_threads)
     command = "python benchmarks/isp_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     if not args.no_write:
         write_section(markdown(result, command.strip()))
