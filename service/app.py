@@ -177,6 +177,11 @@ async def _require_key(request: Request) -> None:
     check_api_key(request, _state(request).settings)
 
 
+MODE_HELP = (
+    "full: DiR restoration, which also corrects the ISP's colour and tone errors (exposure, white balance, "
+    "gamma); denoise: removes noise and compression artefacts but keeps the camera's colour and tone (for "
+    "correctly tuned cameras; GET /v1/models lists what the loaded model offers)"
+)
 AUTH = [Depends(_require_key)]
 
 
@@ -364,13 +369,7 @@ def _install_routes(app: FastAPI) -> None:
             None, description="output format; overrides Accept"
         ),
         quality: int = Query(95, ge=1, le=100, description="JPEG quality"),
-        mode: Literal["full", "denoise"] = Query(
-            "full",
-            description="full: DiR restoration, which also corrects the ISP's colour and tone errors "
-            "(exposure, white balance, gamma); denoise: removes noise and compression artefacts but keeps "
-            "the camera's colour and tone (for correctly tuned cameras; GET /v1/models lists what the "
-            "loaded model offers)",
-        ),
+        mode: Literal["full", "denoise"] = Query("full", description=MODE_HELP),
     ) -> Response:
         started = time.perf_counter()
         state = _state(request)
@@ -473,14 +472,16 @@ def _install_routes(app: FastAPI) -> None:
             None, ge=0.0, le=1.0, description="score threshold (default: the manifest's)"
         ),
         iou: float | None = Query(None, ge=0.0, le=1.0, description="NMS IoU (default: the manifest's)"),
+        mode: Literal["full", "denoise"] = Query("full", description="restore mode: " + MODE_HELP),
     ) -> DetectResponse:
         started = time.perf_counter()
         state = _state(request)
         detector = state.detector
         if detector is None:
             raise Unavailable(state.detector_error)
+        state.restorer.check_mode(mode)
         image, decode_s = await _decode(request, state)
-        result = await state.restorer.infer(image, ["restored"], state.remaining(started))
+        result = await state.restorer.infer(image, ["restored"], state.remaining(started), mode)
         restored = to_uint8(result.restored_hwc())
         detect_started = time.perf_counter()
         found = await asyncio.to_thread(detector.detect, restored, conf, iou)
@@ -489,6 +490,7 @@ def _install_routes(app: FastAPI) -> None:
         annotated = _png_b64(detection.draw_detections(restored, found)) if annotate else None
         return DetectResponse(
             model=state.model.ref,
+            restore_mode=mode,
             detector=f"{detector.manifest.name}/{detector.manifest.version}",
             width=image.width,
             height=image.height,

@@ -45,6 +45,7 @@ class DetectResponse(BaseModel):
     """Detections on the DiR-restored image (and, with ``compare=true``, on the unrestored input)."""
 
     model: str = Field(description="restoration model name/version")
+    restore_mode: str = Field(description="the restore mode the detections ran on: 'full' or 'denoise'")
     detector: str = Field(description="detector name/version")
     width: int
     height: int

@@ -40,10 +40,13 @@ async def test_detect_compare_and_annotate(
             "/v1/detect?compare=true&annotate=true",
             files={"file": ("p.jpg", photo.read_bytes(), "image/jpeg")},
         )
+        denoised = await client.post("/v1/detect?mode=denoise", content=photo.read_bytes())
         models = (await client.get("/v1/models")).json()
     assert plain.status_code == 200, plain.text
     body = plain.json()
     assert body["detector"] == "yolo-fastestv2/1" and body["model"] == "dir-restore/0.0.1"
+    assert body["restore_mode"] == "full"
+    assert denoised.status_code == 200 and denoised.json()["restore_mode"] == "denoise"
     assert body["input_detections"] is None and body["annotated_image"] is None
     assert body["detections"], "the sample photo has objects"
     for det in body["detections"]:
