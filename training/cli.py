@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
             "the speed measured over the first 60 steps, and the lr schedule spans it",
         )
         s.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+        if name == "stage2":
+            s.add_argument(
+                "--init-from",
+                type=Path,
+                metavar="ENTRY",
+                help="start from a model_store entry (e.g. model_store/dir-restore/3.1.0) instead of the "
+                "run's stage1.pt: its DiRNet, DfRNet and D* (frozen), and its A when the config's A has the "
+                "same shapes; no run folder of the entry needed",
+            )
         if name == "ablation":
             s.add_argument(
                 "--variant",
@@ -104,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ablation":
             for variant in args.variant or ["no_pilot", "r0_only", "autoencoder"]:
                 print(train_stage(cfg, "ablation", variant=variant, **common))
+        elif args.command == "stage2":
+            print(train_stage(cfg, "stage2", init_from=args.init_from, **common))
         else:
             print(train_stage(cfg, args.command, **common))
     except DiRError as exc:

@@ -475,6 +475,8 @@ def export_run(run: Path, entry_dir: Path, version: str, tile: TileSpec = DEFAUL
         "stage2_checkpoint_sha256": sha256_file(run / "stage2.pt"),
         "config": ckpt["config"],
     }
+    if ckpt.get("init_from"):
+        training["init_from"] = ckpt["init_from"]
     scores = run / "scores.json"
     metrics = json.loads(scores.read_text()) if scores.is_file() else {}
     return export_system(system, entry_dir, version, parity_images_for_run(run), training, metrics, tile=tile)

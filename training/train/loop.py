@@ -87,6 +87,45 @@ def _init_from_stage1(objective: RestorationObjective, run_dir: Path) -> None:
         objective.system.get_submodule(n).load_state_dict(ckpt["modules"][n])
 
 
+def init_from_entry(objective: RestorationObjective, entry_dir: Path) -> dict[str, Any]:
+    """Start Stage II from a model_store entry instead of this run's stage1.pt: the frozen Stage I parts
+    (DiRNet, DfRNet, D*) from the entry's weights (:func:`training.export.system_from_entry`), and the
+    alignment network A too when the config's A has the entry's shapes (else A starts fresh).
+
+    The config's encoders and decoder must match the entry's (``ConfigError`` names the first mismatch).
+    Returns the record kept in the checkpoint and the exported manifest: entry, its model.onnx sha256 and
+    the parts loaded.
+    """
+    from service.manifest import read_manifest
+    from training.export.recover import system_from_entry
+
+    if objective.system.variant != "full":
+        raise ConfigError("--init-from starts the full method's Stage II; ablations start from stage1.pt")
+    source = system_from_entry(entry_dir)
+    loaded = []
+    for name in (*STAGE1_PARTS["full"], "alignment"):
+        want = objective.system.get_submodule(name).state_dict()
+        have = source.get_submodule(name).state_dict()
+        mismatch = next((k for k in want if k not in have or have[k].shape != want[k].shape), None)
+        if mismatch is not None:
+            if name == "alignment":
+                continue
+            shape = tuple(have[mismatch].shape) if mismatch in have else None
+            raise ConfigError(
+                f"--init-from {entry_dir}: the config's {name} does not match the entry's "
+                f"({name}.{mismatch}: config {tuple(want[mismatch].shape)}, entry {shape}); use the "
+                "entry's model config"
+            )
+        objective.system.get_submodule(name).load_state_dict(have)
+        loaded.append(name)
+    manifest = read_manifest(entry_dir)
+    return {
+        "entry": f"{manifest.name}/{manifest.version}",
+        "model_onnx_sha256": manifest.file_sha256(manifest.onnx_file),
+        "parts": loaded,
+    }
+
+
 @torch.no_grad()
 def evaluate(objective: nn.Module, clean: Tensor, degraded: Tensor) -> dict[str, float]:
     """Held-out PSNR (dB): Stage I -> D*(DfR(y*)) reconstruction; restoration -> restored vs. input."""
@@ -128,6 +167,7 @@ def train_stage(
     progress: bool = True,
     steps: int | None = None,
     time_limit_s: float | None = None,
+    init_from: Path | None = None,
 ) -> Path:
     """Train one stage -> its checkpoint path (``ablation`` needs a variant: no_pilot, r0_only, autoencoder).
 
@@ -139,7 +179,8 @@ def train_stage(
     configured one) with :func:`budget_steps`; the learning-rate schedule then spans the chosen count, and the
     checkpoint and ``config.yaml`` record it. Under ``torchrun`` (WORLD_SIZE > 1) the objective is wrapped in
     DistributedDataParallel and rank 0 writes; a time budget is refused there (each rank would choose its
-    own step count, and ranks that stop at different steps hang).
+    own step count, and ranks that stop at different steps hang). ``init_from`` (stage2 only, not with
+    ``resume``): a model_store entry to start from instead of ``stage1.pt`` (:func:`init_from_entry`).
     """
     if time_limit_s is not None and (resume or time_limit_s <= 0):
         raise ConfigError(
@@ -149,6 +190,8 @@ def train_stage(
         raise ConfigError("a time limit needs a single process; under torchrun give --steps instead")
     if steps is not None and steps <= 0:
         raise ConfigError(f"steps must be positive, got {steps}")
+    if init_from is not None and (stage != "stage2" or resume):
+        raise ConfigError("--init-from starts a fresh stage2 (not stage1, ablation or --resume)")
     if stage == "ablation" and variant not in ("no_pilot", "r0_only", "autoencoder"):
         raise ConfigError(f"ablation needs a variant among no_pilot, r0_only, autoencoder; got {variant!r}")
     if stage == "stage2":
@@ -182,12 +225,16 @@ def train_stage(
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed + rank)
     objective: nn.Module
+    initialised: dict[str, Any] | None = None
     if stage == "stage1":
         objective = Stage1Objective(cfg.model, cfg.loss)
     else:
         assert variant is not None
         objective = RestorationObjective(cfg.model, cfg.loss, variant)
-        _init_from_stage1(objective, run_dir)
+        if init_from is not None:
+            initialised = init_from_entry(objective, init_from)
+        else:
+            _init_from_stage1(objective, run_dir)
     objective.to(device).train()
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=stage_cfg.lr)
@@ -210,6 +257,7 @@ def train_stage(
         optimizer.load_state_dict(ckpt["optimizer"])
         restore_rng(ckpt["rng"])
         step = int(ckpt["step"])
+        initialised = ckpt.get("init_from")
         if steps is None:
             set_steps(int(ckpt["steps"]))
         if rank == 0:
@@ -244,6 +292,8 @@ def train_stage(
             "optimizer": optimizer.state_dict(),
             "rng": rng_state(),
         }
+        if initialised is not None:
+            payload["init_from"] = initialised
         if isinstance(objective, RestorationObjective):
             payload.update(system_state(objective.system))
         save_checkpoint(ckpt_path, payload)
