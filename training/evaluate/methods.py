@@ -300,7 +300,18 @@ def _pad_to_multiple(batch: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(batch, (0, pw, 0, ph), mode="reflect") if ph or pw else batch
 
 
-class OnnxRestorer:
+class _EntryMethod:
+    """What the methods that run a model_store entry share: its manifest (set by the subclass)."""
+
+    manifest: Manifest
+
+    @property
+    def version(self) -> str:
+        """``<name>/<version>`` of the entry."""
+        return f"{self.manifest.name}/{self.manifest.version}"
+
+
+class OnnxRestorer(_EntryMethod):
     """Scores a model_store entry exactly as shipped: its ONNX file through onnxruntime (CPU EP).
 
     Inputs are reflect-padded on the bottom/right to the manifest's ``size_multiple`` and the output cropped
@@ -330,11 +341,6 @@ class OnnxRestorer:
         self.output_name = "restored" if "restored" in outputs else outputs[0]
         self.multiple = self.manifest.size_multiple
 
-    @property
-    def version(self) -> str:
-        """``<name>/<version>`` of the entry."""
-        return f"{self.manifest.name}/{self.manifest.version}"
-
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` [0, 1] -> ``(N, 3, H, W)`` [0, 1]."""
         h, w = batch.shape[-2:]
@@ -354,7 +360,7 @@ DECODER_GRAPH = "decoder.onnx"
 """Component graph of a DiR entry: a representation (N, C, H/s, W/s), e.g. r+, -> restored (N, 3, H, W)."""
 
 
-class PilotDecodeRestorer:
+class PilotDecodeRestorer(_EntryMethod):
     """Diagnostic, neither the paper's method nor the service's default output: D*(DfR(x)).
 
     Runs a model_store entry's component graphs ``dfrnet.onnx`` (image -> pilot, the mean of DfRNet) and
@@ -382,11 +388,6 @@ class PilotDecodeRestorer:
         self.pilot_session = ort.InferenceSession(str(entry_dir / PILOT_GRAPH), providers=providers)
         self.decoder_session = ort.InferenceSession(str(entry_dir / DECODER_GRAPH), providers=providers)
         self.multiple = self.manifest.size_multiple
-
-    @property
-    def version(self) -> str:
-        """``<name>/<version>`` of the entry."""
-        return f"{self.manifest.name}/{self.manifest.version}"
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` sRGB [0, 1] -> D*(DfR(x)) ``(N, 3, H, W)`` sRGB clipped to [0, 1]."""
