@@ -175,8 +175,7 @@ def markdown(r: dict[str, object], command: str) -> str:
     gpu = (
         f"GPU: {r['gpu']}."
         if r["gpu"]
-        else "GPU: not measured (no GPU was available in this session); the >= 1 gigapixel/s non-JPEG target "
-        "is unverified."
+        else "GPU: none in this run; GPU numbers, when a session had one, are in the CUDA section below."
     )
     return "\n".join(
         [
