@@ -32,8 +32,6 @@ from service.tiling import (
 
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 32
-#: Restore modes: ``full`` DiR restoration (corrects ISP colour/tone errors), ``denoise`` keeps them.
-RESTORE_MODES = ("full", "denoise")
 
 
 @dataclass
