@@ -124,6 +124,13 @@ def monarch(dataset: Callable[[str], Path]) -> tuple[np.ndarray, np.ndarray]:
     return clean, degraded(clean_path)
 
 
+def monarch_crop(dataset: Callable[[str], Path], tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A 480x352 crop of monarch (cset14): clean and JPEG-degraded, (H, W, 3) float32 sRGB [0, 1]."""
+    crop = tmp_path / "monarch.png"
+    Image.open(dataset("cset14") / "monarch.png").crop((100, 80, 580, 432)).save(crop)
+    return np.asarray(Image.open(crop).convert("RGB"), dtype=np.float32) / 255, degraded(crop)
+
+
 def test_tiled_matches_whole_image_within_0_1_db(fixture_store: Path, dataset: Callable[[str], Path]) -> None:
     """JPEG-degraded monarch, fixture model on 64-px tiles vs whole image, both scored against the clean:
     two-pass (the image's guide_mean for every tile) meets the contract."""
@@ -150,10 +157,8 @@ def test_committed_model_tiled_matches_whole_image_within_0_1_db(
         pytest.skip("no committed dir-restore entry in model_store/ yet")
     tile = served_entry.manifest.tile
     assert tile is not None
-    crop = tmp_path / "monarch.png"
-    Image.open(dataset("cset14") / "monarch.png").crop((100, 80, 580, 432)).save(crop)
-    clean = np.asarray(Image.open(crop).convert("RGB"), dtype=np.float32) / 255
-    tiled, whole = run_tiled_and_whole(served_entry.path, degraded(crop), tile.size, tile.overlap)
+    clean, image = monarch_crop(dataset, tmp_path)
+    tiled, whole = run_tiled_and_whole(served_entry.path, image, tile.size, tile.overlap)
     assert abs(psnr(tiled, clean) - psnr(whole, clean)) < 0.1
 
 
@@ -247,10 +252,7 @@ def test_committed_denoise_graph_tiled_matches_whole_image(
         pytest.skip("no committed dir-restore entry with a denoise graph")
     tile = served_entry.manifest.tile
     assert tile is not None
-    crop = tmp_path / "monarch.png"
-    Image.open(dataset("cset14") / "monarch.png").crop((100, 80, 580, 432)).save(crop)
-    clean = np.asarray(Image.open(crop).convert("RGB"), dtype=np.float32) / 255
-    image = degraded(crop)
+    clean, image = monarch_crop(dataset, tmp_path)
     session = ort.InferenceSession(
         str(served_entry.path / denoise["onnx_file"]), providers=["CPUExecutionProvider"]
     )
