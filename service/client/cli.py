@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("input", type=Path, metavar="IN")
     detect.add_argument("--json", action="store_true", help="print the server's JSON answer")
     detect.add_argument("--compare", action="store_true", help="also detect on the unrestored input")
+    detect.add_argument(
+        "--mode", choices=("full", "denoise"), default="full", help="restore mode before the detector"
+    )
 
     sub.add_parser("models", help="list the models the server has loaded")
     return parser
@@ -124,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
             rep.save(args.out)
             print(f"{args.out}: shape {tuple(rep.array.shape)} dtype {rep.array.dtype}")
         elif args.command == "detect":
-            result = client.detect(args.input, compare=args.compare)
+            result = client.detect(args.input, compare=args.compare, mode=args.mode)
             print(json.dumps(result.raw, indent=2) if args.json else _format_detections(result))
         else:
             print(json.dumps(client.models(), indent=2))

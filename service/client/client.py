@@ -218,9 +218,10 @@ class DirClient(_Protocol):
         )
         return self.represent_result(response, latency)
 
-    def detect(self, image: ImageInput, *, compare: bool = False) -> DetectResult:
-        """Detections on the restored image (and on the unrestored input when ``compare``)."""
-        params = {"compare": "true"} if compare else {}
+    def detect(self, image: ImageInput, *, compare: bool = False, mode: str = "full") -> DetectResult:
+        """Detections on the image restored in ``mode`` (``full`` or ``denoise``), and on the unrestored
+        input when ``compare``."""
+        params = {"mode": mode, **({"compare": "true"} if compare else {})}
         response, latency = self.request("POST", "/v1/detect", params=params, **self.image_request(image))
         return self.detect_result(response, latency)
 
@@ -296,9 +297,10 @@ class AsyncDirClient(_Protocol):
         )
         return self.represent_result(response, latency)
 
-    async def detect(self, image: ImageInput, *, compare: bool = False) -> DetectResult:
-        """Detections on the restored image (and on the unrestored input when ``compare``)."""
-        params = {"compare": "true"} if compare else {}
+    async def detect(self, image: ImageInput, *, compare: bool = False, mode: str = "full") -> DetectResult:
+        """Detections on the image restored in ``mode`` (``full`` or ``denoise``), and on the unrestored
+        input when ``compare``."""
+        params = {"mode": mode, **({"compare": "true"} if compare else {})}
         response, latency = await self.request(
             "POST", "/v1/detect", params=params, **self.image_request(image)
         )

@@ -17,6 +17,7 @@ from PIL import Image
 from service.client import (
     AsyncDirClient,
     DirClient,
+    DirClientError,
     HTTPStatusError,
     RequestTimeoutError,
     RetryPolicy,
@@ -88,11 +89,14 @@ def test_retry_policy_honours_retry_after_then_succeeds() -> None:
     assert seen[0].url.params["format"] == "png" and seen[0].url.params["mode"] == "full"
 
 
-def test_restore_sends_format_and_mode() -> None:
+def test_restore_and_detect_send_the_mode() -> None:
     transport, seen = _scripted([])
     with DirClient("http://dir.test", transport=transport) as client:
         client.restore(b"x", fmt="jpeg", mode="denoise")
+        with pytest.raises(DirClientError):  # the scripted server answers a PNG, not detections
+            client.detect(b"x", compare=True, mode="denoise")
     assert seen[0].url.params["format"] == "jpeg" and seen[0].url.params["mode"] == "denoise"
+    assert seen[1].url.params["mode"] == "denoise" and seen[1].url.params["compare"] == "true"
 
 
 def test_retry_gives_up_with_status_and_server_message() -> None:
