@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
                 help="variant(s) to train (default: all three)",
             )
     score = sub.add_parser("score", help="PSNR on the ablation protocol (cset14, bsd100) -> RUN/scores.json")
-    score.add_argument("run", type=Path, help="run folder")
+    score.add_argument("run", type=Path, help="run folder, or a model_store entry (full method only)")
     score.add_argument(
         "--variant",
         action="append",
@@ -75,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--datasets", nargs="+", default=["cset14", "bsd100"], help="evaluation sets")
     score.add_argument("--preset", default="ablation", help="degradation protocol")
     score.add_argument("--limit", type=int, help="only the first N images of each set")
+    score.add_argument(
+        "--crop", type=int, help="score the centre N x N of each image (default: whole images)"
+    )
+    score.add_argument(
+        "--out",
+        type=Path,
+        help="JSON record to write (default: RUN/scores.json for the ablation protocol on whole images, "
+        "RUN/scores-<preset>[-crop<N>].json otherwise; an entry's scores are only printed)",
+    )
     plot = sub.add_parser("plot", help="draw a run's loss curves to PNG")
     plot.add_argument("run", type=Path, help="run folder with metrics-*.jsonl")
     plot.add_argument("--out", type=Path, help="PNG path (default RUN/loss_curves.png)")
@@ -93,7 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "score":
             from training.train.score import score_run
 
-            record = score_run(args.run, args.variant or ["full"], args.datasets, args.preset, args.limit)
+            record = score_run(
+                args.run,
+                args.variant or ["full"],
+                args.datasets,
+                args.preset,
+                args.limit,
+                crop=args.crop,
+                out=args.out,
+            )
             print(json.dumps(record["psnr_db"], indent=2))
             return 0
         from training.train.config import config_from_dict, config_to_dict, load_config

@@ -154,3 +154,8 @@ def test_score_writes_psnr_of_restored_and_input(
     assert row["images"] == 1 and row["restored_psnr"] > 0 and row["input_psnr"] > 0
     assert 0 < row["ceiling_psnr"] < 100, "D*(DfR(clean)) ceiling recorded for the full method"
     assert json.loads((run / "scores.json").read_text())["protocol"] == "ablation"
+    score_run(run, ["full"], ["cset5"], preset="lowlight", limit=1, crop=32)
+    other = json.loads((run / "scores-lowlight-crop32.json").read_text())
+    assert (other["protocol"], other["crop"]) == ("lowlight", 32)
+    kept = json.loads((run / "scores.json").read_text())
+    assert (kept["protocol"], kept["crop"], kept["psnr_db"]) == ("ablation", None, record["psnr_db"])

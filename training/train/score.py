@@ -1,4 +1,4 @@
-"""PSNR of a trained run on the paper's ``ablation`` protocol (Table 5): cset14 and bsd100.
+"""PSNR of a trained run (or a shipped entry) on the paper's ``ablation`` protocol (Table 5): cset14, bsd100.
 
 Each clean image y* (sRGB [0, 1], full size) is degraded once with ``simulate(y*, preset,
 seed=[stable_seed(preset, dataset, filename)])`` (the shared protocol seeding of docs/ISP.md), so every run
@@ -19,6 +19,7 @@ from torch.nn import functional
 from training.models import DiRSystem, Variant, load_system
 from training.paths import dataset_dir
 from training.train.data import list_images, load_rgb
+from training.train.errors import CheckpointError, ConfigError
 from training.train.metrics import psnr
 
 PAPER_TABLE5_PSNR = {
@@ -38,14 +39,47 @@ def decoder_ceiling(system: DiRSystem, clean: torch.Tensor) -> torch.Tensor:
     return system.get_submodule("decoder")(r_star).clamp(0.0, 1.0)[..., :h, :w]
 
 
+def _load(source: Path, variant: Variant) -> DiRSystem:
+    """The system to score: a run folder's checkpoint, or a model_store entry's weights (full method only)."""
+    if (source / "manifest.json").is_file():
+        if variant != "full":
+            raise CheckpointError(
+                f"{source} is a model_store entry, which serves the full method only; "
+                f"variant {variant!r} needs a run folder"
+            )
+        from training.export.recover import system_from_entry
+
+        return system_from_entry(source).eval()
+    return load_system(source, variant)
+
+
+def centre_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size`` x ``size`` of ``image`` (..., H, W); an image smaller than that on a side keeps
+    that side whole."""
+    h, w = image.shape[-2:]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return image[..., top : top + size, left : left + size]
+
+
 @torch.no_grad()
 def score_variant(
-    run: Path, variant: Variant, datasets: list[str], preset: str = "ablation", limit: int | None = None
+    source: Path,
+    variant: Variant,
+    datasets: list[str],
+    preset: str = "ablation",
+    limit: int | None = None,
+    crop: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Mean PSNR (dB) per dataset -> {dataset: {restored_psnr, input_psnr, images[, ceiling_psnr]}}."""
+    """Mean PSNR (dB) per dataset -> {dataset: {restored_psnr, input_psnr, images[, ceiling_psnr]}}.
+
+    ``source``: a run folder or a model_store entry. ``crop``: score the centre ``crop`` x ``crop`` of each
+    clean image (degraded with the same seed as the whole image) instead of the whole image.
+    """
     from training.isp import simulate, stable_seed
 
-    system = load_system(run, variant)
+    if crop is not None and crop < 16:
+        raise ConfigError(f"crop {crop!r}: needs at least 16 pixels")
+    system = _load(source, variant)
     out: dict[str, dict[str, float]] = {}
     for name in datasets:
         files = list_images(dataset_dir(name))[:limit]
@@ -53,6 +87,8 @@ def score_variant(
         with_ceiling = variant in ("full", "no_pilot")
         for f in files:
             clean = load_rgb(f).float().div(255.0).unsqueeze(0)
+            if crop is not None:
+                clean = centre_crop(clean, crop)
             x = simulate(clean, preset=preset, seed=[stable_seed(preset, name, f.name)]).degraded
             restored_db.append(float(psnr(system.restore(x), clean)))
             input_db.append(float(psnr(x, clean)))
@@ -68,21 +104,43 @@ def score_variant(
     return out
 
 
+def scores_path(source: Path, preset: str = "ablation", crop: int | None = None) -> Path | None:
+    """Where :func:`score_run` keeps a record: ``RUN/scores.json`` for the ``ablation`` protocol on whole
+    images (the one ``dir-export`` reads), ``RUN/scores-<preset>[-crop<N>].json`` for any other; None for a
+    model_store entry (its files are fixed by its manifest)."""
+    if (source / "manifest.json").is_file():
+        return None
+    if preset == "ablation" and crop is None:
+        return source / "scores.json"
+    return source / f"scores-{preset}{'' if crop is None else f'-crop{crop}'}.json"
+
+
 def score_run(
-    run: Path,
+    source: Path,
     variants: list[Variant],
     datasets: list[str],
     preset: str = "ablation",
     limit: int | None = None,
+    crop: int | None = None,
+    out: Path | None = None,
 ) -> dict[str, Any]:
-    """Score each variant, merge into ``run/scores.json`` (read by ``dir-export``) and return the record."""
-    path = run / "scores.json"
-    record: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    """Score each variant of a run folder (or the full method of a model_store entry) and return the record.
+
+    The record is merged into ``out`` when given, else into :func:`scores_path` (nothing is written for an
+    entry without ``out``).
+    """
+    path = out or scores_path(source, preset, crop)
+    record: dict[str, Any] = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    if record and (record.get("protocol"), record.get("crop")) != (preset, crop):
+        record = {}
+    record["source"] = str(source)
     record["protocol"] = preset
+    record["crop"] = crop
     record["seeding"] = "simulate(clean, preset, seed=[stable_seed(preset, dataset, filename)])"
     record.setdefault("psnr_db", {})
     for v in variants:
-        record["psnr_db"][v] = score_variant(run, v, datasets, preset, limit)
+        record["psnr_db"][v] = score_variant(source, v, datasets, preset, limit, crop)
     record["paper_table5_psnr_db"] = PAPER_TABLE5_PSNR
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    if path is not None:
+        path.write_text(json.dumps(record, indent=2) + "\n")
     return record
