@@ -8,9 +8,10 @@
 #   scripts/gpu-train.sh stage2 OUT   # `gpu` Stage II and the three ablations side by side (430 s budgets,
 #                                     # 3 batch workers each, from runs/gpu/stage1.pt); serving-graph
 #                                     # throughput per precision
-#   scripts/gpu-train.sh continue OUT # `gpu` Stage II continued from the shipped entry (no run folder
-#                                     # needed: --init-from model_store/dir-restore/<highest>, 500 s
-#                                     # budget), beside the ISP at 64 x 512^2 for the 1 GP/s target
+#   scripts/gpu-train.sh continue OUT # the ISP alone at 64 x 512^2 (the 1 GP/s target), then two Stage II
+#                                     # runs side by side from the shipped entry (no run folder needed:
+#                                     # --init-from model_store/dir-restore/<highest>, $BUDGET s, 450 by
+#                                     # default): `gpu` continued, and `gpu` with a fresh A twice as wide
 #
 # Runs concurrently on one GPU (the small networks leave it mostly idle); each process fits its stage into
 # its --time-limit and records the steps it ran. Weights come back under OUT without optimiser state
@@ -19,7 +20,7 @@ set -u
 phase=${1:?usage: scripts/gpu-train.sh isp|stage1|stage2|continue OUT}
 out=${2:?usage: scripts/gpu-train.sh isp|stage1|stage2|continue OUT}
 mkdir -p "$out" runs
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
 py=${PYTHON:-python3}
 train() { "$py" -m training.cli "$@" --no-progress; }
 
@@ -70,13 +71,20 @@ elif [ "$phase" = stage2 ]; then
   tar czf "$out/logs.tar.gz" runs/*.log runs/gpu/metrics-*.jsonl runs/gpu/config.yaml
 elif [ "$phase" = continue ]; then
   entry=$(ls -d model_store/dir-restore/*/ | sort -V | tail -n 1)
-  train stage2 --config gpu --run-dir runs/gpu-continue --init-from "$entry" --time-limit 500 --workers 8 \
-    > runs/gpu-continue.log 2>&1 &
-  "$py" benchmarks/isp_throughput.py --device cuda --json --no-write --repeats 3 --batch 64 --size 512 \
-    > "$out/isp_cuda_64x512.json" 2> "$out/isp_cuda_64x512.err"
+  budget=${BUDGET:-450}
+  "$py" benchmarks/isp_throughput.py --device "${ISP_DEVICE:-cuda}" --json --no-write --repeats 3 --batch 64 \
+    --size 512 > "$out/isp_cuda_64x512.json" 2> "$out/isp_cuda_64x512.err"
+  sed -e 's/^name: gpu$/name: gpu-wide-align/' -e 's/^  align_width: 64$/  align_width: 128/' \
+    training/configs/gpu.yaml > runs/gpu-wide-align.yaml
+  train stage2 --config gpu --run-dir runs/gpu-continue --init-from "$entry" --time-limit "$budget" \
+    --workers 7 > runs/gpu-continue.log 2>&1 &
+  train stage2 --config runs/gpu-wide-align.yaml --run-dir runs/gpu-wide-align --init-from "$entry" \
+    --time-limit "$budget" --workers 7 > runs/gpu-wide-align.log 2>&1 &
   wait
-  strip runs/gpu-continue/stage2.pt "$out/gpu-continue-stage2.pt" float32
-  tar czf "$out/logs.tar.gz" runs/*.log runs/gpu-continue/metrics-*.jsonl runs/gpu-continue/config.yaml
+  for r in continue wide-align; do
+    strip "runs/gpu-$r/stage2.pt" "$out/gpu-$r-stage2.pt" float32
+  done
+  tar czf "$out/logs.tar.gz" runs/*.log runs/gpu-*/metrics-*.jsonl runs/gpu-*/config.yaml
 else
   echo "unknown phase $phase" >&2
   exit 2
