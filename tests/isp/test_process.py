@@ -15,7 +15,7 @@ from training.isp.process import (
     denoise,
     gamma_compression,
     merge_phases,
-    phase_planes,
+    padded_phase_planes,
     unsharp_mask,
 )
 from training.isp.unprocess import mosaic
@@ -73,13 +73,22 @@ def test_gamma_and_sharpen() -> None:
     assert sharp[0].std() > x[0].std() and torch.allclose(sharp[1], x[1])
 
 
-def test_phase_planes_match_pixel_unshuffle_and_merge_inverts_them() -> None:
-    x = torch.rand(2, 3, 6, 10, generator=torch.Generator().manual_seed(4))
-    planes = phase_planes(x)
-    assert torch.equal(planes, F.pixel_unshuffle(x, 2))
-    assert torch.equal(merge_phases(planes), x) and torch.equal(
-        merge_phases(planes), F.pixel_shuffle(planes, 2)
-    )
+@pytest.mark.parametrize("shape", [(2, 3, 6, 10), (1, 1, 4, 4), (3, 1, 8, 6)])
+def test_phase_planes_match_pixel_unshuffle_of_the_padded_mosaic(shape: tuple[int, int, int, int]) -> None:
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(4))
+    expected = F.pixel_unshuffle(F.pad(x, (2, 2, 2, 2), mode="reflect"), 2)
+    assert torch.equal(padded_phase_planes(x), expected)
+    planes = F.pixel_unshuffle(x, 2)
+    assert torch.equal(merge_phases(planes), x)
+    out = torch.empty_like(x)
+    assert merge_phases(planes, out=out) is out and torch.equal(out, x)
+
+
+def test_phase_planes_refuse_odd_or_tiny_mosaics() -> None:
+    with pytest.raises(ValueError, match="even sides >= 4"):
+        padded_phase_planes(torch.zeros(1, 1, 5, 8))
+    with pytest.raises(ValueError, match="even sides >= 4"):
+        padded_phase_planes(torch.zeros(1, 1, 2, 8))
 
 
 def test_denoise_filters_only_the_images_with_a_sigma() -> None:

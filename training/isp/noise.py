@@ -54,19 +54,24 @@ def add_srgb_noise(
     gaussian_sigma: torch.Tensor,
     poisson_lambda: Sequence[float],
     generators: Sequence[torch.Generator],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Noisy sRGB: ``(N, 3, H, W)`` in ``[0, 1]`` -> ``(N, 3, H, W)`` clipped to ``[0, 1]``.
 
     Per image ``n``: Poisson ``x -> Poisson(x / lambda) * lambda`` when ``poisson_lambda[n] > 0``, then
     Gaussian noise of standard deviation ``gaussian_sigma[n]`` (``(N, 1, 1, 1)``), independent per pixel and
-    channel. Images whose sigma and lambda are both 0 pass through unchanged and consume no draws.
+    channel. Images whose sigma and lambda are both 0 pass through unchanged and consume no draws. When
+    any noise is added, the result goes into ``out`` if given (a contiguous tensor of ``srgb``'s shape other
+    than ``srgb``); with no noise at all, ``srgb`` itself is returned.
     """
     sigmas = gaussian_sigma.flatten().tolist()
     lambdas = [float(v) for v in poisson_lambda]
     if not any(s > 0 for s in sigmas) and not any(v > 0 for v in lambdas):
         return srgb
     x = srgb.clone() if any(v > 0 for v in lambdas) else srgb
-    z = torch.zeros_like(srgb) if not all(s > 0 for s in sigmas) else torch.empty_like(srgb)
+    z = torch.empty_like(srgb) if out is None else out
+    if not all(s > 0 for s in sigmas):
+        z.zero_()
     for i, g in enumerate(generators):
         if lambdas[i] > 0:
             x[i] = torch.poisson(srgb[i].clamp_min(0.0) / lambdas[i], generator=g) * lambdas[i]

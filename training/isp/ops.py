@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+
+#: Channels blurred per grouped convolution in :func:`gaussian_blur_chunks` (a multiple of the 8-channel
+#: blocks oneDNN's depthwise kernels work in, small enough for the temporaries to stay in cache).
+BLUR_CHUNK = 16
 
 
 def per_image(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
@@ -14,13 +18,16 @@ def per_image(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(list(values), dtype=like.dtype).view(-1, 1, 1, 1).to(like.device)
 
 
-def apply_ccm(image: torch.Tensor, ccm: torch.Tensor) -> torch.Tensor:
+def apply_ccm(image: torch.Tensor, ccm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image colour matrix: ``(N, 3, H, W)`` linear image, ``ccm`` ``(N, 3, 3)`` -> ``(N, 3, H, W)``.
 
-    Output channel ``i`` is ``sum_j ccm[n, i, j] * image[n, j]`` (the matrix acts on column vectors).
+    Output channel ``i`` is ``sum_j ccm[n, i, j] * image[n, j]`` (the matrix acts on column vectors). The
+    result goes into ``out`` when given: a contiguous ``(N, 3, H, W)`` tensor other than ``image``.
     """
     n, c, h, w = image.shape
-    return torch.bmm(ccm.to(image), image.reshape(n, c, h * w)).view(n, c, h, w)
+    out = image.new_empty(n, c, h, w) if out is None else out
+    torch.bmm(ccm.to(image), image.reshape(n, c, h * w), out=out.view(n, c, h * w))
+    return out
 
 
 def gaussian_kernels(sigma: Sequence[float], device: torch.device) -> torch.Tensor:
@@ -35,17 +42,40 @@ def gaussian_kernels(sigma: Sequence[float], device: torch.device) -> torch.Tens
     return (k / k.sum(dim=1, keepdim=True)).to(device)
 
 
-def gaussian_blur(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma (pixels) per image; ``(N, C, H, W)`` -> same shape.
+def gaussian_blur_chunks(
+    image: torch.Tensor, sigma: Sequence[float], chunk: int = BLUR_CHUNK
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Separable Gaussian blur with one sigma (pixels) per image, ``chunk`` channels of the batch at a time.
 
-    Borders are replicated. All images run in one grouped convolution per axis.
+    ``image`` ``(N, C, H, W)``; yields ``(channels, blurred)``: a slice of the ``N * C`` flattened channels
+    (image-major) and their blur ``(1, len, H, W)``, a new contiguous tensor the caller may overwrite. Borders
+    are replicated; each chunk runs one grouped convolution per axis. A channel's result does not depend on
+    the chunking, and small chunks keep the padded copy and the convolutions' temporaries in cache.
     """
     n, c, h, w = image.shape
     k = gaussian_kernels(sigma, image.device).to(image.dtype)
     r = k.shape[1] // 2
     weight = k.repeat_interleave(c, dim=0)
     x = image.reshape(1, n * c, h, w)
-    x = F.pad(x, (r, r, r, r), mode="replicate")
-    x = F.conv2d(x, weight.view(n * c, 1, 1, -1), groups=n * c)
-    x = F.conv2d(x, weight.view(n * c, 1, -1, 1), groups=n * c)
-    return x.view(n, c, h, w)
+    for start in range(0, n * c, chunk):
+        channels = slice(start, min(start + chunk, n * c))
+        size = channels.stop - start
+        part = F.pad(x[:, channels], (r, r, r, r), mode="replicate")
+        part = F.conv2d(part, weight[channels].view(size, 1, 1, -1), groups=size)
+        yield channels, F.conv2d(part, weight[channels].view(size, 1, -1, 1), groups=size)
+
+
+def gaussian_blur(
+    image: torch.Tensor, sigma: Sequence[float], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma (pixels) per image; ``(N, C, H, W)`` -> same shape.
+
+    Borders are replicated. See :func:`gaussian_blur_chunks`. The result goes into ``out`` when given: a
+    contiguous ``(N, C, H, W)`` tensor, which may be ``image`` itself (a chunk is read before it is written).
+    """
+    n, c, h, w = image.shape
+    out = image.new_empty(n, c, h, w) if out is None else out
+    flat = out.view(1, n * c, h, w)
+    for channels, blurred in gaussian_blur_chunks(image, sigma):
+        flat[:, channels] = blurred
+    return out

@@ -65,21 +65,33 @@ def _column(params: Sequence[ISPParams], name: str, like: torch.Tensor) -> torch
     return per_image([getattr(p, name) for p in params], like)
 
 
-def unprocess(srgb: torch.Tensor, params: Sequence[ISPParams], stages: Stages | None = None) -> torch.Tensor:
-    """Inverse ISP: ``(N, 3, H, W)`` sRGB in ``[0, 1]``, ``H, W`` even -> ``(N, 1, H, W)`` clean RAW."""
+def unprocess(
+    srgb: torch.Tensor,
+    params: Sequence[ISPParams],
+    stages: Stages | None = None,
+    spares: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Inverse ISP: ``(N, 3, H, W)`` sRGB in ``[0, 1]``, ``H, W`` even -> ``(N, 1, H, W)`` clean RAW.
+
+    ``spares``, when given, receives the contiguous ``(N, 3, H, W)`` temporaries that are free when it
+    returns (not kept as stages), for :func:`process` to reuse instead of allocating.
+    """
     # Undo the global tone curve (smoothstep), giving gamma-encoded sRGB.
     x = inverse_smoothstep(srgb)
     # Undo the display gamma (2.2): linear RGB.
-    x = gamma_expansion(x, 2.2)
+    x = gamma_expansion(x, 2.2, out=x)
     if stages is not None:
         stages["linear RGB"] = x
     # Linear RGB -> this image's camera RGB.
-    x = apply_ccm(x, _matrices(params, "rgb2cam", x))
+    cam = apply_ccm(x, _matrices(params, "rgb2cam", x))
     # Sample the Bayer mosaic and undo white balance and digital gain there, protecting highlights.
-    gains = (_column(params, k, x) for k in ("rgb_gain", "red_gain", "blue_gain"))
-    raw = invert_gains_mosaic(x, [p.cfa for p in params], *gains)
+    gains = (_column(params, k, cam) for k in ("rgb_gain", "red_gain", "blue_gain"))
+    raw = invert_gains_mosaic(cam, [p.cfa for p in params], *gains)
     if stages is not None:
         stages["RAW (clean)"] = raw
+    if spares is not None:
+        # x has srgb's memory layout, which need not be contiguous.
+        spares.extend([cam] if stages is not None or not x.is_contiguous() else [cam, x])
     return raw
 
 
@@ -113,36 +125,63 @@ def add_noise(
 
 
 def add_noise_srgb(
-    srgb: torch.Tensor, params: Sequence[ISPParams], generators: Sequence[torch.Generator]
+    srgb: torch.Tensor,
+    params: Sequence[ISPParams],
+    generators: Sequence[torch.Generator],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The protocol's noise for images with ``noise_domain == "srgb"``: ``(N, 3, H, W)`` in ``[0, 1]``."""
+    """The protocol's noise for images with ``noise_domain == "srgb"``: ``(N, 3, H, W)`` in ``[0, 1]``.
+
+    ``out``: where the noisy result goes, as in :func:`~training.isp.noise.add_srgb_noise`.
+    """
     sigma, lam = _protocol_noise(params, "srgb", srgb)
-    return add_srgb_noise(srgb, sigma, lam, generators)
+    return add_srgb_noise(srgb, sigma, lam, generators, out)
 
 
-def process(raw: torch.Tensor, params: Sequence[ISPParams], stages: Stages | None = None) -> torch.Tensor:
-    """Forward ISP: ``(N, 1, H, W)`` RAW -> ``(N, 3, H, W)`` sRGB in ``[0, 1]`` (before JPEG)."""
+def process(
+    raw: torch.Tensor,
+    params: Sequence[ISPParams],
+    stages: Stages | None = None,
+    spares: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Forward ISP: ``(N, 1, H, W)`` RAW -> ``(N, 3, H, W)`` sRGB in ``[0, 1]`` (before JPEG).
+
+    Intermediate ``(N, 3, H, W)`` images are computed in place where the stage allows. ``spares``, when
+    given, holds contiguous float ``(N, 3, H, W)`` tensors used nowhere else (e.g. from :func:`unprocess`),
+    taken as buffers before new ones are allocated; the buffers free at the end are put back.
+    """
+    n, _, h, w = raw.shape
+    pool = [] if spares is None else spares
+
+    def buffer() -> torch.Tensor:
+        return pool.pop() if pool else raw.new_empty(n, 3, h, w)
+
     cfa = [p.cfa for p in params]
     # White balance and digital gain as the camera set them (with errors), clipped at sensor saturation.
     x = apply_raw_gains(
         raw, cfa, *(_column(params, k, raw) for k in ("digital_gain", "wb_red_gain", "wb_blue_gain"))
     )
     # Demosaic (bilinear or Malvar-He-Cutler) to camera RGB.
-    x = demosaic(x, cfa, [p.demosaic for p in params])
+    x = demosaic(x, cfa, [p.demosaic for p in params], buffer())
     if stages is not None:
         stages["demosaiced"] = x
-    # Optional Gaussian denoise.
-    x = denoise(x, [p.denoise_sigma for p in params])
+    # Optional Gaussian denoise (in place unless the demosaiced image is kept).
+    x = denoise(x, [p.denoise_sigma for p in params], None if stages is not None else x)
     # Camera RGB -> linear RGB with the (possibly perturbed) colour matrix.
-    x = apply_ccm(x, _matrices(params, "cam2rgb", x)).clamp_(0.0, 1.0)
+    y = apply_ccm(x, _matrices(params, "cam2rgb", x), buffer()).clamp_(0.0, 1.0)
+    if stages is None:
+        pool.append(x)
     # Display gamma.
-    x = gamma_compression(x, _column(params, "gamma", x))
+    y = gamma_compression(y, _column(params, "gamma", y), out=y)
     # Global tone curve.
-    x = tone_curve(x, _column(params, "tone_strength", x))
+    x = tone_curve(y, _column(params, "tone_strength", y), buffer())
     if stages is not None:
         stages["gamma + tone"] = x
     # Sharpening (unsharp mask), clipped to [0, 1].
-    return unsharp_mask(x, _column(params, "sharpen_amount", x), [p.sharpen_sigma for p in params])
+    y = unsharp_mask(x, _column(params, "sharpen_amount", x), [p.sharpen_sigma for p in params], y)
+    if stages is None:
+        pool.append(x)
+    return y
 
 
 def degrade(
@@ -163,17 +202,18 @@ def degrade(
     stages: Stages | None = {} if keep_stages else None
     # Reflect-pad odd sizes to even for the Bayer mosaic.
     x = F.pad(clean, (0, w % 2, 0, h % 2), mode="reflect") if (h % 2 or w % 2) else clean
-    # Inverse ISP to clean RAW.
-    raw = unprocess(x, params, stages)
+    # Inverse ISP to clean RAW; its free full-size temporaries are reused by the forward ISP and the noise.
+    spares: list[torch.Tensor] = []
+    raw = unprocess(x, params, stages, spares)
     # Sensor noise (and the protocol's noise, for noise_domain "raw") in RAW.
     generators = noise_generators([p.noise_seed for p in params], raw.device)
     raw = add_noise(raw, params, generators)
     if stages is not None:
         stages["RAW (noisy)"] = raw
     # Forward ISP with this camera's hyperparameters; crop the padding back.
-    out = process(raw, params, stages)[:, :, :h, :w]
+    out = process(raw, params, stages, spares)[:, :, :h, :w]
     # The protocol's noise for noise_domain "srgb", on the camera's output before compression.
-    out = add_noise_srgb(out, params, generators)
+    out = add_noise_srgb(out, params, generators, spares.pop() if spares and out.is_contiguous() else None)
     # JPEG at each image's quality (on the CPU).
     out = jpeg_compress(out, [p.jpeg_quality for p in params])
     return SimResult(clean=clean, degraded=out, params=list(params), stages=stages or {})

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from training.isp.ops import gaussian_blur
+from training.isp.ops import gaussian_blur, gaussian_blur_chunks
 from training.isp.unprocess import cfa_onehot, site_rows
 
 # Demosaicking kernels on the raw mosaic, 5x5. Slot 0: green at a red/blue site; slot 1: red/blue at a
@@ -100,86 +100,141 @@ def phase_weights(pattern: str, method: str) -> torch.Tensor:
     return weight
 
 
-def phase_planes(image: torch.Tensor) -> torch.Tensor:
-    """Split ``(N, C, H, W)`` (``H, W`` even) into its 2x2 phases: ``(N, 4 * C, H / 2, W / 2)``.
+def padded_phase_planes(raw: torch.Tensor) -> torch.Tensor:
+    """The 2x2 phase planes of the reflect-padded mosaic, without the padded copy.
 
-    Channel ``4 * c + 2 * dy + dx`` holds channel ``c`` at row parity ``dy``, column parity ``dx``: the
-    layout of ``F.pixel_unshuffle(image, 2)``, computed as one strided copy.
+    ``F.pixel_unshuffle(F.pad(raw, (2, 2, 2, 2), mode="reflect"), 2)`` bit for bit: channel ``4 * c + 2 * dy
+    + dx`` holds channel ``c`` at row parity ``dy``, column parity ``dx``. ``raw`` ``(N, C, H, W)``,
+    ``H, W >= 4`` even -> ``(N, 4 * C, H / 2 + 2, W / 2 + 2)``. Reflecting the image
+    by two pixels keeps each site's phase, so every phase plane is padded by one row/column from itself:
+    reflected (one plane further in) at the border where the image's first/last pixel has that parity,
+    replicated at the other border. Rows are padded first, then columns, which fills the corners as the
+    2-D reflection does.
     """
-    n, c, h, w = image.shape
-    blocks = image.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
-    return blocks.contiguous().view(n, 4 * c, h // 2, w // 2)
+    n, c, h, w = raw.shape
+    if h < 4 or w < 4 or h % 2 or w % 2:
+        raise ValueError(f"the mosaic must have even sides >= 4, got H={h} W={w}")
+    h2, w2 = h // 2, w // 2
+    planes = raw.new_empty(n, c, 2, 2, h2 + 2, w2 + 2)
+    # A (column pair) of floats is one complex value: real part at even columns, imaginary at odd ones.
+    pairs = torch.view_as_complex(raw.contiguous().view(n, c, h2, 2, w2, 2))
+    for dy in range(2):
+        planes[:, :, dy, 0, 1:-1, 1:-1] = pairs[:, :, :, dy].real
+        planes[:, :, dy, 1, 1:-1, 1:-1] = pairs[:, :, :, dy].imag
+    # Rows, then columns: each view is (N, C, parity, other parity, position, other position).
+    for side in (planes, planes.permute(0, 1, 3, 2, 5, 4)):
+        side[:, :, 0, :, 0] = side[:, :, 0, :, 2]
+        side[:, :, 0, :, -1] = side[:, :, 0, :, -2]
+        side[:, :, 1, :, 0] = side[:, :, 1, :, 1]
+        side[:, :, 1, :, -1] = side[:, :, 1, :, -3]
+    return planes.view(n, 4 * c, h2 + 2, w2 + 2)
 
 
-def merge_phases(planes: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`phase_planes`: ``(N, 4 * C, H / 2, W / 2)`` -> ``(N, C, H, W)``.
+def merge_phases(planes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Phase planes back to the image: ``(N, 4 * C, H / 2, W / 2)`` -> ``(N, C, H, W)``.
 
-    The layout of ``F.pixel_shuffle(planes, 2)``, computed as one strided copy per phase.
+    The layout of ``F.pixel_shuffle(planes, 2)``, written into ``out`` (a contiguous ``(N, C, H, W)``
+    tensor, or a new one) as one complex-valued copy per row parity: the two column phases of a row become
+    the real and imaginary parts of one complex value, i.e. two adjacent floats.
     """
     n, c4, h2, w2 = planes.shape
     c = c4 // 4
-    out = planes.new_empty(n, c, 2 * h2, 2 * w2)
+    out = planes.new_empty(n, c, 2 * h2, 2 * w2) if out is None else out
     src = planes.view(n, c, 2, 2, h2, w2)
-    dst = out.view(n, c, h2, 2, w2, 2)
+    dst = torch.view_as_complex(out.view(n, c, h2, 2, w2, 2))
     for dy in range(2):
-        for dx in range(2):
-            dst[:, :, :, dy, :, dx] = src[:, :, dy, dx]
+        torch.complex(src[:, :, dy, 0], src[:, :, dy, 1], out=dst[:, :, :, dy])
     return out
 
 
-def demosaic(raw: torch.Tensor, cfa: Sequence[str], methods: Sequence[str]) -> torch.Tensor:
+def demosaic(
+    raw: torch.Tensor, cfa: Sequence[str], methods: Sequence[str], out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Demosaic ``(N, 1, H, W)`` RAW (``H, W`` even) to ``(N, 3, H, W)`` camera RGB, linear, not clipped.
 
     Image ``n`` uses pattern ``cfa[n]`` and method ``methods[n]`` (``"bilinear"`` or ``"malvar"``). Both are
     the 5x5 convolutions of :data:`DEMOSAIC_KERNELS` with reflect padding (which keeps the Bayer phase at the
     borders), evaluated at half resolution on the phase planes (:func:`phase_weights`), one convolution per
-    (pattern, method) group in the batch.
+    (pattern, method) group in the batch. The result goes into ``out`` when given: a contiguous
+    ``(N, 3, H, W)`` tensor.
     """
-    planes = phase_planes(F.pad(raw, (2, 2, 2, 2), mode="reflect"))
+    planes = padded_phase_planes(raw)
     keys = list(zip(cfa, methods, strict=True))
     groups = sorted(set(keys))
     if len(groups) == 1:
-        return merge_phases(F.conv2d(planes, phase_weights(*groups[0]).to(raw)))
+        return merge_phases(F.conv2d(planes, phase_weights(*groups[0]).to(raw)), out)
     n, _, h, w = raw.shape
-    out = torch.empty(n, 12, h // 2, w // 2, dtype=raw.dtype, device=raw.device)
+    out = raw.new_empty(n, 3, h, w) if out is None else out
     for key in groups:
-        index = torch.tensor([i for i, k in enumerate(keys) if k == key], device=raw.device)
-        out.index_copy_(0, index, F.conv2d(planes.index_select(0, index), phase_weights(*key).to(raw)))
-    return merge_phases(out)
+        members = [i for i, k in enumerate(keys) if k == key]
+        index = torch.tensor(members, device=raw.device)
+        rgb = F.conv2d(planes.index_select(0, index), phase_weights(*key).to(raw))
+        for j, i in enumerate(members):
+            merge_phases(rgb[j : j + 1], out=out[i : i + 1])
+    return out
 
 
-def denoise(image: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+def denoise(image: torch.Tensor, sigma: Sequence[float], out: torch.Tensor | None = None) -> torch.Tensor:
     """Optional Gaussian denoise, one sigma (pixels, 0 = off) per image; ``(N, 3, H, W)`` -> same shape.
 
-    Only the images with a positive sigma are filtered.
+    Only the images with a positive sigma are filtered. Without ``out`` the result is a new tensor, or
+    ``image`` itself when no image is filtered; with ``out`` (a contiguous ``(N, 3, H, W)`` tensor, may be
+    ``image`` itself) it is ``out``.
     """
     on = [i for i, s in enumerate(sigma) if s > 0]
     if not on:
-        return image
+        return image if out is None else out.copy_(image)
     if len(on) == len(sigma):
-        return gaussian_blur(image, sigma)
+        return gaussian_blur(image, sigma, out)
     index = torch.tensor(on, device=image.device)
-    return image.index_copy(0, index, gaussian_blur(image.index_select(0, index), [sigma[i] for i in on]))
+    blurred = gaussian_blur(image.index_select(0, index), [sigma[i] for i in on])
+    if out is None:
+        return image.index_copy(0, index, blurred)
+    if out is not image:
+        out.copy_(image)
+    return out.index_copy_(0, index, blurred)
 
 
-def gamma_compression(linear: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """Linear -> display-encoded: ``max(x, 1e-8) ** (1 / gamma)``; ``gamma`` ``(N, 1, 1, 1)``."""
-    return linear.clamp_min(1e-8).log_().div_(gamma).exp_()
+def gamma_compression(
+    linear: torch.Tensor, gamma: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Linear -> display-encoded: ``max(x, 1e-8) ** (1 / gamma)``; ``gamma`` ``(N, 1, 1, 1)``.
+
+    The result goes into ``out`` when given (same shape as ``linear``, may be ``linear`` itself).
+    """
+    x = linear.clamp_min(1e-8) if out is None else torch.clamp_min(linear, 1e-8, out=out)
+    return x.log_().div_(gamma).exp_()
 
 
-def tone_curve(image: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
-    """Global tone curve: ``(1 - s) x + s (3x^2 - 2x^3)``; ``s`` ``(N, 1, 1, 1)``; 1 = smoothstep."""
-    smooth = image.mul(-2.0).add_(3.0).mul_(image).mul_(image).sub_(image)
+def tone_curve(image: torch.Tensor, strength: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Global tone curve: ``(1 - s) x + s (3x^2 - 2x^3)``; ``s`` ``(N, 1, 1, 1)``; 1 = smoothstep.
+
+    The result goes into ``out`` when given: a tensor of ``image``'s shape other than ``image``.
+    """
+    # 3 - 2x in one pass (rounded as x * -2 + 3 is: 2x is exact).
+    three = image.new_tensor(3.0)
+    smooth = torch.sub(three, image, alpha=2.0, out=torch.empty_like(image) if out is None else out)
+    smooth.mul_(image).mul_(image).sub_(image)
     return smooth.mul_(strength).add_(image)
 
 
-def unsharp_mask(image: torch.Tensor, amount: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+def unsharp_mask(
+    image: torch.Tensor, amount: torch.Tensor, sigma: Sequence[float], out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Sharpen: ``x + amount * (x - blur_sigma(x))``, clipped to ``[0, 1]``; ``amount`` ``(N, 1, 1, 1)``.
 
-    ``image`` ``(N, 3, H, W)`` sRGB; returns a new ``(N, 3, H, W)`` tensor in ``[0, 1]`` (only clipped when no
-    image is sharpened).
+    ``image`` ``(N, 3, H, W)`` sRGB; returns ``(N, 3, H, W)`` in ``[0, 1]`` (only clipped when no image is
+    sharpened): a new tensor, or ``out`` when given (contiguous, may be ``image`` itself). Computed chunk by
+    chunk of channels as they come out of the blur.
     """
+    n, c, h, w = image.shape
+    out = image.new_empty(n, c, h, w) if out is None else out
     if float(amount.max()) <= 0:
-        return image.clamp(0.0, 1.0)
-    detail = gaussian_blur(image, sigma)
-    return torch.sub(image, detail, out=detail).mul_(amount).add_(image).clamp_(0.0, 1.0)
+        return torch.clamp(image, 0.0, 1.0, out=out)
+    x = image.reshape(1, n * c, h, w)
+    flat = out.view(1, n * c, h, w)
+    gains = amount.reshape(n, 1).expand(n, c).reshape(1, n * c, 1, 1)
+    for channels, detail in gaussian_blur_chunks(image, sigma):
+        torch.sub(x[:, channels], detail, out=detail).mul_(gains[:, channels]).add_(x[:, channels])
+        torch.clamp(detail, 0.0, 1.0, out=flat[:, channels])
+    return out

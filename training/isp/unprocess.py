@@ -40,12 +40,18 @@ def site_rows(values: torch.Tensor, width: int) -> torch.Tensor:
 def inverse_smoothstep(srgb: torch.Tensor) -> torch.Tensor:
     """Undo the smoothstep tone curve ``3x^2 - 2x^3``; ``[0, 1] -> [0, 1]``, any shape."""
     x = srgb.clamp(0.0, 1.0)
-    return x.mul_(-2.0).add_(1.0).asin_().div_(3.0).sin_().neg_().add_(0.5)
+    # 1 - 2x and 0.5 - s in one pass each (rounded as x * -2 + 1 and -s + 0.5 are: 2x is exact).
+    x = torch.sub(x.new_tensor(1.0), x, alpha=2.0, out=x).asin_().div_(3.0).sin_()
+    return torch.sub(x.new_tensor(0.5), x, out=x)
 
 
-def gamma_expansion(image: torch.Tensor, gamma: float = 2.2) -> torch.Tensor:
-    """Display-encoded -> linear: ``max(x, 1e-8) ** gamma`` (as ``exp(gamma * log(x))``, faster on CPU)."""
-    return image.clamp_min(1e-8).log_().mul_(gamma).exp_()
+def gamma_expansion(image: torch.Tensor, gamma: float = 2.2, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Display-encoded -> linear: ``max(x, 1e-8) ** gamma`` (as ``exp(gamma * log(x))``, faster on CPU).
+
+    Any shape; the result goes into ``out`` when given (same shape, may be ``image`` itself).
+    """
+    x = image.clamp_min(1e-8) if out is None else torch.clamp_min(image, 1e-8, out=out)
+    return x.log_().mul_(gamma).exp_()
 
 
 def _inverse_gains(rgb_gain: torch.Tensor, red_gain: torch.Tensor, blue_gain: torch.Tensor) -> torch.Tensor:
