@@ -183,7 +183,7 @@ def denoise(image: torch.Tensor, sigma: Sequence[float], out: torch.Tensor | Non
     """
     on = [i for i, s in enumerate(sigma) if s > 0]
     if not on:
-        return image if out is None else out.copy_(image)
+        return image if out is None or out is image else out.copy_(image)
     if len(on) == len(sigma):
         return gaussian_blur(image, sigma, out)
     index = torch.tensor(on, device=image.device)
