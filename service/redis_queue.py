@@ -1,10 +1,15 @@
-"""The Redis Streams backend, API side: XADD one job per tile, then collect results from a per-request list.
+"""The Redis Streams backend, API side: XADD a request's tiles as jobs of at most ``max_batch`` tiles, then
+collect one result message per job from a per-request list.
 
 Keys (``p`` = ``DIR_STREAM_PREFIX``, ``m`` = the lane: ``name/version`` for the serving graph,
 ``name/version:guide`` for the guide graph of two-pass entries): ``p:jobs:m`` the job stream (consumer
-group ``workers``), ``p:dead:m`` the dead-letter stream, ``p:res:<request id>`` the result list (workers
-RPUSH, TTL ``DIR_RESULT_TTL_S``). Workers XDEL a job after XACK, so a stream's length is the number of its
-tiles not yet answered.
+group ``workers``), ``p:tiles:m`` the number of tiles in that stream (a counter changed in the same
+MULTI/EXEC as every XADD and every XACK + XDEL, so the queue bound counts tiles, not jobs), ``p:dead:m`` the
+dead-letter stream, ``p:res:<request id>`` the result list (workers RPUSH, TTL ``DIR_RESULT_TTL_S``).
+Workers XDEL a job after XACK, so a stream holds exactly the jobs not yet answered.
+
+A request's jobs of one pass are added in one MULTI/EXEC, so a waiting worker wakes to all of them at once
+instead of to the first; a job is the unit of delivery, redelivery and dead-lettering.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ def stream_key(prefix: str, lane: str) -> str:
     return f"{prefix}:jobs:{lane}"
 
 
+def tiles_key(prefix: str, lane: str) -> str:
+    """The counter of tiles in ``lane``'s job stream."""
+    return f"{prefix}:tiles:{lane}"
+
+
 def dead_key(prefix: str, lane: str) -> str:
     """The dead-letter stream of ``lane``."""
     return f"{prefix}:dead:{lane}"
@@ -45,22 +55,39 @@ def result_key(prefix: str, request_id: str) -> str:
 
 def job_fields(
     request_id: str,
-    index: int,
+    start: int,
     inputs: dict[str, np.ndarray],
     outputs: list[str],
     enqueued: float,
     deadline: float,
 ) -> dict[Any, Any]:
-    """Stream fields of one tile job (times are Unix seconds; ``inputs`` are the tile's graph inputs, e.g.
-    ``image`` (3, T, T) uint8 or float32 with ``guide_mean`` (K,) float32 or ``owned_window`` (4,) uint16)."""
+    """Stream fields of one job: tiles ``start .. start + n - 1`` of a request (times are Unix seconds;
+    ``inputs`` are those tiles' graph inputs, each ``(n, ...)``: e.g. ``image`` (n, 3, T, T) uint8 or
+    float32 with ``guide_mean`` (n, K) float32 or ``owned_window`` (n, 4) uint16)."""
+    count = len(next(iter(inputs.values())))
     return {
         "req": request_id,
-        "idx": index,
+        "idx": start,
+        "n": count,
         "enq": repr(enqueued),
         "deadline": repr(deadline),
         "outputs": ",".join(outputs),
         "data": pack({}, inputs),
     }
+
+
+def job_tiles(fields: dict[Any, Any]) -> int:
+    """The tile count ``n`` of a job's stream fields (1 when missing or unreadable: malformed jobs)."""
+    try:
+        return max(1, int(fields.get(b"n", 1)))
+    except (TypeError, ValueError):
+        return 1
+
+
+def queued_tiles(stream_length: int, counter: bytes | str | int | None) -> int:
+    """Tiles in a lane from its stream length and ``tiles`` counter: 0 for an empty stream (whatever the
+    counter says), else the counter (at least 0)."""
+    return 0 if not stream_length else max(0, int(counter or 0))
 
 
 def _unavailable(url: str, exc: Exception) -> Unavailable:
@@ -85,6 +112,7 @@ class RedisQueue:
         self._prefix = prefix
         self._poll_s = poll_s
         self._streams = {graph: stream_key(prefix, lane_ref(model_ref, graph)) for graph in graphs}
+        self._tiles = {graph: tiles_key(prefix, lane_ref(model_ref, graph)) for graph in graphs}
         self._stream = self._streams[SERVE_GRAPH]
         self._client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2.0, socket_timeout=poll_s + 5.0, health_check_interval=10
@@ -122,7 +150,11 @@ class RedisQueue:
 
     async def depth(self, graph: str = SERVE_GRAPH) -> int:
         """Tiles queued or being computed for ``graph`` of this model."""
-        return int(await self._client.xlen(self._streams[graph]))
+        pipe = self._client.pipeline(transaction=False)
+        pipe.xlen(self._streams[graph])
+        pipe.get(self._tiles[graph])
+        length, counter = await pipe.execute()
+        return queued_tiles(int(length), counter)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -144,7 +176,8 @@ class RedisQueue:
         timeout_s: float,
         graph: str = SERVE_GRAPH,
     ) -> TileResult:
-        """XADD every tile to ``graph``'s stream, then BLPOP results until all arrived or the deadline."""
+        """XADD the tiles to ``graph``'s stream in jobs of at most ``max_batch`` (one MULTI/EXEC), then BLPOP
+        results until all arrived or the deadline."""
         started = time.time()
         deadline = started + timeout_s
         request_id = uuid.uuid4().hex
@@ -159,10 +192,12 @@ class RedisQueue:
                     f"Redis queue {stream} holds {depth} tiles; {count} more exceed the bound "
                     f"{self._policy.bound}"
                 )
-            pipe = self._client.pipeline(transaction=False)
-            for i in range(count):
-                tile = {name: array[i] for name, array in inputs.items()}
-                pipe.xadd(stream, job_fields(request_id, i, tile, outputs, started, deadline))
+            pipe = self._client.pipeline(transaction=True)
+            size = self._policy.max_batch
+            for start in range(0, count, size):
+                part = {name: array[start : start + size] for name, array in inputs.items()}
+                pipe.xadd(stream, job_fields(request_id, start, part, outputs, started, deadline))
+            pipe.incrby(self._tiles[graph], count)
             await pipe.execute()
             return await self._collect(key, count, outputs, deadline)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -176,12 +211,14 @@ class RedisQueue:
                 await self._client.delete(key)
 
     async def _collect(self, key: str, count: int, outputs: list[str], deadline: float) -> TileResult:
-        """BLPOP the first waiting result, then LPOP every other one already there (one round trip)."""
-        parts: dict[str, list[np.ndarray | None]] = {o: [None] * count for o in outputs}
+        """BLPOP the first waiting result, then LPOP every other one already there (one round trip); each
+        result holds one job's tiles, dequantised straight into the request's output arrays."""
+        stacked: dict[str, np.ndarray] = {}
+        answered: set[int] = set()
         remaining = count
         wait_s = 0.0
         compute: dict[str, float] = {}
-        while remaining:
+        while remaining > 0:
             left = deadline - time.time()
             if left <= 0:
                 raise DeadlineExceeded(f"{remaining} of {count} tiles not computed before the deadline")
@@ -189,24 +226,31 @@ class RedisQueue:
             if item is None:
                 continue
             messages: list[Any] = [item[1]]
-            if remaining > 1:
-                more: Any = await self._client.lpop(key, remaining - 1)
-                messages += more or []
+            more: Any = await self._client.lpop(key, count)
+            messages += more or []
             for message in messages:
                 try:
                     header, arrays = unpack(message if isinstance(message, bytes) else message.encode())
-                except ValueError as exc:
+                    start, size = int(header["idx"]), int(header.get("n", 1))
+                except (ValueError, KeyError) as exc:
                     raise InferenceError(f"malformed result from a worker: {exc}") from exc
                 if header.get("error"):
                     if header.get("kind") == "deadline":
                         raise DeadlineExceeded(str(header["error"]))
                     raise InferenceError(str(header["error"]))
-                index = int(header["idx"])
-                if parts[outputs[0]][index] is None:
-                    remaining -= 1
+                if start in answered:  # a redelivered job answered twice
+                    continue
+                if not 0 <= start < start + size <= count or any(
+                    o not in arrays or len(arrays[o]) != size for o in outputs
+                ):
+                    raise InferenceError(f"result for tiles {start}..{start + size - 1} does not fit {count}")
+                answered.add(start)
+                remaining -= size
                 for name in outputs:
-                    parts[name][index] = dequantize(arrays[name])
+                    part = arrays[name]
+                    if name not in stacked:
+                        stacked[name] = np.empty((count, *part.shape[1:]), dtype=np.float32)
+                    dequantize(part, stacked[name][start : start + size])
                 wait_s = max(wait_s, float(header.get("wait", 0.0)))
-                compute[str(header.get("batch", index))] = float(header.get("compute", 0.0))
-        stacked = {name: np.stack(values) for name, values in parts.items()}  # type: ignore[arg-type]
+                compute[str(header.get("batch", start))] = float(header.get("compute", 0.0))
         return TileResult(stacked, wait_s, sum(compute.values()))

@@ -195,12 +195,21 @@ def windows_mean(sums: np.ndarray, windows: np.ndarray) -> np.ndarray:
     return (sums.sum(axis=0, dtype=np.float64) / cells).astype(np.float32)
 
 
+def _common_dtype(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """``arrays`` unchanged when they share one dtype, else each as float32 (uint8 scaled by 1/255)."""
+    if all(a.dtype == arrays[0].dtype for a in arrays):
+        return arrays
+    return [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32) for a in arrays]
+
+
 def stack_tiles(tiles: list[np.ndarray]) -> np.ndarray:
     """One input of several requests' tiles -> one batch ``(n, ...)`` (image tiles ``(n, 3, T, T)``, owned
     windows ``(n, 4)``): their dtype when every tile has the same one (uint8 image tiles 0..255, uint16
     windows, float32), else float32 (uint8 tiles scaled by 1/255 to [0, 1])."""
-    if all(t.dtype == tiles[0].dtype for t in tiles):
-        return np.stack(tiles)
-    return np.stack(
-        [t.astype(np.float32) / 255.0 if t.dtype == np.uint8 else t.astype(np.float32) for t in tiles]
-    )
+    return np.stack(_common_dtype(tiles))
+
+
+def concat_batches(batches: list[np.ndarray]) -> np.ndarray:
+    """One input of several jobs, each ``(n_i, ...)`` -> one batch ``(sum n_i, ...)``; dtypes as in
+    :func:`stack_tiles`."""
+    return batches[0] if len(batches) == 1 else np.concatenate(_common_dtype(batches))

@@ -1,7 +1,11 @@
 """``dir-worker``: serve a model's Redis job streams (XREADGROUP batches, run, RPUSH results, XACK + XDEL).
 
-One stream per graph of the model (the serving graph, and the guide graph of two-pass entries); one
-XREADGROUP reads both, and a batch holds jobs of one graph only.
+One stream per graph of the model (the serving graph, the guide graph of two-pass entries, the denoise
+graph); a job holds up to ``max_batch`` tiles of one request. The worker reads jobs one at a time until its
+batching policy (in tiles) says run, then runs each graph's tiles in model calls of at most ``max_batch``
+tiles (jobs of several requests share a call) and answers with one result message per job. Answering
+(quantising, RPUSH, XACK + XDEL in one MULTI/EXEC) runs in a second thread while the next batch computes;
+one batch of answers is in flight at most, and a job is acknowledged only once its result is stored.
 Jobs left pending by a dead worker are reclaimed with XAUTOCLAIM once idle for ``DIR_CLAIM_IDLE_MS``; a job
 delivered more than ``DIR_MAX_DELIVERIES`` times is moved to the dead-letter stream and its request is told.
 """
@@ -14,7 +18,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,10 +30,18 @@ from service.batching import BatchPolicy
 from service.errors import InferenceError
 from service.metrics import Metrics
 from service.queue import lane_ref, pack, quantize_unit, unpack
-from service.redis_queue import GROUP, dead_key, result_key, stream_key
+from service.redis_queue import (
+    GROUP,
+    dead_key,
+    job_tiles,
+    queued_tiles,
+    result_key,
+    stream_key,
+    tiles_key,
+)
 from service.settings import Settings
 from service.store import RestoreModel
-from service.tiling import stack_tiles
+from service.tiling import concat_batches
 
 log = logging.getLogger("dir.worker")
 
@@ -38,26 +51,45 @@ Entry = tuple[str, str, dict[Any, Any]]
 
 @dataclass
 class Job:
-    """One decoded tile job of ``graph``: ``inputs`` the tile's graph inputs (``image`` (3, T, T) sRGB,
-    uint8 or float32 [0, 1]; ``guide_mean`` (K,) float32 for a two-pass serving graph; ``owned_window``
-    (4,) uint16 for a guide graph); Unix seconds."""
+    """One decoded job of ``graph``: tiles ``start .. start + count - 1`` of a request; ``inputs`` their graph
+    inputs, each ``(count, ...)`` (``image`` (count, 3, T, T) sRGB, uint8 or float32 [0, 1]; ``guide_mean``
+    (count, K) float32 for a two-pass serving graph; ``owned_window`` (count, 4) uint16 for a guide graph);
+    Unix seconds."""
 
     graph: str
     entry_id: str
     request_id: str
-    index: int
+    start: int
     enqueued: float
     deadline: float
     outputs: list[str]
     inputs: dict[str, np.ndarray]
 
+    @property
+    def count(self) -> int:
+        """Tiles in the job."""
+        return len(next(iter(self.inputs.values())))
+
+
+@dataclass
+class Answer:
+    """What one job gets back: ``header`` (``idx``, ``n``, timings, or ``error``) and its outputs, each
+    ``(job.count, ...)`` float32 as the model returned them (quantised when sent); none for an error."""
+
+    job: Job
+    header: dict[str, Any]
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
 
 def decode_job(graph: str, entry_id: str, fields: dict[Any, Any]) -> Job:
     """Stream entry -> ``Job``; raises ``ValueError``/``KeyError`` on a malformed entry."""
     _, inputs = unpack(fields[b"data"])
+    shapes = {name: (a.shape, str(a.dtype)) for name, a in inputs.items()}
     if not inputs or any(a.dtype not in (np.uint8, np.uint16, np.float32) for a in inputs.values()):
-        shapes = {name: (a.shape, str(a.dtype)) for name, a in inputs.items()}
         raise ValueError(f"job inputs {shapes}: expected at least one, each uint8, uint16 or float32")
+    count = job_tiles(fields)
+    if any(a.ndim < 1 or len(a) != count for a in inputs.values()):
+        raise ValueError(f"job inputs {shapes}: expected {count} tiles in each")
     return Job(
         graph,
         entry_id,
@@ -94,9 +126,12 @@ class Worker:
         self.lanes = {graph: lane_ref(model.ref, graph) for graph in model.graphs}
         self.streams = {graph: stream_key(settings.stream_prefix, lane) for graph, lane in self.lanes.items()}
         self.dead = {graph: dead_key(settings.stream_prefix, lane) for graph, lane in self.lanes.items()}
+        self.tiles = {graph: tiles_key(settings.stream_prefix, lane) for graph, lane in self.lanes.items()}
         self._graph_of = {stream: graph for graph, stream in self.streams.items()}
         self._last_claim = 0.0
         self.unit_outputs = {o.name for o in model.entry.manifest.outputs if o.value_range == (0.0, 1.0)}
+        self._answerer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dir-answer")
+        self._in_flight: Future[None] | None = None
 
     def ensure_group(self) -> None:
         """Create the consumer group of every stream (from the stream's start) unless it exists."""
@@ -144,7 +179,7 @@ class Worker:
         """Move a job of ``graph`` to its dead-letter stream, tell its request, XACK and XDEL it."""
         log.warning("dead-lettering job %s after %d deliveries", entry_id, deliveries)
         stream = self.streams[graph]
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=True)
         pipe.xadd(
             self.dead[graph], {**fields, b"deliveries": deliveries, b"source_id": entry_id}, maxlen=10_000
         )
@@ -152,10 +187,11 @@ class Worker:
         if request is not None:
             message = f"tile job {entry_id} failed {deliveries} deliveries and was dead-lettered"
             index = fields.get(b"idx", b"0")
-            header = {"idx": int(index) if index.isdigit() else 0, "error": message}
+            header = {"idx": int(index) if index.isdigit() else 0, "n": job_tiles(fields), "error": message}
             self._push(pipe, request.decode(errors="replace"), header, {})
         pipe.xack(stream, GROUP, entry_id)
         pipe.xdel(stream, entry_id)
+        pipe.decrby(self.tiles[graph], job_tiles(fields))
         pipe.execute()
         self.metrics.dead_letters.inc()
 
@@ -166,10 +202,11 @@ class Worker:
         pipe.rpush(key, pack(header, arrays))
         pipe.expire(key, self.settings.result_ttl_s)
 
-    def _read(self, count: int, block_ms: int) -> list[Entry]:
-        """Up to ``count`` new jobs per stream, blocking until any stream has one."""
+    def _read(self, block_ms: int) -> list[Entry]:
+        """At most one new job per stream, blocking until any stream has one. One at a time, because a job
+        holds up to ``max_batch`` tiles: a worker never takes more work than its next batch needs."""
         reply: Any = self.client.xreadgroup(
-            GROUP, self.consumer, dict.fromkeys(self.streams.values(), ">"), count=count, block=block_ms
+            GROUP, self.consumer, dict.fromkeys(self.streams.values(), ">"), count=1, block=block_ms
         )
         entries: list[Entry] = []
         for raw_stream, items in reply or []:
@@ -181,28 +218,29 @@ class Worker:
 
     def read_batch(self, block_ms: int) -> list[Entry]:
         """Reclaimed jobs first, then new ones, filled per the batching policy (max batch, max delay) applied
-        to the fullest graph; every graph's share stays within the max batch."""
+        to the tiles of the fullest graph. The last job read may take a graph past the max batch; its tiles
+        then run in the next model call of the same step."""
         entries: list[Entry] = []
         if self.clock() - self._last_claim >= min(1.0, self.settings.claim_idle_ms / 2000.0):
             entries = self.reclaim()
         if not entries:
-            entries = self._read(self.settings.max_batch, block_ms)
+            entries = self._read(block_ms)
         while entries:
             oldest = min(_enqueued(fields, self.clock()) for _, _, fields in entries)
-            fullest = max(sum(1 for e in entries if e[0] == graph) for graph in self.streams)
+            fullest = max(sum(job_tiles(e[2]) for e in entries if e[0] == graph) for graph in self.streams)
             decision = self.policy.decide(self.clock(), fullest, oldest)
             if decision.take:
                 return entries
             wait_ms = max(1, int((decision.wait_s or 0.0) * 1000))
-            entries += self._read(self.settings.max_batch - fullest, wait_ms)
+            entries += self._read(wait_ms)
         return entries
 
     def process(self, entries: list[Entry]) -> int:
-        """Run one batch; returns how many jobs were answered. Malformed or failing jobs stay pending."""
+        """Run one batch and hand its answers to the answering thread; returns how many jobs get an answer.
+        Malformed or failing jobs stay pending. Raises the Redis error of the previous batch's answers."""
         now = self.clock()
         jobs: list[Job] = []
-        pipe = self.client.pipeline(transaction=False)
-        answered = 0
+        answers: list[Answer] = []
         for graph, entry_id, fields in entries:
             try:
                 job = decode_job(graph, entry_id, fields)
@@ -210,67 +248,91 @@ class Worker:
                 log.error("malformed job %s left pending for dead-lettering: %s", entry_id, exc)
                 continue
             if self.policy.expired(now, job.deadline):
-                self._push(
-                    pipe,
-                    job.request_id,
-                    {"idx": job.index, "error": "deadline passed", "kind": "deadline"},
-                    {},
-                )
-                self._done(pipe, job)
-                answered += 1
+                error = {"idx": job.start, "n": job.count, "error": "deadline passed", "kind": "deadline"}
+                answers.append(Answer(job, error))
                 continue
             jobs.append(job)
         for group in self._runnable_groups(jobs):
-            answered += self._run(group, pipe, now)
-        for stream in self.streams.values():
+            answers += self._run(group, now)
+        self.flush()
+        self._in_flight = self._answerer.submit(self._answer, answers)
+        return len(answers)
+
+    def flush(self) -> None:
+        """Wait until the answers in flight are stored; re-raises their Redis error."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+    def _answer(self, answers: list[Answer]) -> None:
+        """Quantise, RPUSH and acknowledge ``answers`` in one MULTI/EXEC; refresh the queue-depth gauges."""
+        pipe = self.client.pipeline(transaction=True)
+        for answer in answers:
+            job = answer.job
+            bits = 8 if any(a.dtype == np.uint8 for a in job.inputs.values()) else 16
+            arrays = {
+                name: quantize_unit(a, bits) if name in self.unit_outputs else a
+                for name, a in answer.values.items()
+            }
+            self._push(pipe, job.request_id, answer.header, arrays)
+            self._done(pipe, job)
+        for graph, stream in self.streams.items():
             pipe.xlen(stream)
-        depths = pipe.execute()[-len(self.streams) :]
-        for lane, depth in zip(self.lanes.values(), depths, strict=True):
-            self.metrics.queue_depth.labels(lane).set(depth)
-        return answered
+            pipe.get(self.tiles[graph])
+        replies = pipe.execute()[-2 * len(self.streams) :]
+        for k, lane in enumerate(self.lanes.values()):
+            self.metrics.queue_depth.labels(lane).set(queued_tiles(replies[2 * k], replies[2 * k + 1]))
 
     def _done(self, pipe: Any, job: Job) -> None:
         pipe.xack(self.streams[job.graph], GROUP, job.entry_id)
         pipe.xdel(self.streams[job.graph], job.entry_id)
+        pipe.decrby(self.tiles[job.graph], job.count)
 
     @staticmethod
     def _runnable_groups(jobs: list[Job]) -> list[list[Job]]:
-        """Jobs grouped by graph and input shapes (one model call each; graphs never share a batch)."""
+        """Jobs grouped by graph and tile shapes (graphs never share a batch)."""
         groups: dict[tuple[object, ...], list[Job]] = {}
         for job in jobs:
-            shapes = tuple((name, a.shape) for name, a in sorted(job.inputs.items()))
+            shapes = tuple((name, a.shape[1:]) for name, a in sorted(job.inputs.items()))
             groups.setdefault((job.graph, shapes), []).append(job)
         return list(groups.values())
 
-    def _run(self, jobs: list[Job], pipe: Any, now: float) -> int:
+    def _run(self, jobs: list[Job], now: float) -> list[Answer]:
+        """Run the tiles of ``jobs`` (one graph) in model calls of at most ``max_batch`` tiles; one answer per
+        job. A failing call is retried job by job, and a job that fails alone stays pending (redelivery,
+        then the dead-letter stream)."""
         outputs = sorted({o for job in jobs for o in job.outputs})
         graph = jobs[0].graph
-        stacked = {name: stack_tiles([job.inputs[name] for job in jobs]) for name in jobs[0].inputs}
+        lane = self.lanes[graph]
+        stacked = {name: concat_batches([job.inputs[name] for job in jobs]) for name in jobs[0].inputs}
+        total = len(next(iter(stacked.values())))
+        size = self.settings.max_batch
+        parts: list[dict[str, np.ndarray]] = []
         started = time.perf_counter()
         try:
-            values = self.model.run(stacked, outputs, graph)
+            for a in range(0, total, size):
+                call_started = time.perf_counter()
+                parts.append(self.model.run({n: v[a : a + size] for n, v in stacked.items()}, outputs, graph))
+                self.metrics.compute.labels(lane).observe(time.perf_counter() - call_started)
+                self.metrics.batch_size.labels(lane).observe(min(size, total - a))
         except InferenceError as exc:
             if len(jobs) == 1:
                 log.error("job %s failed, left pending for redelivery: %s", jobs[0].entry_id, exc)
-                return 0
-            return sum(self._run([job], pipe, now) for job in jobs)
+                return []
+            return [answer for job in jobs for answer in self._run([job], now)]
         elapsed = time.perf_counter() - started
+        values = {o: concat_batches([part[o] for part in parts]) for o in outputs}
         batch_id = jobs[0].entry_id
-        lane = self.lanes[graph]
-        self.metrics.compute.labels(lane).observe(elapsed)
-        self.metrics.batch_size.labels(lane).observe(len(jobs))
-        for k, job in enumerate(jobs):
+        answers = []
+        offset = 0
+        for job in jobs:
             wait = max(0.0, now - job.enqueued)
             self.metrics.queue_wait.labels(lane).observe(wait)
-            header = {"idx": job.index, "wait": wait, "compute": elapsed, "batch": batch_id}
-            bits = 8 if any(a.dtype == np.uint8 for a in job.inputs.values()) else 16
-            arrays = {
-                name: quantize_unit(values[name][k], bits) if name in self.unit_outputs else values[name][k]
-                for name in job.outputs
-            }
-            self._push(pipe, job.request_id, header, arrays)
-            self._done(pipe, job)
-        return len(jobs)
+            header = {"idx": job.start, "n": job.count, "wait": wait, "compute": elapsed, "batch": batch_id}
+            rows = slice(offset, offset + job.count)
+            answers.append(Answer(job, header, {name: values[name][rows] for name in job.outputs}))
+            offset += job.count
+        return answers
 
     def step(self, block_ms: int = 1000) -> int:
         """One read-run-answer cycle; returns jobs answered (0 when idle)."""
@@ -285,6 +347,7 @@ class Worker:
                 self.ensure_group()
                 while not stop.is_set():
                     self.step()
+                self.flush()
                 backoff = 0.5
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):

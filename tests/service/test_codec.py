@@ -32,6 +32,17 @@ def test_quantisation_error_is_half_a_step(bits: int, dtype: type, step: float) 
     inside = (x >= 0) & (x <= 1)
     assert np.abs(back[inside] - x[inside]).max() <= step / 2 + 1e-7
     assert back.min() == 0.0 and back.max() == 1.0
+    into = np.full((3, *x.shape), np.nan, dtype=np.float32)
+    view = into[1]
+    assert dequantize(q, view) is view
+    assert np.array_equal(into[1], back) and np.isnan(into[0]).all() and np.isnan(into[2]).all()
+
+
+def test_dequantize_into_passes_float_outputs_through() -> None:
+    latent = np.random.default_rng(2).standard_normal((2, 4, 3, 3)).astype(np.float32)
+    out = np.zeros((5, 4, 3, 3), dtype=np.float32)
+    dequantize(latent, out[1:3])
+    assert np.array_equal(out[1:3], latent) and not out[0].any() and not out[3:].any()
 
 
 def test_8_bit_quantisation_gives_the_8_bit_output_of_the_float_tile() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import math
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from PIL import Image
 
 from service.metrics import Metrics
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT, lane_ref, unpack
-from service.redis_queue import GROUP, dead_key, job_fields, result_key, stream_key
+from service.redis_queue import GROUP, dead_key, job_fields, result_key, stream_key, tiles_key
 from service.settings import Settings
 from service.store import RestoreModel, resolve_entry
 from service.tiling import extract_tiles, owned_window, plan_tiles
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.redis
 MODEL = "dir-restore/0.0.1"
 GUIDE = lane_ref(MODEL, GUIDE_GRAPH)
 FACE_TILES = plan_tiles(276, 276, tile=64, overlap=16, multiple=4).count
+FACE_JOBS = math.ceil(FACE_TILES / Settings().max_batch)  # per pass: jobs hold at most max_batch tiles
 
 
 @contextlib.contextmanager
@@ -119,8 +121,9 @@ async def test_redis_backend_matches_embedded(
 def test_pass_one_results_carry_window_sums_not_feature_maps(
     redis_settings: Callable[..., Settings], prefix: str, dataset: Callable[[str], Path]
 ) -> None:
-    """What a worker RPUSHes for a pass-1 job is the tile's (K,) float32 window sum (a few hundred bytes),
-    not its (K, T/s, T/s) guide features; the sums equal the model's own reduction of the same tiles."""
+    """What a worker RPUSHes for a pass-1 job is its tiles' (n, K) float32 window sums (a few hundred bytes
+    per tile), not their (n, K, T/s, T/s) guide features; the sums equal the model's own reduction of the
+    same tiles."""
     settings = redis_settings()
     model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
     assert model.guide is not None
@@ -132,8 +135,9 @@ def test_pass_one_results_carry_window_sums_not_feature_maps(
     tiles = extract_tiles(pixels, grid)
     windows = np.array([owned_window(grid, k, model.guide.scale) for k in range(grid.count)], np.uint16)
     now = time.time()
-    for k in range(grid.count):
-        inputs = {"image": tiles[k], WINDOW_INPUT: windows[k]}
+    size = 5  # jobs of 5 tiles (the last one shorter)
+    for k in range(0, grid.count, size):
+        inputs = {"image": tiles[k : k + size], WINDOW_INPUT: windows[k : k + size]}
         client.xadd(stream_key(prefix, GUIDE), job_fields("sums", k, inputs, [GUIDE_SUM], now, now + 60))
     for _ in range(200):
         if not client.xlen(stream_key(prefix, GUIDE)):
@@ -141,16 +145,17 @@ def test_pass_one_results_carry_window_sums_not_feature_maps(
         worker.step(block_ms=20)
     messages: Any = client.lrange(result_key(prefix, "sums"), 0, -1)
     client.close()
-    assert len(messages) == grid.count
+    assert len(messages) == math.ceil(grid.count / size)
     channels = int(model.guide.outputs[0].shape[1])
     feature_map_bytes = channels * (64 // model.guide.scale) ** 2 * 4
-    sums = np.zeros((grid.count, channels), dtype=np.float32)
+    sums = np.full((grid.count, channels), np.nan, dtype=np.float32)
     for message in messages:
         header, arrays = unpack(message)
-        assert list(arrays) == [GUIDE_SUM]
-        assert arrays[GUIDE_SUM].shape == (channels,) and arrays[GUIDE_SUM].dtype == np.float32
-        assert len(message) < 512 < feature_map_bytes
-        sums[header["idx"]] = arrays[GUIDE_SUM]
+        start, n = header["idx"], header["n"]
+        assert list(arrays) == [GUIDE_SUM] and n == min(size, grid.count - start)
+        assert arrays[GUIDE_SUM].shape == (n, channels) and arrays[GUIDE_SUM].dtype == np.float32
+        assert len(message) < 512 + n * channels * 4 < n * feature_map_bytes
+        sums[start : start + n] = arrays[GUIDE_SUM]
     expected = model.run({"image": tiles, WINDOW_INPUT: windows}, [GUIDE_SUM], GUIDE_GRAPH)[GUIDE_SUM]
     np.testing.assert_allclose(sums, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))
 
@@ -219,7 +224,8 @@ async def test_worker_killed_mid_batch_loses_nothing(
     }
     multiproc = tmp_path / "prom"
     multiproc.mkdir()
-    # Worker 1 takes every queued job into one batch, then waits (10 min) for it to fill: it holds them.
+    # Worker 1 takes every queued job (FACE_JOBS per request) into one batch, then waits (10 min) for it
+    # to fill: it holds them.
     doomed = spawn_worker({**base, "DIR_MAX_BATCH": "100000", "DIR_MAX_QUEUE_DELAY_MS": "600000"}, "doomed")
     rescuer: subprocess.Popen[bytes] | None = None
     probe = redis.Redis.from_url(redis_url)
@@ -230,7 +236,7 @@ async def test_worker_killed_mid_batch_loses_nothing(
             for _ in range(1200):
                 info = probe.xpending(stream, GROUP) if probe.exists(stream) else {"consumers": []}
                 held = sum(c["pending"] for c in info["consumers"] if c["name"] in (b"doomed", "doomed"))
-                if held >= 4 * FACE_TILES or (held and probe.xlen(stream) == held):
+                if held >= 4 * FACE_JOBS or (held and probe.xlen(stream) == held):
                     break
                 await asyncio.sleep(0.05)
             assert held > 0, "worker 1 never took a batch"
@@ -302,6 +308,10 @@ async def test_redis_deadline_and_queue_full(
         timed_out = await first
     assert second.status_code == 429 and second.headers["retry-after"]
     assert timed_out.status_code == 504
+    # The queue holds pass 1 of the first request: its tiles in jobs of max_batch, counted in tiles.
+    assert probe.xlen(stream_key(prefix, GUIDE)) == FACE_JOBS
+    assert int(probe.get(tiles_key(prefix, GUIDE))) == FACE_TILES  # type: ignore[arg-type]
+    assert f"holds {FACE_TILES} tiles" in second.json()["message"]
     # A worker arriving late drops the expired jobs without computing them.
     model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
     metrics = Metrics()
@@ -311,6 +321,7 @@ async def test_redis_deadline_and_queue_full(
             break
         worker.step(block_ms=10)
     assert probe.xlen(stream_key(prefix, GUIDE)) == probe.xlen(stream_key(prefix, MODEL)) == 0
+    assert int(probe.get(tiles_key(prefix, GUIDE))) == 0  # type: ignore[arg-type]
     for lane in (MODEL, GUIDE):
         assert metrics.batch_size.labels(lane)._sum.get() == 0  # type: ignore[attr-defined]
     probe.close()
