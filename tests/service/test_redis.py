@@ -358,3 +358,47 @@ async def test_redis_outage_is_503_then_recovers_without_restart(
     assert not_ready.status_code == 503
     assert after is not None and after.status_code == 200, after.text if after else None
     assert ready.status_code == 200
+
+
+def test_worker_splits_jobs_into_model_calls_of_at_most_max_batch(
+    redis_settings: Callable[..., Settings], prefix: str, dataset: Callable[[str], Path]
+) -> None:
+    """Jobs of 3 tiles with a max batch of 4: the worker reads a second job to fill its batch (6 tiles), runs
+    4 + 2, and every job gets its own tiles' outputs back."""
+    settings = redis_settings(max_batch=4)
+    model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
+    client = redis.Redis.from_url(settings.queue)
+    metrics = Metrics()
+    worker = Worker(client, model, settings, metrics, consumer="split-test")
+    worker.ensure_group()
+    pixels = np.asarray(Image.open(dataset("cset14") / "face.png").convert("RGB"))
+    grid = plan_tiles(*pixels.shape[:2], tile=64, overlap=16, multiple=4)
+    assert model.guide is not None
+    tiles = extract_tiles(pixels, grid)[:9]
+    channels = int(model.guide.outputs[0].shape[1])
+    mean = np.random.default_rng(0).standard_normal((9, channels), dtype=np.float32)
+    name = model.guide.mean_input
+    now = time.time()
+    for start in (0, 3, 6):
+        inputs = {"image": tiles[start : start + 3], name: mean[start : start + 3]}
+        client.xadd(stream_key(prefix, MODEL), job_fields("split", start, inputs, ["r_plus"], now, now + 60))
+    for _ in range(200):
+        if not client.xlen(stream_key(prefix, MODEL)):
+            break
+        worker.step(block_ms=20)
+    worker.flush()
+    messages: Any = client.lrange(result_key(prefix, "split"), 0, -1)
+    client.close()
+    expected = model.run({"image": tiles, name: mean}, ["r_plus"])["r_plus"]
+    assert sorted(unpack(m)[0]["idx"] for m in messages) == [0, 3, 6]
+    for message in messages:
+        header, arrays = unpack(message)
+        assert header["n"] == 3
+        np.testing.assert_allclose(arrays["r_plus"], expected[header["idx"] : header["idx"] + 3], atol=1e-4)
+    histogram = metrics.batch_size.labels(MODEL)
+    assert histogram._sum.get() == 9  # type: ignore[attr-defined]
+    samples = metrics.batch_size.collect()[0].samples
+    buckets = {
+        s.labels["le"]: s.value for s in samples if s.name.endswith("_bucket") and s.labels["model"] == MODEL
+    }
+    assert buckets["4.0"] == buckets["+Inf"] >= 3  # no call over max_batch; at least 4 + 2 + 3
