@@ -7,6 +7,7 @@ import pytest
 
 from service.imaging import to_uint8
 from service.queue import dequantize, pack, quantize_unit, unpack
+from service.redis_queue import job_tiles, queued_tiles
 
 
 def test_pack_round_trip_keeps_dtypes_and_header() -> None:
@@ -54,3 +55,18 @@ def test_8_bit_quantisation_gives_the_8_bit_output_of_the_float_tile() -> None:
 def test_bad_bits_are_refused() -> None:
     with pytest.raises(ValueError, match="bits must be 8 or 16, got 12"):
         quantize_unit(np.zeros(2, dtype=np.float32), 12)
+
+
+def test_queued_tiles_trusts_the_stream_over_the_counter() -> None:
+    """The Redis lane's tile counter sets the depth, but an empty stream is empty whatever it says (a counter
+    left high by a lost update cannot wedge the queue bound) and a negative counter reads as 0."""
+    assert queued_tiles(2, b"17") == 17
+    assert queued_tiles(0, b"1000000") == 0
+    assert queued_tiles(3, b"-2") == 0
+    assert queued_tiles(1, None) == 0
+
+
+def test_job_tiles_reads_n_and_defaults_to_one() -> None:
+    assert job_tiles({b"n": b"8"}) == 8
+    assert job_tiles({}) == 1
+    assert job_tiles({b"n": b"x"}) == 1
