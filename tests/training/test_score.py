@@ -14,7 +14,7 @@ from training.isp import simulate, stable_seed
 from training.train.data import list_images, load_rgb
 from training.train.errors import CheckpointError
 from training.train.metrics import psnr
-from training.train.score import centre_crop, score_run, scores_path
+from training.train.score import centre_crop, colour_fit, score_run, scores_path
 
 ENTRY = Path(__file__).resolve().parents[2] / "model_store" / "dir-restore" / "3.1.0"
 
@@ -40,6 +40,9 @@ def test_entry_scores_match_a_manual_restore(dataset: Callable[[str], Path]) -> 
         restored = system_from_entry(ENTRY).eval().restore(x)
     assert row["input_psnr"] == pytest.approx(float(psnr(x, clean)), abs=1e-3)
     assert row["restored_psnr"] == pytest.approx(float(psnr(restored, clean)), abs=1e-3)
+    fitted = float(psnr(colour_fit(restored, clean), clean))
+    assert row["restored_colour_fit_psnr"] == pytest.approx(fitted, abs=1e-3)
+    assert row["input_colour_fit_psnr"] >= row["input_psnr"]
     assert scores_path(ENTRY) is None
     assert sorted(p.name for p in ENTRY.glob("scores*")) == [], "an entry's folder is never written"
 
@@ -66,3 +69,20 @@ def test_other_protocols_get_their_own_file(tmp_path: Path) -> None:
     assert scores_path(tmp_path) == tmp_path / "scores.json"
     assert scores_path(tmp_path, "train") == tmp_path / "scores-train.json"
     assert scores_path(tmp_path, "ablation", 128) == tmp_path / "scores-ablation-crop128.json"
+
+
+def test_colour_fit_undoes_a_global_affine_colour_change(dataset: Callable[[str], Path]) -> None:
+    clean = load_rgb(list_images(dataset("cset5"))[0]).float().div(255.0).unsqueeze(0)[..., :96, :96]
+    mix = torch.tensor([[0.8, 0.1, 0.0], [0.05, 0.7, 0.1], [0.0, 0.2, 0.6]])
+    shifted = torch.einsum("ij,njhw->nihw", mix, clean) + torch.tensor([0.05, 0.1, 0.0]).view(1, 3, 1, 1)
+    assert float(psnr(shifted, clean)) < 25
+    assert float(psnr(colour_fit(shifted, clean), clean)) > 60
+
+
+def test_colour_fit_never_adds_error_and_fits_each_image_alone() -> None:
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.rand(2, 3, 16, 16, generator=generator)
+    noisy = (clean + 0.2 * torch.randn(2, 3, 16, 16, generator=generator)).clamp(0, 1)
+    both = colour_fit(noisy, clean)
+    assert float(psnr(both[:1], clean[:1])) >= float(psnr(noisy[:1], clean[:1]))
+    assert torch.allclose(both[1:], colour_fit(noisy[1:], clean[1:]))

@@ -39,6 +39,26 @@ def decoder_ceiling(system: DiRSystem, clean: torch.Tensor) -> torch.Tensor:
     return system.get_submodule("decoder")(r_star).clamp(0.0, 1.0)[..., :h, :w]
 
 
+def colour_fit(image: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """``image`` after the best global affine colour correction towards ``clean``: per image, the affine map
+    of RGB (a 3x4 matrix, least squares over every pixel, float64) fitted to ``clean`` and applied, clamped
+    to [0, 1]. (N, 3, H, W) sRGB in [0, 1] each -> (N, 3, H, W) sRGB in [0, 1].
+
+    A diagnostic that reads the clean image, not a restoration method: the PSNR it leaves is the error that
+    no global affine colour change removes (noise, artefacts, blur, local colour, the non-affine part of a
+    tone curve), so comparing it with the plain PSNR splits an error into a global-colour part and the rest.
+    """
+    n, c, h, w = image.shape
+    out = torch.empty_like(image)
+    for i in range(n):
+        ones = torch.ones(1, h * w, dtype=image.dtype, device=image.device)
+        features = torch.cat([image[i].reshape(c, -1), ones]).T.double()
+        target = clean[i].reshape(c, -1).T.double()
+        matrix = torch.linalg.lstsq(features, target).solution
+        out[i] = (features @ matrix).T.reshape(c, h, w).to(image.dtype)
+    return out.clamp(0.0, 1.0)
+
+
 def _load(source: Path, variant: Variant) -> DiRSystem:
     """The system to score: a run folder's checkpoint, or a model_store entry's weights (full method only)."""
     if (source / "manifest.json").is_file():
@@ -70,7 +90,9 @@ def score_variant(
     limit: int | None = None,
     crop: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Mean PSNR (dB) per dataset -> {dataset: {restored_psnr, input_psnr, images[, ceiling_psnr]}}.
+    """Mean PSNR (dB) per dataset -> {dataset: {restored_psnr, input_psnr, restored_colour_fit_psnr,
+    input_colour_fit_psnr, images[, ceiling_psnr]}}; the ``colour_fit`` values are after
+    :func:`colour_fit` (the error that is not global colour or tone).
 
     ``source``: a run folder or a model_store entry. ``crop``: score the centre ``crop`` x ``crop`` of each
     clean image (degraded with the same seed as the whole image) instead of the whole image.
@@ -83,24 +105,24 @@ def score_variant(
     out: dict[str, dict[str, float]] = {}
     for name in datasets:
         files = list_images(dataset_dir(name))[:limit]
-        restored_db, input_db, ceiling_db = [], [], []
+        rows: dict[str, list[float]] = {
+            key: [] for key in ("restored", "input", "restored_colour_fit", "input_colour_fit", "ceiling")
+        }
         with_ceiling = variant in ("full", "no_pilot")
         for f in files:
             clean = load_rgb(f).float().div(255.0).unsqueeze(0)
             if crop is not None:
                 clean = centre_crop(clean, crop)
             x = simulate(clean, preset=preset, seed=[stable_seed(preset, name, f.name)]).degraded
-            restored_db.append(float(psnr(system.restore(x), clean)))
-            input_db.append(float(psnr(x, clean)))
+            restored = system.restore(x)
+            rows["restored"].append(float(psnr(restored, clean)))
+            rows["input"].append(float(psnr(x, clean)))
+            rows["restored_colour_fit"].append(float(psnr(colour_fit(restored, clean), clean)))
+            rows["input_colour_fit"].append(float(psnr(colour_fit(x, clean), clean)))
             if with_ceiling:
-                ceiling_db.append(float(psnr(decoder_ceiling(system, clean), clean)))
-        out[name] = {
-            "restored_psnr": round(sum(restored_db) / len(files), 3),
-            "input_psnr": round(sum(input_db) / len(files), 3),
-            "images": len(files),
-        }
-        if with_ceiling:
-            out[name]["ceiling_psnr"] = round(sum(ceiling_db) / len(files), 3)
+                rows["ceiling"].append(float(psnr(decoder_ceiling(system, clean), clean)))
+        out[name] = {f"{key}_psnr": round(sum(v) / len(files), 3) for key, v in rows.items() if v}
+        out[name]["images"] = len(files)
     return out
 
 
