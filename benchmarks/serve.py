@@ -36,6 +36,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from service.client.client import server_timings
 from service.settings import DEFAULT_MODEL_STORE
 from service.store import ModelEntry, resolve_entry
 from training.paths import data_root
@@ -205,7 +206,7 @@ def redis_overhead(body: bytes, env: dict[str, str], redis_url: str, pairs: int)
                     latency = (time.perf_counter() - started) * 1000
                     if response.status_code != 200:
                         raise RuntimeError(f"{base}: HTTP {response.status_code}: {response.text[:200]}")
-                    times[base].append((latency, server_timing(response.headers)["compute"]))
+                    times[base].append((latency, server_timings(response.headers)["compute"] * 1000))
     emb, red = np.asarray(times[embedded]), np.asarray(times[redis_base])
     total = red[:, 0] - emb[:, 0]
     outside = (red[:, 0] - red[:, 1]) - (emb[:, 0] - emb[:, 1])
@@ -223,16 +224,6 @@ def redis_overhead(body: bytes, env: dict[str, str], redis_url: str, pairs: int)
             float(np.percentile(outside, 75)),
         ],
     }
-
-
-def server_timing(headers: httpx.Headers) -> dict[str, float]:
-    """``Server-Timing: name;dur=ms, ...`` -> {name: ms}."""
-    out: dict[str, float] = {}
-    for part in headers.get("server-timing", "").split(","):
-        name, _, dur = part.strip().partition(";dur=")
-        if dur:
-            out[name] = float(dur)
-    return out
 
 
 def peak_rss_12mp(env: dict[str, str], photo: Image.Image) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def read_image(image: ImageInput) -> tuple[bytes, str]:
     return data, _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
 
 
-def _timings(headers: httpx.Headers) -> dict[str, float]:
+def server_timings(headers: httpx.Headers) -> dict[str, float]:
     """Server-reported timings in seconds from ``Server-Timing: name;dur=<ms>, ...``."""
     out: dict[str, float] = {}
     for metric in headers.get("server-timing", "").split(","):
@@ -112,7 +112,7 @@ class _Protocol:
             content=response.content,
             media_type=response.headers.get("content-type", "application/octet-stream"),
             model=response.headers.get(MODEL_HEADER),
-            timings=_timings(response.headers),
+            timings=server_timings(response.headers),
             latency_s=latency_s,
         )
 
@@ -121,7 +121,10 @@ class _Protocol:
         """Decode a /v1/represent answer (``.npy`` bytes)."""
         try:
             return Representation.from_npy(
-                response.content, response.headers.get(MODEL_HEADER), _timings(response.headers), latency_s
+                response.content,
+                response.headers.get(MODEL_HEADER),
+                server_timings(response.headers),
+                latency_s,
             )
         except ValueError as exc:
             raise DirClientError(f"server sent an unreadable .npy body: {exc}") from exc
