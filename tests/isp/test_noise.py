@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from training.isp.noise import add_raw_noise, add_srgb_noise, noise_generators
-from training.isp.ops import per_image
 
 SIDE = 256  # 65536 samples per patch: the variance estimate's relative standard error is about 0.6%
 
@@ -17,9 +16,9 @@ def noisy_flat(
     raw = torch.full((1, 1, SIDE, SIDE), level)
     return add_raw_noise(
         raw,
-        shot=per_image([shot], raw),
-        read=per_image([read], raw),
-        gaussian_sigma=per_image([sigma], raw),
+        shot=[shot],
+        read=[read],
+        gaussian_sigma=[sigma],
         poisson_lambda=[lam],
         generators=noise_generators([seed], raw.device),
     )
@@ -56,7 +55,7 @@ def test_no_noise_is_identity() -> None:
 @pytest.mark.parametrize(("level", "sigma", "lam"), [(0.5, 0.075, 0.0), (0.4, 0.0, 0.02), (0.5, 0.1, 0.03)])
 def test_srgb_noise_variance_matches_the_model(level: float, sigma: float, lam: float) -> None:
     srgb = torch.full((1, 3, SIDE, SIDE), level)
-    out = add_srgb_noise(srgb, per_image([sigma], srgb), [lam], noise_generators([1], srgb.device))
+    out = add_srgb_noise(srgb, [sigma], [lam], noise_generators([1], srgb.device))
     expected = sigma**2 + lam * level
     assert float(out.var()) == pytest.approx(expected, rel=0.04)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
@@ -64,7 +63,7 @@ def test_srgb_noise_variance_matches_the_model(level: float, sigma: float, lam: 
 
 def test_srgb_noise_is_clipped_and_off_is_identity() -> None:
     dark = torch.zeros((2, 3, 32, 32))
-    out = add_srgb_noise(dark, per_image([0.2, 0.0], dark), [0.0, 0.0], noise_generators([1, 2], dark.device))
+    out = add_srgb_noise(dark, [0.2, 0.0], [0.0, 0.0], noise_generators([1, 2], dark.device))
     assert float(out[0].min()) == 0.0 and float(out[0].max()) > 0.1
     assert torch.equal(out[1], dark[1])
-    assert add_srgb_noise(dark, per_image([0.0, 0.0], dark), [0.0, 0.0], []) is dark
+    assert add_srgb_noise(dark, [0.0, 0.0], [0.0, 0.0], []) is dark

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from training.isp import PRESETS, SimResult, simulate, simulate_two_views, stable_seed
+from training.isp.errors import ParamsError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -84,6 +85,26 @@ def test_two_views_differ_but_share_the_clean_image(batch: torch.Tensor) -> None
     assert float((v1.degraded - v2.degraded).abs().mean()) > 0.01
     again = simulate_two_views(batch, "train", seed=9)
     assert torch.equal(again[1].degraded, simulate_two_views(batch, "train", seed=9)[1].degraded)
+
+
+def test_one_preset_per_image_equals_each_image_simulated_with_its_own(batch: torch.Tensor) -> None:
+    names = ["ablation", "train", "lowlight", "ablation"]
+    seeds = [stable_seed("mix", i) for i in range(4)]
+    mixed = simulate(batch, names, seed=seeds)
+    for i, name in enumerate(names):
+        alone = simulate(batch[i : i + 1], name, seed=[seeds[i]])
+        assert torch.equal(alone.degraded[0], mixed.degraded[i])
+    v1, v2 = simulate_two_views(batch, names, seed=3)
+    sigmas = [p.gaussian_sigma for p in v2.params]
+    assert 0.05 <= sigmas[0] <= 0.1 and 0.15 <= sigmas[2] <= 0.35 and 0.05 <= sigmas[3] <= 0.1
+    assert torch.equal(v1.degraded, simulate_two_views(batch, names, seed=3)[0].degraded)
+
+
+def test_a_preset_list_of_the_wrong_length_or_with_an_unknown_name_is_refused(batch: torch.Tensor) -> None:
+    with pytest.raises(ParamsError, match="one preset name per image: 4 images, got 2"):
+        simulate(batch, ["train", "ablation"], seed=1)
+    with pytest.raises(ParamsError, match="unknown ISP preset 'nope'"):
+        simulate_two_views(batch, ["train", "nope", "train", "train"], seed=1)
 
 
 @pytest.mark.parametrize("domain", ["raw", "srgb"])

@@ -68,8 +68,8 @@ def test_gamma_and_sharpen() -> None:
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     gamma = per_image([2.2, 1.0], x)
     assert torch.allclose(gamma_compression(x, gamma)[0], x[0].clamp_min(1e-8) ** (1 / 2.2), atol=1e-6)
-    assert torch.equal(unsharp_mask(x, per_image([0.0, 0.0], x), [1.0, 1.0]), x)
-    sharp = unsharp_mask(x, per_image([1.0, 0.0], x), [1.0, 1.0])
+    assert torch.equal(unsharp_mask(x, [0.0, 0.0], [1.0, 1.0]), x)
+    sharp = unsharp_mask(x, [1.0, 0.0], [1.0, 1.0])
     assert sharp[0].std() > x[0].std() and torch.allclose(sharp[1], x[1])
 
 

@@ -11,7 +11,7 @@ import yaml
 from tests.training.test_resume import image_dir, micro  # noqa: F401  (fixture re-export)
 from training.cli import main
 from training.train.config import config_to_dict
-from training.train.data import StepBatches, iterate_batches, load_store
+from training.train.data import StepBatches, batch_presets, iterate_batches, load_store
 from training.train.errors import ConfigError
 from training.train.loop import PROBE_STEPS, budget_steps, train_stage
 
@@ -68,6 +68,22 @@ def test_worker_batches_equal_in_process_batches(image_dir: Path) -> None:  # no
         there.close()
     # A batch depends on its step index alone.
     assert torch.equal(data[9][0], data[9][0]) and not torch.equal(data[9][0], data[10][0])
+
+
+def test_a_preset_mixture_draws_each_image_from_its_names_reproducibly(image_dir: Path) -> None:  # noqa: F811
+    assert batch_presets("train", 4, torch.Generator().manual_seed(0)) == "train"
+    drawn = batch_presets("ablation+lowlight", 64, torch.Generator().manual_seed(0))
+    assert drawn == batch_presets("ablation+lowlight", 64, torch.Generator().manual_seed(0))
+    assert set(drawn) == {"ablation", "lowlight"}
+    store = load_store(image_dir, 1, 32)
+    data = StepBatches(
+        store.train, 4, 32, "ablation+lowlight", views=1, base_seed=7, device=torch.device("cpu")
+    )
+    assert torch.equal(data[3][1], data[3][1])
+    # The clean patches are drawn before the mixture's choice: they equal a plain preset's, the views do not.
+    plain = StepBatches(store.train, 4, 32, "ablation", views=1, base_seed=7, device=torch.device("cpu"))
+    assert not torch.equal(data[3][1], plain[3][1])
+    assert torch.equal(plain[3][0], data[3][0])
 
 
 def test_time_limit_is_refused_under_torchrun(

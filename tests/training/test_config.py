@@ -36,6 +36,8 @@ def test_shipped_configs_are_valid_and_round_trip(name: str) -> None:
         ({"stage2": {"lr": 1e-4, "lr_min": 1e-3}}, r"lr_min <= lr"),
         ({"data": {"train_dir": "cset14"}}, r"evaluation set"),
         ({"data": "bsds"}, r"config\.data: expected a mapping"),
+        ({"data": {"preset": "train+nope"}}, r"data\.preset 'train\+nope': unknown preset\(s\) \['nope'\]"),
+        ({"data": {"val_preset": "ablation+lowlight"}}, r"held-out images use one preset"),
     ],
 )
 def test_bad_configs_are_rejected_with_the_offending_key(raw: dict[str, Any], match: str) -> None:

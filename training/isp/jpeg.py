@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from training.isp.ops import to_device
+
 
 def to_uint8(srgb: torch.Tensor) -> np.ndarray:
     """``(..., 3, H, W)`` float sRGB in ``[0, 1]`` -> contiguous ``(..., H, W, 3)`` uint8, rounded to nearest.
@@ -41,7 +43,7 @@ def jpeg_compress(srgb: torch.Tensor, quality: Sequence[int | None]) -> torch.Te
     if not on:
         return srgb
     n, c, h, w = srgb.shape
-    index = torch.tensor([i for i, _ in on], device=srgb.device)
+    index = to_device(torch.tensor([i for i, _ in on]), srgb.device)
     rgb = to_uint8(srgb if len(on) == n else srgb.index_select(0, index))
     decoded = np.empty_like(rgb)
 

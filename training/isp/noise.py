@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from training.isp.ops import per_image
+
 
 def noise_generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
     """One torch generator per image on ``device``, seeded with that image's noise seed."""
@@ -14,15 +16,15 @@ def noise_generators(seeds: Sequence[int], device: torch.device) -> list[torch.G
 
 def add_raw_noise(
     raw: torch.Tensor,
-    shot: torch.Tensor,
-    read: torch.Tensor,
-    gaussian_sigma: torch.Tensor,
+    shot: Sequence[float],
+    read: Sequence[float],
+    gaussian_sigma: Sequence[float],
     poisson_lambda: Sequence[float],
     generators: Sequence[torch.Generator],
 ) -> torch.Tensor:
     """Noisy RAW: ``(N, 1, H, W)`` clean RAW in ``[0, 1]`` -> ``(N, 1, H, W)`` (not clipped).
 
-    Per image ``n`` (``shot``, ``read``, ``gaussian_sigma`` are ``(N, 1, 1, 1)``):
+    Per image ``n`` (one value of ``shot``, ``read``, ``gaussian_sigma``, ``poisson_lambda`` per image):
 
     * Poisson, when ``poisson_lambda[n] > 0``: ``x -> Poisson(x / lambda) * lambda`` (mean ``x``, variance
       ``lambda * x``: a sensor with ``1 / lambda`` photo-electrons at white).
@@ -41,17 +43,18 @@ def add_raw_noise(
         for i, lam in enumerate(lambdas):
             if lam > 0:
                 x[i] = torch.poisson(raw[i].clamp_min(0.0) / lam, generator=generators[i]) * lam
-    if bool((shot == 0).all()):
+    read_t, sigma_t = per_image(read, raw), per_image(gaussian_sigma, raw)
+    if all(v == 0 for v in shot):
         # Signal-independent: one standard deviation per image (0 * x + read == read exactly).
-        std = (read + gaussian_sigma**2).sqrt_()
+        std = (read_t + sigma_t**2).sqrt_()
     else:
-        std = raw.clamp_min(0.0).mul_(shot).add_(read).add_(gaussian_sigma**2).sqrt_()
+        std = raw.clamp_min(0.0).mul_(per_image(shot, raw)).add_(read_t).add_(sigma_t**2).sqrt_()
     return z.mul_(std).add_(x)
 
 
 def add_srgb_noise(
     srgb: torch.Tensor,
-    gaussian_sigma: torch.Tensor,
+    gaussian_sigma: Sequence[float],
     poisson_lambda: Sequence[float],
     generators: Sequence[torch.Generator],
     out: torch.Tensor | None = None,
@@ -59,12 +62,12 @@ def add_srgb_noise(
     """Noisy sRGB: ``(N, 3, H, W)`` in ``[0, 1]`` -> ``(N, 3, H, W)`` clipped to ``[0, 1]``.
 
     Per image ``n``: Poisson ``x -> Poisson(x / lambda) * lambda`` when ``poisson_lambda[n] > 0``, then
-    Gaussian noise of standard deviation ``gaussian_sigma[n]`` (``(N, 1, 1, 1)``), independent per pixel and
+    Gaussian noise of standard deviation ``gaussian_sigma[n]``, independent per pixel and
     channel. Images whose sigma and lambda are both 0 pass through unchanged and consume no draws. When
     any noise is added, the result goes into ``out`` if given (a contiguous tensor of ``srgb``'s shape other
     than ``srgb``); with no noise at all, ``srgb`` itself is returned.
     """
-    sigmas = gaussian_sigma.flatten().tolist()
+    sigmas = [float(v) for v in gaussian_sigma]
     lambdas = [float(v) for v in poisson_lambda]
     if not any(s > 0 for s in sigmas) and not any(v > 0 for v in lambdas):
         return srgb
@@ -77,4 +80,4 @@ def add_srgb_noise(
             x[i] = torch.poisson(srgb[i].clamp_min(0.0) / lambdas[i], generator=g) * lambdas[i]
         if sigmas[i] > 0:
             z[i].normal_(generator=g)
-    return z.mul_(gaussian_sigma).add_(x).clamp_(0.0, 1.0)
+    return z.mul_(per_image(sigmas, srgb)).add_(x).clamp_(0.0, 1.0)

@@ -13,9 +13,21 @@ import torch.nn.functional as F
 BLUR_CHUNK = 16
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU ``tensor`` (built from Python values) on ``device``, copied without waiting for the device.
+
+    A copy from ordinary (pageable) host memory to a GPU first waits for every kernel already queued, so
+    each per-image parameter would stall the pipeline; on CUDA the copy goes through pinned memory and is
+    queued on the current stream instead. On the CPU this is ``tensor.to(device)``.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def per_image(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     """Per-image scalars as an ``(N, 1, 1, 1)`` tensor with ``like``'s dtype and device."""
-    return torch.tensor(list(values), dtype=like.dtype).view(-1, 1, 1, 1).to(like.device)
+    return to_device(torch.tensor(list(values), dtype=like.dtype).view(-1, 1, 1, 1), like.device)
 
 
 def apply_ccm(image: torch.Tensor, ccm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -39,7 +51,7 @@ def gaussian_kernels(sigma: Sequence[float], device: torch.device) -> torch.Tens
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     s = torch.tensor(list(sigma), dtype=torch.float32).clamp_min(1e-6).view(-1, 1)
     k = torch.exp(-0.5 * (x / s) ** 2)
-    return (k / k.sum(dim=1, keepdim=True)).to(device)
+    return to_device(k / k.sum(dim=1, keepdim=True), device)
 
 
 def gaussian_blur_chunks(

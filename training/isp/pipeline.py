@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from training.isp.errors import ImageError, ParamsError, check_srgb_batch
 from training.isp.jpeg import jpeg_compress
 from training.isp.noise import add_raw_noise, add_srgb_noise, noise_generators
-from training.isp.ops import apply_ccm, per_image
+from training.isp.ops import apply_ccm, per_image, to_device
 from training.isp.params import ISPParams
-from training.isp.presets import get_preset
+from training.isp.presets import Preset, get_preset
 from training.isp.process import (
     apply_raw_gains,
     demosaic,
@@ -57,7 +57,8 @@ class SimResult:
 
 def _matrices(params: Sequence[ISPParams], name: str, like: torch.Tensor) -> torch.Tensor:
     """The ``(N, 3, 3)`` colour matrices ``name`` of all images, as ``like``'s dtype and device."""
-    return torch.tensor(np.array([getattr(p, name) for p in params]), dtype=like.dtype).to(like.device)
+    matrices = torch.tensor(np.array([getattr(p, name) for p in params]), dtype=like.dtype)
+    return to_device(matrices, like.device)
 
 
 def _column(params: Sequence[ISPParams], name: str, like: torch.Tensor) -> torch.Tensor:
@@ -95,13 +96,11 @@ def unprocess(
     return raw
 
 
-def _protocol_noise(
-    params: Sequence[ISPParams], domain: str, like: torch.Tensor
-) -> tuple[torch.Tensor, list[float]]:
-    """Gaussian sigmas ``(N, 1, 1, 1)`` and Poisson lambdas, 0 for images whose noise is not in ``domain``."""
+def _protocol_noise(params: Sequence[ISPParams], domain: str) -> tuple[list[float], list[float]]:
+    """Per-image Gaussian sigmas and Poisson lambdas, 0 for images whose noise is not in ``domain``."""
     sigma = [p.gaussian_sigma if p.noise_domain == domain else 0.0 for p in params]
     lam = [p.poisson_lambda if p.noise_domain == domain else 0.0 for p in params]
-    return per_image(sigma, like), lam
+    return sigma, lam
 
 
 def add_noise(
@@ -113,11 +112,11 @@ def add_noise(
     ``noise_domain == "raw"``. ``generators`` (one per image) continue into :func:`add_noise_srgb`.
     """
     gens = generators or noise_generators([p.noise_seed for p in params], raw.device)
-    sigma, lam = _protocol_noise(params, "raw", raw)
+    sigma, lam = _protocol_noise(params, "raw")
     return add_raw_noise(
         raw,
-        shot=_column(params, "shot_noise", raw),
-        read=_column(params, "read_noise", raw),
+        shot=[p.shot_noise for p in params],
+        read=[p.read_noise for p in params],
         gaussian_sigma=sigma,
         poisson_lambda=lam,
         generators=gens,
@@ -134,7 +133,7 @@ def add_noise_srgb(
 
     ``out``: where the noisy result goes, as in :func:`~training.isp.noise.add_srgb_noise`.
     """
-    sigma, lam = _protocol_noise(params, "srgb", srgb)
+    sigma, lam = _protocol_noise(params, "srgb")
     return add_srgb_noise(srgb, sigma, lam, generators, out)
 
 
@@ -178,7 +177,7 @@ def process(
     if stages is not None:
         stages["gamma + tone"] = x
     # Sharpening (unsharp mask), clipped to [0, 1].
-    y = unsharp_mask(x, _column(params, "sharpen_amount", x), [p.sharpen_sigma for p in params], y)
+    y = unsharp_mask(x, [p.sharpen_amount for p in params], [p.sharpen_sigma for p in params], y)
     if stages is None:
         pool.append(x)
     return y
@@ -219,9 +218,18 @@ def degrade(
     return SimResult(clean=clean, degraded=out, params=list(params), stages=stages or {})
 
 
+def _per_image_presets(preset: str | Sequence[str], n: int) -> list[Preset]:
+    """``n`` presets: ``preset`` repeated when it is one name, else one per image (checked to be ``n``)."""
+    if isinstance(preset, str):
+        return [get_preset(preset)] * n
+    if len(preset) != n:
+        raise ParamsError(f"need one preset name per image: {n} images, got {len(preset)} names")
+    return [get_preset(name) for name in preset]
+
+
 def simulate(
     clean: torch.Tensor,
-    preset: str = "train",
+    preset: str | Sequence[str] = "train",
     *,
     seed: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
@@ -233,7 +241,7 @@ def simulate(
 
     Args:
         clean: ``(N, 3, H, W)`` float32 sRGB in ``[0, 1]``, CPU or CUDA.
-        preset: a name in :data:`~training.isp.presets.PRESETS`.
+        preset: a name in :data:`~training.isp.presets.PRESETS`, or one name per image.
         seed: an int (image ``i`` gets ``stable_seed(seed, i)``) or one int per image (e.g. from
             :func:`stable_seed` per file). Exactly one of ``seed``, ``generator``, ``params`` is given.
         generator: a torch generator (any device), advanced by one draw per call.
@@ -246,8 +254,10 @@ def simulate(
     """
     if params is None:
         check_srgb_batch(clean)
-        p = get_preset(preset)
-        params = [sample_params(p, s) for s in image_seeds(clean.shape[0], seed, generator)]
+        seeds = image_seeds(clean.shape[0], seed, generator)
+        params = [
+            sample_params(p, s) for p, s in zip(_per_image_presets(preset, len(seeds)), seeds, strict=True)
+        ]
     elif seed is not None or generator is not None:
         raise ParamsError("pass params alone, or a seed/generator to draw them, not both")
     return degrade(clean, params, jpeg=jpeg, keep_stages=keep_stages)
@@ -255,7 +265,7 @@ def simulate(
 
 def simulate_two_views(
     clean: torch.Tensor,
-    preset: str = "train",
+    preset: str | Sequence[str] = "train",
     *,
     seed: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
@@ -263,11 +273,12 @@ def simulate_two_views(
 ) -> tuple[SimResult, SimResult]:
     """Two independent degradations of the same clean batch (Stage I's two views ``x1, x2``).
 
-    The second view's per-image seed is derived from the first's, so both are reproducible from one seed.
+    ``preset`` is one name or one per image (both views of an image draw from the same preset). The second
+    view's per-image seed is derived from the first's, so both are reproducible from one seed.
     """
     check_srgb_batch(clean)
-    p = get_preset(preset)
     seeds = image_seeds(clean.shape[0], seed, generator)
-    first = [sample_params(p, s) for s in seeds]
-    second = [sample_params(p, stable_seed(s, "second view")) for s in seeds]
+    presets = _per_image_presets(preset, len(seeds))
+    first = [sample_params(p, s) for p, s in zip(presets, seeds, strict=True)]
+    second = [sample_params(p, stable_seed(s, "second view")) for p, s in zip(presets, seeds, strict=True)]
     return degrade(clean, first, jpeg=jpeg), degrade(clean, second, jpeg=jpeg)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from training.isp.ops import gaussian_blur, gaussian_blur_chunks
+from training.isp.ops import gaussian_blur, gaussian_blur_chunks, per_image, to_device
 from training.isp.unprocess import cfa_onehot, site_rows
 
 # Demosaicking kernels on the raw mosaic, 5x5. Slot 0: green at a red/blue site; slot 1: red/blue at a
@@ -147,6 +147,11 @@ def merge_phases(planes: torch.Tensor, out: torch.Tensor | None = None) -> torch
     return out
 
 
+def _weights(key: tuple[str, str], like: torch.Tensor) -> torch.Tensor:
+    """:func:`phase_weights` of ``(pattern, method)`` with ``like``'s dtype and device."""
+    return to_device(phase_weights(*key), like.device).to(like.dtype)
+
+
 def demosaic(
     raw: torch.Tensor, cfa: Sequence[str], methods: Sequence[str], out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -162,13 +167,13 @@ def demosaic(
     keys = list(zip(cfa, methods, strict=True))
     groups = sorted(set(keys))
     if len(groups) == 1:
-        return merge_phases(F.conv2d(planes, phase_weights(*groups[0]).to(raw)), out)
+        return merge_phases(F.conv2d(planes, _weights(groups[0], raw)), out)
     n, _, h, w = raw.shape
     out = raw.new_empty(n, 3, h, w) if out is None else out
     for key in groups:
         members = [i for i, k in enumerate(keys) if k == key]
-        index = torch.tensor(members, device=raw.device)
-        rgb = F.conv2d(planes.index_select(0, index), phase_weights(*key).to(raw))
+        index = to_device(torch.tensor(members), raw.device)
+        rgb = F.conv2d(planes.index_select(0, index), _weights(key, raw))
         for j, i in enumerate(members):
             merge_phases(rgb[j : j + 1], out=out[i : i + 1])
     return out
@@ -186,7 +191,7 @@ def denoise(image: torch.Tensor, sigma: Sequence[float], out: torch.Tensor | Non
         return image if out is None or out is image else out.copy_(image)
     if len(on) == len(sigma):
         return gaussian_blur(image, sigma, out)
-    index = torch.tensor(on, device=image.device)
+    index = to_device(torch.tensor(on), image.device)
     blurred = gaussian_blur(image.index_select(0, index), [sigma[i] for i in on])
     if out is None:
         return image.index_copy(0, index, blurred)
@@ -219,9 +224,9 @@ def tone_curve(image: torch.Tensor, strength: torch.Tensor, out: torch.Tensor | 
 
 
 def unsharp_mask(
-    image: torch.Tensor, amount: torch.Tensor, sigma: Sequence[float], out: torch.Tensor | None = None
+    image: torch.Tensor, amount: Sequence[float], sigma: Sequence[float], out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Sharpen: ``x + amount * (x - blur_sigma(x))``, clipped to ``[0, 1]``; ``amount`` ``(N, 1, 1, 1)``.
+    """Sharpen: ``x + amount * (x - blur_sigma(x))``, clipped to ``[0, 1]``; one amount and sigma per image.
 
     ``image`` ``(N, 3, H, W)`` sRGB; returns ``(N, 3, H, W)`` in ``[0, 1]`` (only clipped when no image is
     sharpened): a new tensor, or ``out`` when given (contiguous, may be ``image`` itself). Computed chunk by
@@ -229,11 +234,11 @@ def unsharp_mask(
     """
     n, c, h, w = image.shape
     out = image.new_empty(n, c, h, w) if out is None else out
-    if float(amount.max()) <= 0:
+    if max(amount) <= 0:
         return torch.clamp(image, 0.0, 1.0, out=out)
     x = image.reshape(1, n * c, h, w)
     flat = out.view(1, n * c, h, w)
-    gains = amount.reshape(n, 1).expand(n, c).reshape(1, n * c, 1, 1)
+    gains = per_image(amount, image).reshape(n, 1).expand(n, c).reshape(1, n * c, 1, 1)
     for channels, detail in gaussian_blur_chunks(image, sigma):
         torch.sub(x[:, channels], detail, out=detail).mul_(gains[:, channels]).add_(x[:, channels])
         torch.clamp(detail, 0.0, 1.0, out=flat[:, channels])

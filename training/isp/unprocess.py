@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+from training.isp.ops import to_device
 from training.isp.params import CFA_PATTERNS
 
 #: Channel index (0 R, 1 G, 2 B) of each 2x2 site of a CFA pattern, row by row.
@@ -17,7 +18,7 @@ _CFA_CHANNELS = {p: tuple("RGB".index(ch) for ch in p) for p in CFA_PATTERNS}
 
 def site_channels(cfa: Sequence[str], device: torch.device) -> torch.Tensor:
     """``(N, 4)`` int64: the channel (0 R, 1 G, 2 B) that each 2x2 site of each image's pattern samples."""
-    return torch.tensor([_CFA_CHANNELS[pattern] for pattern in cfa], dtype=torch.int64, device=device)
+    return to_device(torch.tensor([_CFA_CHANNELS[pattern] for pattern in cfa], dtype=torch.int64), device)
 
 
 def cfa_onehot(cfa: Sequence[str], device: torch.device) -> torch.Tensor:

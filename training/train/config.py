@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 
+from training.isp.presets import PRESETS
 from training.models.config import ModelConfig
 from training.paths import dataset_dir
+from training.train.data import preset_names
 from training.train.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -33,9 +35,11 @@ class DataConfig:
 
     ``train_dir``: a dataset name under the shared data root (``bsds500_train``) or a folder path.
     The last ``val_images`` files (sorted by path) are held out for the PSNR measured during training.
-    ``workers``: 0 builds each batch (ISP included) in the training process on the training device; N > 0
-    builds them on the CPU in N worker processes, in parallel with the training steps (for GPU runs, where
-    the per-image ISP and JPEG work would otherwise stall the GPU).
+    ``preset``: the ISP preset of the training batches, or a mixture ``"train+ablation"`` (each image's
+    preset drawn uniformly from the names; repeat one to weight it). ``val_preset``: one preset for the
+    held-out images. ``workers``: 0 builds each batch (ISP included) in the training process on the training
+    device; N > 0 builds them on the CPU in N worker processes, in parallel with the training steps (for GPU
+    runs, where the per-image ISP and JPEG work would otherwise stall the GPU).
     """
 
     train_dir: str = "bsds500_train"
@@ -177,6 +181,13 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{stage}: need 0 < lr_min <= lr, got lr={s.lr} lr_min={s.lr_min}")
         if s.warmup_steps < 0:
             raise ConfigError(f"{stage}.warmup_steps must be >= 0, got {s.warmup_steps}")
+    for key, preset in {"data.preset": cfg.data.preset, "data.val_preset": cfg.data.val_preset}.items():
+        unknown = [n for n in preset_names(preset) if n not in PRESETS]
+        if unknown or (key == "data.val_preset" and "+" in preset):
+            raise ConfigError(
+                f"{key} {preset!r}: unknown preset(s) {unknown}; valid presets: {sorted(PRESETS)}"
+                + ("" if unknown else " (the held-out images use one preset, not a mixture)")
+            )
     if cfg.data_path().name in EVALUATION_SETS:
         raise ConfigError(f"data.train_dir {cfg.data.train_dir!r} is an evaluation set; never train on it")
 

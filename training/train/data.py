@@ -103,6 +103,21 @@ def center_crops(images: list[Tensor], size: int) -> Tensor:
     return torch.stack(out).float().div_(255.0)
 
 
+def preset_names(preset: str) -> list[str]:
+    """The ISP preset names of a training ``preset``: one name, or a mixture ``"train+ablation+lowlight"``."""
+    return preset.split("+")
+
+
+def batch_presets(preset: str, n: int, generator: torch.Generator) -> str | list[str]:
+    """The presets of a batch of ``n`` images: ``preset`` itself when it names one, else one name per
+    image drawn uniformly from the mixture with ``generator`` (repeat a name to weight it).
+    """
+    names = preset_names(preset)
+    if len(names) == 1:
+        return preset
+    return [names[i] for i in torch.randint(len(names), (n,), generator=generator).tolist()]
+
+
 def step_generator(base_seed: int, step: int) -> torch.Generator:
     """The CPU generator of one training step's batch: seeded from ``(base_seed, step)`` alone."""
     return torch.Generator().manual_seed((base_seed * 1_000_003 + step) % (2**63 - 1))
@@ -112,9 +127,11 @@ class StepBatches(torch.utils.data.Dataset[tuple[Tensor, ...]]):
     """Item ``k`` is step ``k``'s batch: ``(clean, view_1[, view_2])``, each (B, 3, P, P) sRGB [0, 1].
 
     The clean patches come from :func:`sample_batch` and the degraded views from the ISP simulator
-    (``preset``), all drawn from :func:`step_generator` ``(base_seed, k)``: a batch depends on its step index
-    only, so resuming replays the same data whichever process builds it. The ISP runs on ``device`` (the
-    training device when batches are built in the training process, the CPU in worker processes).
+    (``preset``; a mixture ``"a+b"`` draws each image's preset uniformly from the names, see
+    :func:`batch_presets`), all drawn from :func:`step_generator` ``(base_seed, k)``: a batch depends on its
+    step index only, so resuming replays the same data whichever process builds it. The ISP runs on
+    ``device`` (the training device when batches are built in the training process, the CPU in worker
+    processes).
     """
 
     def __init__(
@@ -145,10 +162,11 @@ class StepBatches(torch.utils.data.Dataset[tuple[Tensor, ...]]):
 
         g = step_generator(self.base_seed, step)
         clean = sample_batch(self.images, self.batch_size, self.patch, g).to(self.device)
+        preset = batch_presets(self.preset, self.batch_size, g)
         if self.views == 2:
-            a, b = simulate_two_views(clean, preset=self.preset, generator=g)
+            a, b = simulate_two_views(clean, preset=preset, generator=g)
             return clean, a.degraded, b.degraded
-        return clean, simulate(clean, preset=self.preset, generator=g).degraded
+        return clean, simulate(clean, preset=preset, generator=g).degraded
 
 
 def _single_thread_worker(_: int) -> None:
