@@ -49,6 +49,16 @@ def test_mixed_batch_equals_one_by_one() -> None:
         )
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_both_merges_of_a_mixed_batch_are_bit_identical(device: str) -> None:
+    raw = torch.rand(6, 1, 10, 12, generator=torch.Generator().manual_seed(2)).to(device)
+    cfa = ["RGGB", "GBRG", "RGGB", "BGGR", "GRBG", "GBRG"]
+    methods = ["malvar", "bilinear", "bilinear", "malvar", "malvar", "bilinear"]
+    one_by_one = demosaic(raw, cfa, methods, merge_per_image=True)
+    assert torch.equal(demosaic(raw, cfa, methods, merge_per_image=False), one_by_one)
+    assert torch.equal(demosaic(raw, cfa, methods), one_by_one)
+
+
 def test_demosaic_matches_a_plain_convolution() -> None:
     raw = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     out = demosaic(raw, ["RGGB"], ["malvar"])
