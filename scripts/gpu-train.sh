@@ -12,13 +12,16 @@
 #                                     # runs side by side from the shipped entry (no run folder needed:
 #                                     # --init-from model_store/dir-restore/<highest>, $BUDGET s, 450 by
 #                                     # default): `gpu` continued, and `gpu` with a fresh A twice as wide
+#   scripts/gpu-train.sh mixed OUT    # the ISP at 64 x 512^2, then two Stage II runs side by side from the
+#                                     # shipped entry, $BUDGET s each (300 by default): the `mixed` config
+#                                     # (train+ablation+lowlight) and the same on ablation+lowlight alone
 #
 # Runs concurrently on one GPU (the small networks leave it mostly idle); each process fits its stage into
 # its --time-limit and records the steps it ran. Weights come back under OUT without optimiser state
 # (`paper` in fp16) so they fit the transfer limits of the machine they ran on.
 set -u
-phase=${1:?usage: scripts/gpu-train.sh isp|stage1|stage2|continue OUT}
-out=${2:?usage: scripts/gpu-train.sh isp|stage1|stage2|continue OUT}
+phase=${1:?usage: scripts/gpu-train.sh isp|stage1|stage2|continue|mixed OUT}
+out=${2:?usage: scripts/gpu-train.sh isp|stage1|stage2|continue|mixed OUT}
 mkdir -p "$out" runs
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
 py=${PYTHON:-python3}
@@ -82,6 +85,22 @@ elif [ "$phase" = continue ]; then
     --time-limit "$budget" --workers 7 > runs/gpu-wide-align.log 2>&1 &
   wait
   for r in continue wide-align; do
+    strip "runs/gpu-$r/stage2.pt" "$out/gpu-$r-stage2.pt" float32
+  done
+  tar czf "$out/logs.tar.gz" runs/*.log runs/gpu-*/metrics-*.jsonl runs/gpu-*/config.yaml
+elif [ "$phase" = mixed ]; then
+  entry=$(ls -d model_store/dir-restore/*/ | sort -V | tail -n 1)
+  budget=${BUDGET:-300}
+  "$py" benchmarks/isp_throughput.py --device "${ISP_DEVICE:-cuda}" --json --no-write --repeats 3 --batch 64 \
+    --size 512 > "$out/isp_cuda_64x512.json" 2> "$out/isp_cuda_64x512.err"
+  sed -e 's/^name: mixed$/name: mixed-eval/' -e 's/^  preset: train+ablation+lowlight$/  preset: ablation+lowlight/' \
+    training/configs/mixed.yaml > runs/mixed-eval.yaml
+  train stage2 --config mixed --run-dir runs/gpu-mixed --init-from "$entry" --time-limit "$budget" \
+    > runs/gpu-mixed.log 2>&1 &
+  train stage2 --config runs/mixed-eval.yaml --run-dir runs/gpu-mixed-eval --init-from "$entry" \
+    --time-limit "$budget" > runs/gpu-mixed-eval.log 2>&1 &
+  wait
+  for r in mixed mixed-eval; do
     strip "runs/gpu-$r/stage2.pt" "$out/gpu-$r-stage2.pt" float32
   done
   tar czf "$out/logs.tar.gz" runs/*.log runs/gpu-*/metrics-*.jsonl runs/gpu-*/config.yaml
