@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from service.client.client import server_timings
-from service.settings import DEFAULT_MODEL_STORE
+from service.settings import DEFAULT_MODEL_STORE, Settings
 from service.store import ModelEntry, resolve_entry
 from training.paths import data_root
 
@@ -354,6 +354,17 @@ def redis_reachable(url: str) -> bool:
         return False
 
 
+def server_threads(parallel_runs: int) -> str:
+    """How the benchmarked servers and the worker spread ONNX Runtime over the cores (the settings' defaults
+    on the CPU provider), for the default batching and with batching off."""
+    described = []
+    for label, mode in (("batching on", {}), ("batching off", MODES["batching_off"])):
+        settings = Settings(parallel_runs=parallel_runs, max_batch=int(mode.get("DIR_MAX_BATCH", "8")))
+        parallel = settings.parallel(gpu=False)
+        described.append(f"{label}: {parallel} part(s) x {settings.run_threads(parallel)} thread(s)")
+    return "a model call runs in parts at once, " + "; ".join(described)
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The docs/BENCHMARKS.md section."""
     lines = [
@@ -361,7 +372,8 @@ def markdown(result: dict[str, Any]) -> str:
         "## Serving (`benchmarks/serve.py`)",
         "",
         f"Machine: {result['machine']}. Command: `{result['command']}`. Model: `{result['model']}` "
-        f"(tiles {result['tile']}). ORT intra-op threads: {result['threads']}. Measured {result['date']}.",
+        f"(tiles {result['tile']}). Servers: {result['server_threads']}; ORT vs torch: {result['threads']} "
+        f"intra-op threads. Measured {result['date']}.",
         f"Load average at start: {result['load_at_start']}; the modes ran one after another in the same run, "
         "so compare ratios, not absolute numbers across runs.",
         "",
@@ -461,7 +473,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-store", type=Path, default=DEFAULT_MODEL_STORE)
     parser.add_argument("--model", default="dir-restore", help="restoration entry ('name' or 'name/version')")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT intra-op threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="ORT intra-op threads of the ORT vs torch comparison (the servers size their own)",
+    )
+    parser.add_argument(
+        "--parallel-runs",
+        type=int,
+        default=0,
+        help="DIR_PARALLEL_RUNS of the servers and the worker (0: the service default, one per core)",
+    )
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--repeats", type=int, default=10, help="forward passes for ORT vs torch")
     parser.add_argument(
@@ -481,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
     env = {
         "DIR_MODEL_STORE": str(args.model_store),
         "DIR_RESTORE_MODEL": entry.ref,
-        "DIR_INTRA_OP_THREADS": str(args.threads),
+        "DIR_PARALLEL_RUNS": str(args.parallel_runs),
         "DIR_REQUEST_TIMEOUT_S": "1800",
         "DIR_QUEUE_BOUND": "100000",
     }
@@ -506,6 +529,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": entry.ref,
         "tile": f"{tile.size}/{tile.overlap}" if tile else "default 256/32",
         "threads": args.threads,
+        "server_threads": server_threads(args.parallel_runs),
         "load_at_start": load_at_start,
         "serving": serving,
         "ratios": ratios(serving),

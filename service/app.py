@@ -54,7 +54,7 @@ from service.schemas import (
     RepresentJson,
 )
 from service.settings import Settings
-from service.store import RestoreModel, list_entries, resolve_entry
+from service.store import RestoreModel, choose_providers, list_entries, resolve_entry
 
 log = logging.getLogger("dir.service")
 
@@ -135,14 +135,16 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
     Raises ``ModelStoreError`` (missing entry, sha256 mismatch, bad graph): the service refuses to start.
     """
     entry = resolve_entry(settings.model_store, settings.restore_model, "restore")
+    parallel = settings.parallel("CUDAExecutionProvider" in choose_providers(settings.provider_list))
     model = await asyncio.to_thread(
         RestoreModel.load,
         entry,
         settings.provider_list,
-        settings.threads,
+        settings.run_threads(parallel),
         not settings.uses_redis,
         settings.precision,
         settings.ort_spinning,
+        parallel,
     )
     policy = BatchPolicy(settings.max_batch, settings.max_queue_delay_ms / 1000.0, settings.queue_bound)
     queue: TileQueue
@@ -154,13 +156,14 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
     tile, overlap = tile_geometry(model, settings.tile_size, settings.tile_overlap)
     detector, detector_error = await asyncio.to_thread(_load_detector, settings)
     log.info(
-        "serving %s %s (%s, tiles %d/%d, queue %s)",
+        "serving %s %s (%s, tiles %d/%d, queue %s%s)",
         model.ref,
         model.precision,
         "two-pass" if model.guide else "single-pass",
         tile,
         overlap,
         settings.queue.split("@")[-1],
+        "" if settings.uses_redis else f", {parallel} parts x {settings.run_threads(parallel)} threads",
     )
     return ServiceState(
         settings, metrics, model, queue, Restorer(model, queue, tile, overlap), detector, detector_error

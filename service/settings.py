@@ -62,7 +62,18 @@ class Settings(BaseSettings):
         default=True,
         description="ONNX Runtime intra-op threads spin-wait between runs (lower latency, busier cores)",
     )
-    intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = CPU cores")
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="ONNX Runtime intra-op threads of each part of a model call; 0 = the CPU cores divided "
+        "among DIR_PARALLEL_RUNS parts",
+    )
+    parallel_runs: int = Field(
+        default=0,
+        ge=0,
+        description="a model call's tiles run in up to this many parts at once; 0 = one per core, at most "
+        "DIR_MAX_BATCH (GPU: 1)",
+    )
     host: str = Field(default="127.0.0.1", description="dir-serve bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="dir-serve port")
     tile_size: int = Field(default=0, ge=0, description="tile side in pixels; 0 = the manifest's tile.size")
@@ -106,11 +117,26 @@ class Settings(BaseSettings):
         return [p.strip() for p in self.providers.split(",") if p.strip()]
 
     @property
-    def threads(self) -> int:
-        """ONNX Runtime intra-op threads: the setting, else the CPUs this process may run on."""
-        if self.intra_op_threads:
-            return self.intra_op_threads
+    def cores(self) -> int:
+        """The CPUs this process may run on."""
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    @property
+    def threads(self) -> int:
+        """ONNX Runtime intra-op threads of a session that runs one call at a time (the detector): the
+        setting, else every core."""
+        return self.intra_op_threads or self.cores
+
+    def parallel(self, gpu: bool) -> int:
+        """Parts a restoration model call is split into, run at once: the setting, else one per core but no
+        more than ``max_batch`` (a call never holds more tiles; with batching off a tile keeps every core),
+        and 1 on a GPU."""
+        return self.parallel_runs or (1 if gpu else min(self.cores, self.max_batch))
+
+    def run_threads(self, parallel: int) -> int:
+        """Intra-op threads of each of ``parallel`` parts run at once: the setting, else an equal share of the
+        cores (at least 1)."""
+        return self.intra_op_threads or max(1, self.cores // parallel)
 
     @property
     def uses_redis(self) -> bool:

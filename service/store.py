@@ -6,6 +6,7 @@ Layout: ``<store>/<name>/<version>/manifest.json`` (schema in ``service.manifest
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,7 +185,12 @@ class RestoreModel:
         precision: str = "fp32",
         guide_session: ort.InferenceSession | None = None,
         denoise_session: ort.InferenceSession | None = None,
+        parallel: int = 1,
     ) -> None:
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
+        self.parallel = parallel
+        self._pool = ThreadPoolExecutor(parallel, thread_name_prefix="dir-run") if parallel > 1 else None
         self.entry = entry
         self.session = session
         self.guide_session = guide_session
@@ -210,11 +216,13 @@ class RestoreModel:
         with_session: bool = True,
         precision: str = "auto",
         spinning: bool = True,
+        parallel: int = 1,
     ) -> RestoreModel:
         """Verify ``entry`` and build its sessions (``with_session=False``: manifest only, for a Redis API).
 
         ``precision`` picks the serving graph (see :func:`choose_graph`); the guide and denoise graphs are
-        always the entry's own (fp32). ``spinning``: see :func:`make_session`.
+        always the entry's own (fp32). ``spinning``: see :func:`make_session`. ``parallel``: :meth:`run`
+        splits a batch into up to this many parts run at once, each with ``threads`` intra-op threads.
         """
         verify_entry(entry)
         chosen, onnx_file = choose_graph(entry, precision, choose_providers(providers))
@@ -229,7 +237,7 @@ class RestoreModel:
         denoise_session = (
             make_session(entry.path / denoise, providers, threads, spinning) if denoise else None
         )
-        return cls(entry, session, chosen, guide_session, denoise_session)
+        return cls(entry, session, chosen, guide_session, denoise_session, parallel)
 
     @property
     def ref(self) -> str:
@@ -277,14 +285,20 @@ class RestoreModel:
         }
         names = [self.guide.outputs[0].name] if windows is not None and self.guide else outputs
         count = len(next(iter(feed.values())))
+        # A batch of several tiles runs in up to ``parallel`` parts at once (one session serves concurrent
+        # runs); a part with a fixed batch-1 graph runs tile by tile.
+        step = 1 if self.fixed_batch == 1 else -(-count // self.parallel)
+        bounds = [(a, min(a + step, count)) for a in range(0, count, step)]
+
+        def run_part(bound: tuple[int, int]) -> list[np.ndarray]:
+            return list(session.run(names, {name: a[bound[0] : bound[1]] for name, a in feed.items()}))
+
         try:
-            if self.fixed_batch == 1 and count > 1:
-                parts = [
-                    session.run(names, {name: a[i : i + 1] for name, a in feed.items()}) for i in range(count)
-                ]
-                values = [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
+            if len(bounds) == 1:
+                values = run_part(bounds[0])
             else:
-                values = session.run(names, feed)
+                parts = list(self._pool.map(run_part, bounds) if self._pool else map(run_part, bounds))
+                values = [np.concatenate([p[k] for p in parts]) for k in range(len(names))]
             if windows is not None:
                 return {GUIDE_SUM: window_sums(np.asarray(values[0], dtype=np.float32), windows)}
         except Exception as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -186,3 +187,48 @@ def test_guide_output_without_a_scale_is_refused(fixture_store: Path) -> None:
     raw["outputs"][0]["shape"] = ["N", 8, "H/x", "W/x"]
     with pytest.raises(ValueError, match="integer s"):
         GuideSpec.model_validate(raw)
+
+
+def test_a_batch_runs_in_parts_at_once_with_the_same_result(tmp_path: Path) -> None:
+    """``parallel=3`` splits a batch of 5 tiles into parts of 2, 2 and 1 run on one session from three
+    threads; every graph's outputs equal those of the whole batch in one run."""
+    entry = resolve_entry(build_entry(tmp_path).parents[1], "dir-restore", "restore")
+    whole, split = RestoreModel.load(entry, None, 1), RestoreModel.load(entry, None, 1, parallel=3)
+    assert split.session is not None
+    session = split.session
+    calls: list[tuple[int, str]] = []
+    run = session.run
+
+    def recording(names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        calls.append((len(feed["image"]), threading.current_thread().name))
+        return run(names, feed)
+
+    session.run = recording  # type: ignore[method-assign]
+    rng = np.random.default_rng(1)
+    tiles = rng.integers(0, 256, (5, 3, 64, 64), dtype=np.uint8)
+    feed = {"image": tiles, "guide_mean": rng.random((5, 8), dtype=np.float32)}
+    for name in ("restored", "r_plus"):
+        np.testing.assert_allclose(
+            split.run(feed, [name])[name], whole.run(feed, [name])[name], rtol=1e-5, atol=1e-6
+        )
+    assert sorted(size for size, _ in calls) == [1, 1, 2, 2, 2, 2]
+    assert all(thread.startswith("dir-run") for _, thread in calls)
+    windows = np.array([[0, 16, 0, 16]] * 5, dtype=np.uint16)
+    guide = {"image": tiles, WINDOW_INPUT: windows}
+    np.testing.assert_allclose(
+        split.run(guide, [GUIDE_SUM], GUIDE_GRAPH)[GUIDE_SUM],
+        whole.run(guide, [GUIDE_SUM], GUIDE_GRAPH)[GUIDE_SUM],
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="parallel must be >= 1, got 0"):
+        RestoreModel(entry, None, parallel=0)
+
+
+def test_parallel_parts_default_to_one_per_core_at_most_max_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Settings, "cores", property(lambda self: 4))
+    assert Settings().parallel(gpu=False) == 4 and Settings().run_threads(4) == 1
+    assert Settings(max_batch=1).parallel(gpu=False) == 1 and Settings().run_threads(1) == 4
+    assert Settings(max_batch=3).parallel(gpu=False) == 3 and Settings().run_threads(3) == 1
+    assert Settings().parallel(gpu=True) == 1
+    assert Settings(parallel_runs=2).parallel(gpu=True) == 2
+    assert Settings(intra_op_threads=3).run_threads(4) == 3 and Settings(intra_op_threads=3).threads == 3
