@@ -40,6 +40,14 @@ torch.save(ckpt, dst)
 PY
 }
 
+if [ "$phase" = continue ] || [ "$phase" = mixed ]; then
+  # --init-from reads a model_store entry, whose manifest reader needs pydantic (not on every GPU image).
+  "$py" -c "import pydantic, pydantic_core" 2>/dev/null || {
+    echo "phase $phase needs pydantic and pydantic_core (install the wheels first, e.g. pip --target)" >&2
+    exit 2
+  }
+fi
+
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   "$py" -c "import torch, onnxruntime as o; print('torch', torch.__version__, 'ort', o.__version__, o.get_available_providers())"
   nproc; df -h /dev/shm; } > "$out/env.txt" 2>&1
