@@ -40,6 +40,19 @@ torch.save(ckpt, dst)
 PY
 }
 
+isp_64x512() {  # the ISP alone at 64 x 512^2 (the 1 GP/s target), before any training starts
+  "$py" benchmarks/isp_throughput.py --device "${ISP_DEVICE:-cuda}" --json --no-write --repeats 3 --batch 64 \
+    --size 512 > "$out/isp_cuda_64x512.json" 2> "$out/isp_cuda_64x512.err"
+}
+
+finish_pair() {  # finish_pair A B: bring back runs/gpu-A and runs/gpu-B (Stage II weights) and the logs
+  for r in "$@"; do
+    strip "runs/gpu-$r/stage2.pt" "$out/gpu-$r-stage2.pt" float32
+  done
+  tar czf "$out/logs.tar.gz" runs/*.log runs/gpu-*/metrics-*.jsonl runs/gpu-*/config.yaml
+}
+
+entry=$(ls -d model_store/dir-restore/*/ | sort -V | tail -n 1)
 if [ "$phase" = continue ] || [ "$phase" = mixed ]; then
   # --init-from reads a model_store entry, whose manifest reader needs pydantic (not on every GPU image).
   "$py" -c "import pydantic, pydantic_core" 2>/dev/null || {
@@ -81,10 +94,8 @@ elif [ "$phase" = stage2 ]; then
   done > "$out/model_cuda.json" 2> "$out/model_cuda.err"
   tar czf "$out/logs.tar.gz" runs/*.log runs/gpu/metrics-*.jsonl runs/gpu/config.yaml
 elif [ "$phase" = continue ]; then
-  entry=$(ls -d model_store/dir-restore/*/ | sort -V | tail -n 1)
   budget=${BUDGET:-450}
-  "$py" benchmarks/isp_throughput.py --device "${ISP_DEVICE:-cuda}" --json --no-write --repeats 3 --batch 64 \
-    --size 512 > "$out/isp_cuda_64x512.json" 2> "$out/isp_cuda_64x512.err"
+  isp_64x512
   sed -e 's/^name: gpu$/name: gpu-wide-align/' -e 's/^  align_width: 64$/  align_width: 128/' \
     training/configs/gpu.yaml > runs/gpu-wide-align.yaml
   train stage2 --config gpu --run-dir runs/gpu-continue --init-from "$entry" --time-limit "$budget" \
@@ -92,15 +103,10 @@ elif [ "$phase" = continue ]; then
   train stage2 --config runs/gpu-wide-align.yaml --run-dir runs/gpu-wide-align --init-from "$entry" \
     --time-limit "$budget" --workers 7 > runs/gpu-wide-align.log 2>&1 &
   wait
-  for r in continue wide-align; do
-    strip "runs/gpu-$r/stage2.pt" "$out/gpu-$r-stage2.pt" float32
-  done
-  tar czf "$out/logs.tar.gz" runs/*.log runs/gpu-*/metrics-*.jsonl runs/gpu-*/config.yaml
+  finish_pair continue wide-align
 elif [ "$phase" = mixed ]; then
-  entry=$(ls -d model_store/dir-restore/*/ | sort -V | tail -n 1)
   budget=${BUDGET:-300}
-  "$py" benchmarks/isp_throughput.py --device "${ISP_DEVICE:-cuda}" --json --no-write --repeats 3 --batch 64 \
-    --size 512 > "$out/isp_cuda_64x512.json" 2> "$out/isp_cuda_64x512.err"
+  isp_64x512
   sed -e 's/^name: mixed$/name: mixed-eval/' -e 's/^  preset: train+ablation+lowlight$/  preset: ablation+lowlight/' \
     training/configs/mixed.yaml > runs/mixed-eval.yaml
   train stage2 --config mixed --run-dir runs/gpu-mixed --init-from "$entry" --time-limit "$budget" \
@@ -108,10 +114,7 @@ elif [ "$phase" = mixed ]; then
   train stage2 --config runs/mixed-eval.yaml --run-dir runs/gpu-mixed-eval --init-from "$entry" \
     --time-limit "$budget" > runs/gpu-mixed-eval.log 2>&1 &
   wait
-  for r in mixed mixed-eval; do
-    strip "runs/gpu-$r/stage2.pt" "$out/gpu-$r-stage2.pt" float32
-  done
-  tar czf "$out/logs.tar.gz" runs/*.log runs/gpu-*/metrics-*.jsonl runs/gpu-*/config.yaml
+  finish_pair mixed mixed-eval
 else
   echo "unknown phase $phase" >&2
   exit 2
