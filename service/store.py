@@ -286,8 +286,8 @@ class RestoreModel:
         names = [self.guide.outputs[0].name] if windows is not None and self.guide else outputs
         count = len(next(iter(feed.values())))
         # A batch of several tiles runs in up to ``parallel`` parts at once (one session serves concurrent
-        # runs); a part with a fixed batch-1 graph runs tile by tile.
-        step = 1 if self.fixed_batch == 1 else -(-count // self.parallel)
+        # runs); a graph with a fixed batch of 1 runs tile by tile, ``parallel`` tiles at once.
+        step = 1 if self.fixed_batch == 1 else max(1, -(-count // self.parallel))
         bounds = [(a, min(a + step, count)) for a in range(0, count, step)]
 
         def run_part(bound: tuple[int, int]) -> list[np.ndarray]:
