@@ -54,7 +54,7 @@ from service.schemas import (
     RepresentJson,
 )
 from service.settings import Settings
-from service.store import RestoreModel, choose_providers, list_entries, resolve_entry
+from service.store import RestoreModel, list_entries, resolve_entry
 
 log = logging.getLogger("dir.service")
 
@@ -135,17 +135,7 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
     Raises ``ModelStoreError`` (missing entry, sha256 mismatch, bad graph): the service refuses to start.
     """
     entry = resolve_entry(settings.model_store, settings.restore_model, "restore")
-    parallel = settings.parallel("CUDAExecutionProvider" in choose_providers(settings.provider_list))
-    model = await asyncio.to_thread(
-        RestoreModel.load,
-        entry,
-        settings.provider_list,
-        settings.run_threads(parallel),
-        not settings.uses_redis,
-        settings.precision,
-        settings.ort_spinning,
-        parallel,
-    )
+    model = await asyncio.to_thread(RestoreModel.from_settings, entry, settings, not settings.uses_redis)
     policy = BatchPolicy(settings.max_batch, settings.max_queue_delay_ms / 1000.0, settings.queue_bound)
     queue: TileQueue
     if settings.uses_redis:
@@ -163,7 +153,9 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
         tile,
         overlap,
         settings.queue.split("@")[-1],
-        "" if settings.uses_redis else f", {parallel} parts x {settings.run_threads(parallel)} threads",
+        ""
+        if settings.uses_redis
+        else f", {model.parallel} parts x {settings.run_threads(model.parallel)} threads",
     )
     return ServiceState(
         settings, metrics, model, queue, Restorer(model, queue, tile, overlap), detector, detector_error

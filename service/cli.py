@@ -17,7 +17,7 @@ from prometheus_client.multiprocess import mark_process_dead
 from service.app import create_app
 from service.metrics import Metrics, multiprocess_dir
 from service.settings import Settings
-from service.store import RestoreModel, choose_providers, resolve_entry
+from service.store import RestoreModel, resolve_entry
 from service.worker import Worker
 
 
@@ -59,15 +59,7 @@ def worker(argv: list[str] | None = None) -> None:
     if not settings.uses_redis:
         parser.error("dir-worker needs a Redis queue: --queue redis://host:6379/0 or DIR_QUEUE")
     entry = resolve_entry(settings.model_store, settings.restore_model, "restore")
-    parallel = settings.parallel("CUDAExecutionProvider" in choose_providers(settings.provider_list))
-    model = RestoreModel.load(
-        entry,
-        settings.provider_list,
-        settings.run_threads(parallel),
-        precision=settings.precision,
-        spinning=settings.ort_spinning,
-        parallel=parallel,
-    )
+    model = RestoreModel.from_settings(entry, settings)
     metrics = Metrics()
     if args.metrics_port is not None and not multiprocess_dir():
         start_http_server(args.metrics_port, registry=metrics.registry)
@@ -80,8 +72,8 @@ def worker(argv: list[str] | None = None) -> None:
         args.name or os.getpid(),
         model.ref,
         model.precision,
-        parallel,
-        settings.run_threads(parallel),
+        model.parallel,
+        settings.run_threads(model.parallel),
     )
     try:
         Worker(client, model, settings, metrics, consumer=args.name).run(stop)

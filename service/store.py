@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from service.errors import InferenceError, ModelStoreError
 from service.manifest import MANIFEST_NAME, GuideSpec, Manifest, read_manifest, sha256_file
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT
+from service.settings import Settings
 from service.tiling import window_sums
 
 
@@ -238,6 +239,21 @@ class RestoreModel:
             make_session(entry.path / denoise, providers, threads, spinning) if denoise else None
         )
         return cls(entry, session, chosen, guide_session, denoise_session, parallel)
+
+    @classmethod
+    def from_settings(cls, entry: ModelEntry, settings: Settings, with_session: bool = True) -> RestoreModel:
+        """:meth:`load` with the service settings: providers, precision, spinning, and the split of a model
+        call into ``settings.parallel`` parts of ``settings.run_threads`` threads each."""
+        parallel = settings.parallel("CUDAExecutionProvider" in choose_providers(settings.provider_list))
+        return cls.load(
+            entry,
+            settings.provider_list,
+            settings.run_threads(parallel),
+            with_session,
+            settings.precision,
+            settings.ort_spinning,
+            parallel,
+        )
 
     @property
     def ref(self) -> str:
