@@ -39,6 +39,7 @@ from PIL import Image
 from service.client.client import server_timings
 from service.settings import DEFAULT_MODEL_STORE, Settings
 from service.store import ModelEntry, resolve_entry
+from service.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, choose_tile
 from training.paths import data_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,6 +355,20 @@ def redis_reachable(url: str) -> bool:
         return False
 
 
+def tile_plan(entry: ModelEntry, tile_sizes: str, height: int, width: int) -> str:
+    """The tile sides the servers choose from and the grids of the benchmark image and the 12 MP photo."""
+    spec = entry.manifest.tile
+    _, sides, overlap = Settings(tile_sizes=tile_sizes).tile_geometry(
+        spec.size if spec else DEFAULT_TILE, spec.overlap if spec else DEFAULT_OVERLAP
+    )
+    grids = {
+        f"{h}x{w}": choose_tile(h, w, sides, overlap, entry.manifest.size_multiple)
+        for h, w in ((height, width), (3000, 4000))
+    }
+    chosen = "; ".join(f"{size}: {g.count} tile(s) of {g.tile}" for size, g in grids.items())
+    return f"sides {' or '.join(map(str, sides))}, overlap {overlap} ({chosen})"
+
+
 def server_threads(parallel_runs: int) -> str:
     """How the benchmarked servers and the worker spread ONNX Runtime over the cores (the settings' defaults
     on the CPU provider), for the default batching and with batching off."""
@@ -485,6 +500,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="DIR_PARALLEL_RUNS of the servers and the worker (0: the service default, one per core)",
     )
+    parser.add_argument(
+        "--tile-sizes",
+        default="",
+        help="DIR_TILE_SIZES of the servers and the worker (empty: the service default, the manifest's tile "
+        "side and twice it)",
+    )
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--repeats", type=int, default=10, help="forward passes for ORT vs torch")
     parser.add_argument(
@@ -505,6 +526,7 @@ def main(argv: list[str] | None = None) -> None:
         "DIR_MODEL_STORE": str(args.model_store),
         "DIR_RESTORE_MODEL": entry.ref,
         "DIR_PARALLEL_RUNS": str(args.parallel_runs),
+        "DIR_TILE_SIZES": args.tile_sizes,
         "DIR_REQUEST_TIMEOUT_S": "1800",
         "DIR_QUEUE_BOUND": "100000",
     }
@@ -521,13 +543,12 @@ def main(argv: list[str] | None = None) -> None:
     serving = serving_rows(body, levels, env, redis_url)
     overhead = redis_overhead(body, env, redis_url, args.pairs) if redis_url else None
     image = np.asarray(Image.open(io.BytesIO(body)), dtype=np.float32) / 255
-    tile = entry.manifest.tile
     result = {
         "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs, no GPU, {platform.system()}",
         "command": "python benchmarks/serve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": entry.ref,
-        "tile": f"{tile.size}/{tile.overlap}" if tile else "default 256/32",
+        "tile": tile_plan(entry, args.tile_sizes, photo.height, photo.width),
         "threads": args.threads,
         "server_threads": server_threads(args.parallel_runs),
         "load_at_start": load_at_start,

@@ -143,14 +143,14 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
     else:
         queue = EmbeddedQueue(model.ref, model.run, policy, metrics)
     await queue.start()
-    tile, overlap = tile_geometry(model, settings.tile_size, settings.tile_overlap)
+    _, tiles, overlap = tile_geometry(model, settings)
     detector, detector_error = await asyncio.to_thread(_load_detector, settings)
     log.info(
-        "serving %s %s (%s, tiles %d/%d, queue %s%s)",
+        "serving %s %s (%s, tiles %s/%d, queue %s%s)",
         model.ref,
         model.precision,
         "two-pass" if model.guide else "single-pass",
-        tile,
+        " or ".join(map(str, tiles)),
         overlap,
         settings.queue.split("@")[-1],
         ""
@@ -158,7 +158,7 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
         else f", {model.parallel} parts x {settings.run_threads(model.parallel)} threads",
     )
     return ServiceState(
-        settings, metrics, model, queue, Restorer(model, queue, tile, overlap), detector, detector_error
+        settings, metrics, model, queue, Restorer(model, queue, tiles, overlap), detector, detector_error
     )
 
 

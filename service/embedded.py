@@ -1,9 +1,10 @@
 """The embedded backend: an asyncio batcher inside the API process (the default; no Redis needed).
 
-One lane per graph of the model (the serving graph, and the guide graph of two-pass entries): tiles wait in
-a deque per lane; a single task applies ``BatchPolicy`` to each lane with the injected clock, runs the
-ready batch whose oldest tile waited longest in a worker thread (ONNX Runtime releases the GIL) and hands
-outputs back per request. A batch holds tiles of one lane only.
+One lane per graph of the model (the serving graph, and the guide graph of two-pass entries) and tile
+shape (the service picks each image's tile side): tiles wait in a deque per lane; a single task applies
+``BatchPolicy`` to each lane with the injected clock, runs the ready batch whose oldest tile waited longest
+in a worker thread (ONNX Runtime releases the GIL) and hands outputs back per request. A batch holds tiles
+of one lane only; the queue bound counts a graph's tiles over all its lanes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from service.tiling import stack_tiles
 
 #: ``runner(inputs, outputs, graph)``: one batch ``{input name: (n, ...)}`` of ``graph`` -> outputs.
 Runner = Callable[[dict[str, np.ndarray], list[str], str], dict[str, np.ndarray]]
+#: A lane: the graph, and each input's per-tile shape (sorted by input name).
+Lane = tuple[str, tuple[tuple[str, tuple[int, ...]], ...]]
 
 
 @dataclass
@@ -65,7 +68,7 @@ class EmbeddedQueue:
         self._policy = policy
         self._metrics = metrics
         self._clock = clock
-        self._lanes: dict[str, deque[_Tile]] = {SERVE_GRAPH: deque()}
+        self._lanes: dict[Lane, deque[_Tile]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -74,8 +77,12 @@ class EmbeddedQueue:
         """Tiles waiting in every lane (not yet in a running batch)."""
         return sum(len(lane) for lane in self._lanes.values())
 
+    def graph_depth(self, graph: str) -> int:
+        """Tiles waiting for ``graph``, over all tile shapes."""
+        return sum(len(lane) for key, lane in self._lanes.items() if key[0] == graph)
+
     def _set_depth(self, graph: str) -> None:
-        self._metrics.queue_depth.labels(lane_ref(self.model_ref, graph)).set(len(self._lanes[graph]))
+        self._metrics.queue_depth.labels(lane_ref(self.model_ref, graph)).set(self.graph_depth(graph))
 
     async def start(self) -> None:
         """Start the batcher task."""
@@ -110,12 +117,14 @@ class EmbeddedQueue:
         """Queue one request's tiles for ``graph`` (inputs ``(n, ...)`` each) and wait for their outputs
         ``(n, ...)`` (``(n, C, T/s, T/s)``; ``guide_sum`` ``(n, K)``)."""
         count = len(next(iter(inputs.values())))
-        lane = self._lanes.setdefault(graph, deque())
-        if not self._policy.admit(len(lane), count):
+        depth = self.graph_depth(graph)
+        if not self._policy.admit(depth, count):
             raise QueueFull(
-                f"queue for {lane_ref(self.model_ref, graph)} holds {len(lane)} tiles; {count} more "
+                f"queue for {lane_ref(self.model_ref, graph)} holds {depth} tiles; {count} more "
                 f"exceed the bound {self._policy.bound}"
             )
+        shapes = tuple(sorted((name, tuple(array.shape[1:])) for name, array in inputs.items()))
+        lane = self._lanes.setdefault((graph, shapes), deque())
         now = self._clock()
         future: asyncio.Future[TileResult] = asyncio.get_running_loop().create_future()
         request = _Request(
@@ -135,12 +144,12 @@ class EmbeddedQueue:
     async def _loop(self) -> None:
         while True:
             now = self._clock()
-            ready: list[tuple[float, str, int]] = []
+            ready: list[tuple[float, Lane, int]] = []
             waits: list[float] = []
-            for graph, lane in self._lanes.items():
+            for key, lane in self._lanes.items():
                 decision = self._policy.decide(now, len(lane), lane[0].enqueued if lane else None)
                 if decision.take:
-                    ready.append((lane[0].enqueued, graph, decision.take))
+                    ready.append((lane[0].enqueued, key, decision.take))
                 elif decision.wait_s is not None:
                     waits.append(decision.wait_s)
             if not ready:
@@ -148,10 +157,10 @@ class EmbeddedQueue:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(waits, default=None))
                 continue
-            _, graph, take = min(ready)
-            batch = [self._lanes[graph].popleft() for _ in range(take)]
-            self._set_depth(graph)
-            await self._run(graph, batch)
+            _, key, take = min(ready)
+            batch = [self._lanes[key].popleft() for _ in range(take)]
+            self._set_depth(key[0])
+            await self._run(key[0], batch)
 
     async def _run(self, graph: str, batch: list[_Tile]) -> None:
         now = self._clock()

@@ -20,18 +20,19 @@ import numpy as np
 from service.errors import BadInput, DeadlineExceeded
 from service.imaging import DecodedImage
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT, TileQueue
+from service.settings import Settings
 from service.store import RestoreModel
 from service.tiling import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
     TileGrid,
+    choose_tile,
     extract_tiles,
     owned_window,
     plan_tiles,
     stitch_tiles,
     windows_mean,
 )
-
-DEFAULT_TILE = 256
-DEFAULT_OVERLAP = 32
 
 
 @dataclass
@@ -51,23 +52,33 @@ class Inference:
         return np.ascontiguousarray(self.arrays["restored"].transpose(1, 2, 0))
 
 
-def tile_geometry(model: RestoreModel, tile_size: int, tile_overlap: int) -> tuple[int, int]:
-    """Tile side and overlap: settings override (when > 0 / >= 0), else the manifest's, else 256/32."""
+def tile_geometry(model: RestoreModel, settings: Settings) -> tuple[int, tuple[int, ...], int]:
+    """``(base side, sides to choose from per image, overlap)``: the settings' (``DIR_TILE_SIZE``,
+    ``DIR_TILE_SIZES``, ``DIR_TILE_OVERLAP``) over the manifest's ``tile``, else 256/32."""
     spec = model.entry.manifest.tile
-    tile = tile_size or (spec.size if spec else DEFAULT_TILE)
-    overlap = tile_overlap if tile_overlap >= 0 else (spec.overlap if spec else DEFAULT_OVERLAP)
-    return tile, overlap
+    return settings.tile_geometry(
+        spec.size if spec else DEFAULT_TILE, spec.overlap if spec else DEFAULT_OVERLAP
+    )
 
 
 class Restorer:
-    """Runs images through ``queue`` in fixed-size tiles of ``tile`` px overlapping by ``overlap`` px."""
+    """Runs images through ``queue`` in square tiles overlapping by ``overlap`` px. Each image gets the side
+    of ``tiles`` that computes the fewest pixels (:func:`service.tiling.choose_tile`); tiles of one side
+    share batches across requests."""
 
-    def __init__(self, model: RestoreModel, queue: TileQueue, tile: int, overlap: int) -> None:
-        plan_tiles(tile, tile, tile, overlap, model.size_multiple)
+    def __init__(self, model: RestoreModel, queue: TileQueue, tiles: tuple[int, ...], overlap: int) -> None:
+        if not tiles:
+            raise BadInput("no tile sides given")
+        for side in tiles:
+            plan_tiles(side, side, side, overlap, model.size_multiple)
         self.model = model
         self.queue = queue
-        self.tile = tile
+        self.tiles = tuple(sorted(set(tiles)))
         self.overlap = overlap
+
+    def plan(self, height: int, width: int) -> TileGrid:
+        """The tile grid ``infer`` uses for a ``height x width`` image."""
+        return choose_tile(height, width, self.tiles, self.overlap, self.model.size_multiple)
 
     @property
     def output_names(self) -> list[str]:
@@ -109,7 +120,7 @@ class Restorer:
         else:
             self.check_outputs(outputs)
         started = time.perf_counter()
-        grid = plan_tiles(image.height, image.width, self.tile, self.overlap, self.model.size_multiple)
+        grid = self.plan(image.height, image.width)
         tiles = await asyncio.to_thread(extract_tiles, image.pixels, grid)
         inputs = {self.model.input_name: tiles}
         wait_s = compute_s = 0.0
@@ -125,7 +136,7 @@ class Restorer:
         arrays = {}
         for name in outputs:
             arrays[name] = await asyncio.to_thread(stitch_tiles, result.outputs[name], grid)
-        scales = {name: self.tile // int(result.outputs[name].shape[-1]) for name in outputs}
+        scales = {name: grid.tile // int(result.outputs[name].shape[-1]) for name in outputs}
         total = time.perf_counter() - started
         wait_s += result.queue_wait_s
         compute_s += result.compute_s

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="dir-serve bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="dir-serve port")
     tile_size: int = Field(default=0, ge=0, description="tile side in pixels; 0 = the manifest's tile.size")
+    tile_sizes: str = Field(
+        default="",
+        description="comma-separated tile sides to pick from per image (the fewest pixels computed, ties to "
+        "the larger); empty = the tile side and twice it. DIR_MAX_BATCH tiles of the tile side bound the "
+        "pixels of a model call",
+    )
     tile_overlap: int = Field(default=-1, ge=-1, description="tile overlap (px); -1 = manifest tile.overlap")
     stream_prefix: str = Field(
         default="dir", description="prefix of every Redis key and stream the service uses"
@@ -97,6 +103,14 @@ class Settings(BaseSettings):
             raise ValueError(f"DIR_QUEUE must be 'embedded' or a redis:// URL, got {value!r}")
         return value
 
+    @field_validator("tile_sizes")
+    @classmethod
+    def _tile_sides(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip() and (not part.strip().isdigit() or int(part) <= 0):
+                raise ValueError(f"DIR_TILE_SIZES must be positive integers, comma-separated; got {value!r}")
+        return value
+
     @field_validator("precision")
     @classmethod
     def _precision_kind(cls, value: str) -> str:
@@ -108,6 +122,15 @@ class Settings(BaseSettings):
     def api_key_set(self) -> frozenset[str]:
         """The configured bearer tokens (empty set: no authentication)."""
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    def tile_geometry(self, manifest_size: int, manifest_overlap: int) -> tuple[int, tuple[int, ...], int]:
+        """``(base side, sides to choose from per image, overlap)`` in pixels: the base is DIR_TILE_SIZE or
+        else ``manifest_size``; the sides DIR_TILE_SIZES or else the base and twice it; the overlap
+        DIR_TILE_OVERLAP or else ``manifest_overlap``."""
+        base = self.tile_size or manifest_size
+        listed = tuple(sorted({int(p) for p in self.tile_sizes.split(",") if p.strip()}))
+        overlap = self.tile_overlap if self.tile_overlap >= 0 else manifest_overlap
+        return base, listed or (base, 2 * base), overlap
 
     @property
     def provider_list(self) -> list[str] | None:

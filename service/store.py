@@ -18,7 +18,7 @@ from service.errors import InferenceError, ModelStoreError
 from service.manifest import MANIFEST_NAME, GuideSpec, Manifest, read_manifest, sha256_file
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT
 from service.settings import Settings
-from service.tiling import window_sums
+from service.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, window_sums
 
 
 @dataclass(frozen=True)
@@ -187,10 +187,16 @@ class RestoreModel:
         guide_session: ort.InferenceSession | None = None,
         denoise_session: ort.InferenceSession | None = None,
         parallel: int = 1,
+        wide_sessions: dict[str, ort.InferenceSession] | None = None,
+        max_call_pixels: int = 0,
     ) -> None:
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
+        if max_call_pixels < 0:
+            raise ValueError(f"max_call_pixels must be >= 0, got {max_call_pixels}")
         self.parallel = parallel
+        self.max_call_pixels = max_call_pixels
+        self._wide = dict(wide_sessions or {})
         self._pool = ThreadPoolExecutor(parallel, thread_name_prefix="dir-run") if parallel > 1 else None
         self.entry = entry
         self.session = session
@@ -218,33 +224,55 @@ class RestoreModel:
         precision: str = "auto",
         spinning: bool = True,
         parallel: int = 1,
+        max_call_pixels: int = 0,
     ) -> RestoreModel:
         """Verify ``entry`` and build its sessions (``with_session=False``: manifest only, for a Redis API).
 
         ``precision`` picks the serving graph (see :func:`choose_graph`); the guide and denoise graphs are
         always the entry's own (fp32). ``spinning``: see :func:`make_session`. ``parallel``: :meth:`run`
-        splits a batch into up to this many parts run at once, each with ``threads`` intra-op threads.
+        splits a batch into up to this many parts run at once, each with ``threads`` intra-op threads; with
+        ``parallel > 1`` every graph gets a second session of ``parallel * threads`` threads for calls of a
+        single tile. ``max_call_pixels``: see :meth:`run`.
         """
         verify_entry(entry)
         chosen, onnx_file = choose_graph(entry, precision, choose_providers(providers))
         if not with_session:
             return cls(entry, None, chosen)
-        session = make_session(entry.path / onnx_file, providers, threads, spinning)
         guide = entry.manifest.guide
-        guide_session = (
-            make_session(entry.path / guide.onnx_file, providers, threads, spinning) if guide else None
-        )
         denoise = denoise_file(entry)
-        denoise_session = (
-            make_session(entry.path / denoise, providers, threads, spinning) if denoise else None
+        files = {SERVE_GRAPH: onnx_file}
+        if guide:
+            files[GUIDE_GRAPH] = guide.onnx_file
+        if denoise:
+            files[DENOISE_GRAPH] = denoise
+        paths = {graph: entry.path / name for graph, name in files.items()}
+        sessions = {g: make_session(path, providers, threads, spinning) for g, path in paths.items()}
+        wide = (
+            {g: make_session(path, providers, threads * parallel, spinning) for g, path in paths.items()}
+            if parallel > 1
+            else {}
         )
-        return cls(entry, session, chosen, guide_session, denoise_session, parallel)
+        return cls(
+            entry,
+            sessions[SERVE_GRAPH],
+            chosen,
+            sessions.get(GUIDE_GRAPH),
+            sessions.get(DENOISE_GRAPH),
+            parallel,
+            wide,
+            max_call_pixels,
+        )
 
     @classmethod
     def from_settings(cls, entry: ModelEntry, settings: Settings, with_session: bool = True) -> RestoreModel:
-        """:meth:`load` with the service settings: providers, precision, spinning, and the split of a model
-        call into ``settings.parallel`` parts of ``settings.run_threads`` threads each."""
+        """:meth:`load` with the service settings: providers, precision, spinning, the split of a model
+        call into ``settings.parallel`` parts of ``settings.run_threads`` threads each, and at most
+        ``DIR_MAX_BATCH`` tiles of the base tile side's pixels computed at once."""
         parallel = settings.parallel("CUDAExecutionProvider" in choose_providers(settings.provider_list))
+        spec = entry.manifest.tile
+        base, _, _ = settings.tile_geometry(
+            spec.size if spec else DEFAULT_TILE, spec.overlap if spec else DEFAULT_OVERLAP
+        )
         return cls.load(
             entry,
             settings.provider_list,
@@ -253,6 +281,7 @@ class RestoreModel:
             settings.precision,
             settings.ort_spinning,
             parallel,
+            settings.max_batch * base * base,
         )
 
     @property
@@ -270,6 +299,22 @@ class RestoreModel:
         if graph == DENOISE_GRAPH and self.denoise_file is not None:
             return ["restored"]
         raise InferenceError(f"{self.ref} has no graph {graph!r} (it has {list(self.graphs)})")
+
+    def parts(self, count: int, image: np.ndarray | None = None) -> list[tuple[int, int]]:
+        """The ``[start, end)`` tile ranges one call of ``count`` tiles runs as, ``parallel`` at a time.
+
+        A batch runs in up to ``parallel`` parts at once (one session serves concurrent runs). With
+        ``max_call_pixels`` and the batch's ``image`` ``(N, 3, T, T)``, the parts running at once hold at most
+        that many pixels (at least one tile each), so a batch of large tiles runs in more, smaller parts
+        instead of needing more memory. A graph with a fixed batch of 1 runs tile by tile.
+        """
+        step = max(1, -(-count // self.parallel))
+        if self.max_call_pixels and image is not None and image.ndim == 4:
+            tile_pixels = int(image.shape[-2]) * int(image.shape[-1])
+            step = min(step, max(1, self.max_call_pixels // (self.parallel * tile_pixels)))
+        if self.fixed_batch == 1:
+            step = 1
+        return [(a, min(a + step, count)) for a in range(0, count, step)]
 
     def run(
         self, inputs: dict[str, np.ndarray], outputs: list[str], graph: str = SERVE_GRAPH
@@ -300,18 +345,15 @@ class RestoreModel:
             if name != WINDOW_INPUT
         }
         names = [self.guide.outputs[0].name] if windows is not None and self.guide else outputs
-        count = len(next(iter(feed.values())))
-        # A batch of several tiles runs in up to ``parallel`` parts at once (one session serves concurrent
-        # runs); a graph with a fixed batch of 1 runs tile by tile, ``parallel`` tiles at once.
-        step = 1 if self.fixed_batch == 1 else max(1, -(-count // self.parallel))
-        bounds = [(a, min(a + step, count)) for a in range(0, count, step)]
+        bounds = self.parts(len(next(iter(feed.values()))), feed.get(self.input_name))
 
         def run_part(bound: tuple[int, int]) -> list[np.ndarray]:
             return list(session.run(names, {name: a[bound[0] : bound[1]] for name, a in feed.items()}))
 
         try:
             if len(bounds) == 1:
-                values = run_part(bounds[0])
+                wide = self._wide.get(graph, session)
+                values = list(wide.run(names, feed))
             else:
                 parts = list(self._pool.map(run_part, bounds) if self._pool else map(run_part, bounds))
                 values = [np.concatenate([p[k] for p in parts]) for k in range(len(names))]

@@ -14,6 +14,10 @@ import numpy as np
 
 from service.errors import BadInput
 
+#: Tile side and overlap in pixels for entries whose manifest names none.
+DEFAULT_TILE = 256
+DEFAULT_OVERLAP = 32
+
 
 @dataclass(frozen=True)
 class TileGrid:
@@ -72,6 +76,19 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, multiple: int) 
         _offsets(padded_h, tile, stride),
         _offsets(padded_w, tile, stride),
     )
+
+
+def choose_tile(height: int, width: int, sizes: tuple[int, ...], overlap: int, multiple: int) -> TileGrid:
+    """The grid over a ``height x width`` image whose tiles cover the fewest pixels in all
+    (``count * side**2``), over the tile sides ``sizes``; ties go to the larger side (fewer tiles).
+
+    A 512x512 image, say, is one 512-px tile (262 144 pixels computed) instead of nine 256-px tiles
+    overlapping by 32 (589 824), while a 300x200 image stays at two 256-px tiles instead of one padded 512.
+    """
+    if not sizes:
+        raise BadInput("no tile sizes to choose from")
+    grids = [plan_tiles(height, width, side, overlap, multiple) for side in sorted(set(sizes))]
+    return min(grids, key=lambda g: (g.count * g.tile * g.tile, -g.tile))
 
 
 def extract_tiles(pixels: np.ndarray, grid: TileGrid) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 
 from service.batching import BatchPolicy
 from service.embedded import EmbeddedQueue, Runner
-from service.errors import InferenceError
+from service.errors import InferenceError, QueueFull
 from service.metrics import Metrics
 from service.queue import GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH
 
@@ -78,3 +78,23 @@ async def test_failing_batch_fails_its_requests_not_the_batcher() -> None:
     again = await queue.submit({"image": tiles}, ["restored"], 60)
     await queue.close()
     assert again.outputs["restored"].shape == (2, 3, 8, 8)
+
+
+async def test_tile_sides_have_their_own_lanes_and_share_the_bound() -> None:
+    """Tiles of different sides never share a batch; the queue bound counts a graph's tiles of every side."""
+    batches: list[int] = []
+    queue = EmbeddedQueue("m/1", doubling_runner(batches), BatchPolicy(8, 0.05, 6), Metrics())
+    await queue.start()
+    small = np.random.rand(3, 3, 8, 8).astype(np.float32)
+    large = np.random.rand(2, 3, 16, 16).astype(np.float32)
+    first = asyncio.create_task(queue.submit({"image": small}, ["restored"], 60))
+    second = asyncio.create_task(queue.submit({"image": large}, ["restored"], 60))
+    await asyncio.sleep(0)
+    assert queue.graph_depth(SERVE_GRAPH) == 5
+    with pytest.raises(QueueFull, match="holds 5 tiles; 2 more exceed the bound 6"):
+        await queue.submit({"image": large}, ["restored"], 60)
+    result_small, result_large = await asyncio.gather(first, second)
+    await queue.close()
+    assert sorted(batches) == [2, 3]
+    np.testing.assert_array_equal(result_small.outputs["restored"], small * 2)
+    np.testing.assert_array_equal(result_large.outputs["restored"], large * 2)

@@ -108,9 +108,9 @@ async def test_bad_parameters_are_422_and_406(make_settings: Callable[..., Setti
 async def test_queue_full_is_429_and_deadline_is_504(
     make_settings: Callable[..., Settings], dataset: Callable[[str], Path]
 ) -> None:
-    small = (dataset("cset14") / "face.png").read_bytes()  # 276x276: 36 tiles of 64 px
+    small = (dataset("cset14") / "face.png").read_bytes()  # 276x276: 9 tiles of 128 px
     settings = make_settings(
-        max_batch=1000, max_queue_delay_ms=600_000, queue_bound=40, request_timeout_s=1.0
+        max_batch=1000, max_queue_delay_ms=600_000, queue_bound=12, request_timeout_s=1.0
     )
     async with serve(settings) as client:
         queue = client.app.state.service.queue  # type: ignore[attr-defined]
@@ -122,7 +122,7 @@ async def test_queue_full_is_429_and_deadline_is_504(
         metrics = (await client.get("/metrics")).text
     assert second.status_code == 429
     assert second.headers["retry-after"] == "1"
-    assert "bound 40" in second.json()["message"]
+    assert "bound 12" in second.json()["message"]
     assert first_response.status_code == 504
     assert "deadline" in first_response.json()["message"]
     assert 'dir_rejected_total{reason="queue_full"} 1.0' in metrics

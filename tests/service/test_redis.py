@@ -27,7 +27,7 @@ from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT, l
 from service.redis_queue import GROUP, dead_key, job_fields, result_key, stream_key, tiles_key
 from service.settings import Settings
 from service.store import RestoreModel, resolve_entry
-from service.tiling import extract_tiles, owned_window, plan_tiles
+from service.tiling import choose_tile, extract_tiles, owned_window, plan_tiles
 from service.worker import Worker
 from tests.service.conftest import free_port, serve, start_redis_server
 from tests.service.fixture_model import build_entry
@@ -35,7 +35,9 @@ from tests.service.fixture_model import build_entry
 pytestmark = pytest.mark.redis
 MODEL = "dir-restore/0.0.1"
 GUIDE = lane_ref(MODEL, GUIDE_GRAPH)
-FACE_TILES = plan_tiles(276, 276, tile=64, overlap=16, multiple=4).count
+# face.png (276x276) on the fixture entry (64-px tiles overlapping by 16): the default sides 64 and 128 tie
+# on pixels, so it runs as 9 tiles of 128 px.
+FACE_TILES = choose_tile(276, 276, (64, 128), overlap=16, multiple=4).count
 FACE_JOBS = math.ceil(FACE_TILES / Settings().max_batch)  # per pass: jobs hold at most max_batch tiles
 
 
@@ -298,7 +300,7 @@ def test_poison_job_is_dead_lettered_after_n_deliveries(
 async def test_redis_deadline_and_queue_full(
     redis_settings: Callable[..., Settings], prefix: str, small_png: bytes
 ) -> None:
-    settings = redis_settings(queue_bound=40, request_timeout_s=1.0)
+    settings = redis_settings(queue_bound=FACE_TILES + FACE_TILES // 2, request_timeout_s=1.0)
     probe = redis.Redis.from_url(settings.queue)
     async with serve(settings) as client:  # no worker: nothing gets computed
         first = asyncio.create_task(client.post("/v1/restore", content=small_png))

@@ -7,6 +7,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -232,3 +233,69 @@ def test_parallel_parts_default_to_one_per_core_at_most_max_batch(monkeypatch: p
     assert Settings().parallel(gpu=True) == 1
     assert Settings(parallel_runs=2).parallel(gpu=True) == 2
     assert Settings(intra_op_threads=3).run_threads(4) == 3 and Settings(intra_op_threads=3).threads == 3
+
+
+def record_runs(session: Any, name: str, used: list[str]) -> None:
+    """Make ``session.run`` append ``name`` to ``used`` on every call."""
+    run = session.run
+
+    def recording(names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        used.append(name)
+        return list(run(names, feed))
+
+    session.run = recording
+
+
+def test_a_single_tile_runs_on_the_wide_session(tmp_path: Path) -> None:
+    """With parts, a call of one tile runs on the graph's second session (all the parts' threads), not on a
+    one-thread part; calls of several tiles keep the parts."""
+    entry = resolve_entry(build_entry(tmp_path).parents[1], "dir-restore", "restore")
+    model = RestoreModel.load(entry, None, 1, parallel=2)
+    wide = model._wide[SERVE_GRAPH]
+    assert set(model._wide) == set(model.graphs)
+    assert wide is not model.session and model.session is not None
+    used: list[str] = []
+    record_runs(wide, "wide", used)
+    record_runs(model.session, "part", used)
+    rng = np.random.default_rng(2)
+    one = {
+        "image": rng.random((1, 3, 64, 64), dtype=np.float32),
+        "guide_mean": rng.random((1, 8), dtype=np.float32),
+    }
+    model.run(one, ["restored"])
+    assert used == ["wide"]
+    used.clear()
+    two = {name: np.concatenate([a, a]) for name, a in one.items()}
+    model.run(two, ["restored"])
+    assert used == ["part", "part"]
+    assert RestoreModel.load(entry, None, 1)._wide == {}
+
+
+def test_parts_hold_at_most_max_call_pixels(tmp_path: Path) -> None:
+    """The parts running at once hold at most ``max_call_pixels``: eight 512-px tiles under a budget of eight
+    256-px tiles run one per part; eight 256-px tiles keep two parts of four."""
+    entry = resolve_entry(build_entry(tmp_path).parents[1], "dir-restore", "restore")
+    budget = 8 * 256 * 256
+    model = RestoreModel(entry, None, parallel=2, max_call_pixels=budget)
+    big, small = np.zeros((8, 3, 512, 512), np.uint8), np.zeros((8, 3, 256, 256), np.uint8)
+    assert model.parts(8, big) == [(k, k + 1) for k in range(8)]
+    assert model.parts(8, small) == [(0, 4), (4, 8)]
+    assert model.parts(3, small) == [(0, 2), (2, 3)]
+    serial = RestoreModel(entry, None, parallel=1, max_call_pixels=budget)
+    assert serial.parts(8, big) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert serial.parts(8, small) == [(0, 8)]
+    assert RestoreModel(entry, None, parallel=2).parts(8, big) == [(0, 4), (4, 8)]
+    with pytest.raises(ValueError, match="max_call_pixels must be >= 0"):
+        RestoreModel(entry, None, max_call_pixels=-1)
+
+
+def test_call_pixels_follow_the_base_tile(fixture_store: Path) -> None:
+    """``from_settings``: the budget is DIR_MAX_BATCH tiles of the base side (the manifest's, or
+    DIR_TILE_SIZE)."""
+    entry = resolve_entry(fixture_store, "dir-restore", "restore")
+    assert entry.manifest.tile is not None and entry.manifest.tile.size == 64
+    assert RestoreModel.from_settings(entry, Settings(intra_op_threads=1, max_batch=4)).max_call_pixels == (
+        4 * 64 * 64
+    )
+    settings = Settings(intra_op_threads=1, max_batch=4, tile_size=128, parallel_runs=1)
+    assert RestoreModel.from_settings(entry, settings).max_call_pixels == 4 * 128 * 128

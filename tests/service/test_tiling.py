@@ -11,13 +11,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from service.errors import BadInput
 from service.manifest import read_manifest
 from service.queue import GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT
+from service.settings import Settings
 from service.store import ModelEntry, RestoreModel, resolve_entry
 from service.tiling import (
     TileGrid,
+    choose_tile,
     extract_tiles,
     owned_window,
     plan_tiles,
@@ -25,6 +28,7 @@ from service.tiling import (
     window_sums,
     windows_mean,
 )
+from tests.service.conftest import serve
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -263,3 +267,61 @@ def test_committed_denoise_graph_tiled_matches_whole_image(
     whole = whole[0].transpose(1, 2, 0)
     assert abs(psnr(tiled, clean) - psnr(whole, clean)) < 0.1
     assert psnr(tiled, whole) > 60  # 76 dB when written: the overlap covers the receptive field
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "side", "count"),
+    [
+        (512, 512, 512, 1),  # one 512-px tile instead of nine 256-px ones
+        (480, 640, 256, 6),  # six 256-px tiles (393 216 px) beat two 512-px ones (524 288 px)
+        (3000, 4000, 512, 63),  # a tie on pixels (252 x 256^2 = 63 x 512^2) goes to the larger side
+        (100, 90, 256, 1),
+        (257, 257, 512, 1),
+    ],
+)
+def test_choose_tile_computes_the_fewest_pixels(height: int, width: int, side: int, count: int) -> None:
+    grid = choose_tile(height, width, (256, 512), overlap=32, multiple=4)
+    assert (grid.tile, grid.count) == (side, count)
+    for other in (256, 512):
+        alone = plan_tiles(height, width, other, 32, 4)
+        assert grid.count * grid.tile**2 <= alone.count * alone.tile**2
+    assert choose_tile(height, width, (256,), 32, 4) == plan_tiles(height, width, 256, 32, 4)
+
+
+def test_choose_tile_refuses_no_sides_and_bad_sides() -> None:
+    with pytest.raises(BadInput, match="no tile sizes"):
+        choose_tile(64, 64, (), 16, 4)
+    with pytest.raises(BadInput, match="multiples"):
+        choose_tile(64, 64, (64, 66), 16, 4)
+
+
+def test_tile_sides_from_settings() -> None:
+    """DIR_TILE_SIZE / DIR_TILE_SIZES / DIR_TILE_OVERLAP over the manifest's tile; bad lists are refused."""
+    assert Settings().tile_geometry(256, 32) == (256, (256, 512), 32)
+    assert Settings(tile_size=128).tile_geometry(256, 32) == (128, (128, 256), 32)
+    assert Settings(tile_sizes="512, 256,512").tile_geometry(256, 32) == (256, (256, 512), 32)
+    assert Settings(tile_sizes="256", tile_overlap=16).tile_geometry(256, 32) == (256, (256,), 16)
+    for bad in ("256,abc", "0", "-256"):
+        with pytest.raises(ValidationError, match="DIR_TILE_SIZES"):
+            Settings(tile_sizes=bad)
+
+
+async def test_api_picks_the_tile_side_per_image(
+    make_settings: Callable[..., Settings], dataset: Callable[[str], Path]
+) -> None:
+    """On the fixture entry (tile 64/16, so sides 64 and 128): the batches hold the chosen grid's tiles, and
+    pinning one side serves the same image within float rounding of the blend."""
+    png = (dataset("cset14") / "face.png").read_bytes()  # 276x276: 9 tiles of 128 px (36 of 64 tie)
+    outputs = {}
+    for sides in ("", "64"):
+        settings = make_settings(tile_sizes=sides)
+        async with serve(settings) as client:
+            restorer = client.app.state.service.restorer  # type: ignore[attr-defined]
+            grid = restorer.plan(276, 276)
+            response = await client.post("/v1/restore", content=png, params={"format": "png"})
+            metrics = (await client.get("/metrics")).text
+        assert response.status_code == 200, response.text
+        assert (grid.tile, grid.count) == ((128, 9) if sides == "" else (64, 36))
+        assert f'dir_batch_size_sum{{model="dir-restore/0.0.1"}} {float(grid.count)}' in metrics
+        outputs[sides] = np.asarray(Image.open(io.BytesIO(response.content)), dtype=np.float32) / 255
+    assert psnr(outputs[""], outputs["64"]) > 40
