@@ -47,6 +47,8 @@ log = logging.getLogger("dir.worker")
 
 #: (graph, stream entry id, fields) of one job read from the graph's stream.
 Entry = tuple[str, str, dict[Any, Any]]
+#: Seconds between the non-blocking reads of a worker filling a partial batch.
+POLL_S = 0.001
 
 
 @dataclass
@@ -202,9 +204,10 @@ class Worker:
         pipe.rpush(key, pack(header, arrays))
         pipe.expire(key, self.settings.result_ttl_s)
 
-    def _read(self, block_ms: int) -> list[Entry]:
-        """At most one new job per stream, blocking until any stream has one. One at a time, because a job
-        holds up to ``max_batch`` tiles: a worker never takes more work than its next batch needs."""
+    def _read(self, block_ms: int | None) -> list[Entry]:
+        """At most one new job per stream, blocking up to ``block_ms`` until any stream has one (None: not
+        at all). One at a time, because a job holds up to ``max_batch`` tiles: a worker never takes more
+        work than its next batch needs."""
         reply: Any = self.client.xreadgroup(
             GROUP, self.consumer, dict.fromkeys(self.streams.values(), ">"), count=1, block=block_ms
         )
@@ -231,8 +234,10 @@ class Worker:
             decision = self.policy.decide(self.clock(), fullest, oldest)
             if decision.take:
                 return entries
-            wait_ms = max(1, int((decision.wait_s or 0.0) * 1000))
-            entries += self._read(wait_ms)
+            # A blocked XREADGROUP times out only at Redis' next `hz` tick (every 100 ms by default), far
+            # later than a few ms of batching delay: wait here, polling without blocking.
+            time.sleep(min(decision.wait_s or 0.0, POLL_S))
+            entries += self._read(None)
         return entries
 
     def process(self, entries: list[Entry]) -> int:

@@ -404,3 +404,32 @@ def test_worker_splits_jobs_into_model_calls_of_at_most_max_batch(
         s.labels["le"]: s.value for s in samples if s.name.endswith("_bucket") and s.labels["model"] == MODEL
     }
     assert buckets["4.0"] == buckets["+Inf"] >= 3  # no call over max_batch; at least 4 + 2 + 3
+
+
+def test_worker_fills_a_partial_batch_by_polling_not_by_a_blocking_timeout(
+    redis_settings: Callable[..., Settings], prefix: str
+) -> None:
+    """A partial batch waits DIR_MAX_QUEUE_DELAY_MS here, reading without BLOCK: a blocked XREADGROUP times
+    out only at Redis' next `hz` tick (100 ms by default), which added up to 100 ms to each one-tile pass."""
+    settings = redis_settings(max_batch=4, max_queue_delay_ms=20)
+    model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
+    client = redis.Redis.from_url(settings.queue)
+    worker = Worker(client, model, settings, Metrics(), consumer="poll-test")
+    worker.ensure_group()
+    blocks: list[int | None] = []
+    read = worker._read
+
+    def recording(block_ms: int | None) -> list[Any]:
+        blocks.append(block_ms)
+        return read(block_ms)
+
+    worker._read = recording  # type: ignore[method-assign]
+    now = time.time()
+    tile = np.zeros((1, 3, 64, 64), dtype=np.uint8)
+    inputs = {"image": tile, WINDOW_INPUT: np.array([[0, 16, 0, 16]], dtype=np.uint16)}
+    client.xadd(stream_key(prefix, GUIDE), job_fields("poll", 0, inputs, [GUIDE_SUM], now, now + 60))
+    entries = worker.read_batch(block_ms=1000)
+    client.close()
+    assert len(entries) == 1
+    assert blocks[0] == 1000 and len(blocks) > 1 and set(blocks[1:]) == {None}
+    assert time.time() - now >= 0.02
