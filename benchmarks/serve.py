@@ -366,7 +366,7 @@ def tile_plan(entry: ModelEntry, tile_sizes: str, height: int, width: int) -> st
         for h, w in ((height, width), (3000, 4000))
     }
     chosen = "; ".join(f"{size}: {g.count} tile(s) of {g.tile}" for size, g in grids.items())
-    return f"sides {' or '.join(map(str, sides))}, overlap {overlap} ({chosen})"
+    return f"{' or '.join(map(str, sides))} px, overlap {overlap}; {chosen}"
 
 
 def server_threads(parallel_runs: int) -> str:
@@ -387,8 +387,8 @@ def markdown(result: dict[str, Any]) -> str:
         "## Serving (`benchmarks/serve.py`)",
         "",
         f"Machine: {result['machine']}. Command: `{result['command']}`. Model: `{result['model']}` "
-        f"(tiles {result['tile']}). Servers: {result['server_threads']}; ORT vs torch: {result['threads']} "
-        f"intra-op threads. Measured {result['date']}.",
+        f"(tile sides {result['tile']}). Servers: {result['server_threads']}; "
+        f"ORT vs torch: {result['threads']} intra-op threads. Measured {result['date']}.",
         f"Load average at start: {result['load_at_start']}; the modes ran one after another in the same run, "
         "so compare ratios, not absolute numbers across runs.",
         "",
