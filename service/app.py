@@ -142,8 +142,14 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
         queue = RedisQueue(settings.queue, model.ref, policy, settings.stream_prefix, graphs=model.graphs)
     else:
         queue = EmbeddedQueue(model.ref, model.run, policy, metrics)
-    await queue.start()
     _, tiles, overlap = tile_geometry(model, settings)
+    try:
+        restorer = Restorer(model, queue, tiles, overlap)
+    except BadInput as exc:
+        raise ModelStoreError(
+            f"DIR_TILE_SIZE / DIR_TILE_SIZES / DIR_TILE_OVERLAP do not fit {model.ref}: {exc.message}"
+        ) from exc
+    await queue.start()
     detector, detector_error = await asyncio.to_thread(_load_detector, settings)
     log.info(
         "serving %s %s (%s, tiles %s/%d, queue %s%s)",
@@ -157,9 +163,7 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
         if settings.uses_redis
         else f", {model.parallel} parts x {settings.run_threads(model.parallel)} threads",
     )
-    return ServiceState(
-        settings, metrics, model, queue, Restorer(model, queue, tiles, overlap), detector, detector_error
-    )
+    return ServiceState(settings, metrics, model, queue, restorer, detector, detector_error)
 
 
 def _state(request: Request) -> ServiceState:

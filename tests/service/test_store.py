@@ -103,6 +103,14 @@ async def test_app_refuses_to_start_on_mismatch(
             pass
 
 
+async def test_app_refuses_to_start_on_tile_sides_that_do_not_fit(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with pytest.raises(ModelStoreError, match=r"DIR_TILE_SIZES .*tile 66 and overlap 16 must be multiples"):
+        async with serve(make_settings(tile_sizes="64,66")):
+            pass
+
+
 async def test_app_refuses_to_start_without_entry(
     tmp_path: Path, make_settings: Callable[..., Settings]
 ) -> None:
