@@ -345,6 +345,8 @@ def _install_routes(app: FastAPI) -> None:
             restore=state.model.ref,
             restore_precision=state.model.precision,
             restore_modes=state.restorer.modes,
+            restore_tiles=list(state.restorer.tiles),
+            restore_tile_overlap=state.restorer.overlap,
             detect=detector_ref,
             models=infos,
         )

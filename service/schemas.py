@@ -79,6 +79,11 @@ class ModelsResponse(BaseModel):
         description="values of /v1/restore's mode the restoration model offers: 'full', and 'denoise' "
         "when its entry has the denoise graph"
     )
+    restore_tiles: list[int] = Field(
+        description="tile sides (px) the restoration model runs in; each image gets the one that computes "
+        "the fewest pixels (DIR_TILE_SIZE, DIR_TILE_SIZES)"
+    )
+    restore_tile_overlap: int = Field(description="overlap (px) of neighbouring tiles (DIR_TILE_OVERLAP)")
     detect: str | None
     models: list[ModelInfo]
 

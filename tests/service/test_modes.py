@@ -37,6 +37,7 @@ async def test_denoise_mode_runs_the_denoise_graph_on_every_tile(
     assert denoised.status_code == 200, denoised.text
     assert denoised.headers["x-restore-mode"] == "denoise" and full.headers["x-restore-mode"] == "full"
     assert models["restore_modes"] == ["full", "denoise"]
+    assert models["restore_tiles"] == [64, 128] and models["restore_tile_overlap"] == 16
     source = _pixels(body)
     session = ort.InferenceSession(
         str(fixture_store / "dir-restore" / "0.0.1" / "denoise.onnx"), providers=["CPUExecutionProvider"]
