@@ -152,7 +152,7 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
     await queue.start()
     detector, detector_error = await asyncio.to_thread(_load_detector, settings)
     log.info(
-        "serving %s %s (%s, tiles %s/%d, queue %s%s)",
+        "serving %s %s (%s, tiles %s px overlapping by %d, queue %s%s)",
         model.ref,
         model.precision,
         "two-pass" if model.guide else "single-pass",
