@@ -9,6 +9,7 @@ import torch
 
 from training.losses import (
     LOG4,
+    affine_colour_fit,
     aggregate_prior_kl,
     dfrnet_loss,
     dirnet_loss,
@@ -159,3 +160,31 @@ def test_stage2_loss_restoration_and_task_term() -> None:
     det = stage2_loss(r_plus, r_star, decoded, target, gamma1=2.0, gamma2=1.0, task_loss=task)
     assert float(det["loss"]) == pytest.approx(0.5 + 2.0 * 2.0 + 0.25)
     assert calls and calls[0] is decoded
+
+
+def test_affine_colour_fit_undoes_an_affine_colour_change_and_passes_gradients() -> None:
+    target = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    matrix = torch.tensor([[0.8, 0.1, 0.0], [0.05, 1.2, -0.1], [0.0, 0.2, 0.7]])
+    recoloured = (torch.einsum("ij,njhw->nihw", matrix, target) + 0.05).requires_grad_()
+    fitted = affine_colour_fit(recoloured, target)
+    torch.testing.assert_close(fitted, target, atol=1e-3, rtol=0)
+    noisy = target + 0.1 * torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    # The fit never does worse than the identity map (least squares, up to the ridge).
+    assert float((affine_colour_fit(noisy, target) - target).pow(2).mean()) <= float(
+        (noisy - target).pow(2).mean()
+    )
+    fitted.sum().backward()
+    assert recoloured.grad is not None and torch.isfinite(recoloured.grad).all()
+    flat = affine_colour_fit(torch.full((1, 3, 8, 8), 0.5), target[:1, :, :8, :8])
+    assert torch.isfinite(flat).all()
+
+
+def test_stage2_loss_colour_fitted_term() -> None:
+    r_plus, r_star = torch.zeros(2, 4, 3, 3), torch.zeros(2, 4, 3, 3)
+    target = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    decoded = 0.5 * target + 0.2  # pure colour error: the fitted term sees none of it
+    off = stage2_loss(r_plus, r_star, decoded, target)
+    on = stage2_loss(r_plus, r_star, decoded, target, gamma_fit=3.0)
+    assert float(off["fit_l1"]) == 0.0 and float(off["loss"]) == pytest.approx(float(off["image_l1"]))
+    assert float(on["fit_l1"]) < 1e-3
+    assert float(on["loss"]) == pytest.approx(float(on["image_l1"]) + 3.0 * float(on["fit_l1"]))

@@ -67,6 +67,9 @@ class StageConfig:
 class LossConfig:
     """Trade-off weights: Eq. 5 (lam, beta), Eq. 6 (beta_star, = 1 in the paper), Eq. 8 (gamma1, gamma2).
 
+    ``gamma_fit`` (not in the paper, 0 = off): weight of Stage II's image L1 after a global affine colour fit
+    to the clean image (``training.losses.stage2_loss``).
+
     ``kl_warmup_steps``: the prior weights beta and beta_star ramp linearly from 0 over this many Stage I
     steps (KL annealing), so the codes become informative before the prior shapes their aggregate.
     """
@@ -77,6 +80,7 @@ class LossConfig:
     gamma1: float = 0.0
     gamma2: float = 1.0
     kl_warmup_steps: int = 0
+    gamma_fit: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,8 @@ def _validate(cfg: TrainConfig) -> None:
     for key, v in {"data.patch_size": cfg.data.patch_size, "data.val_crop": cfg.data.val_crop}.items():
         if v % m:
             raise ConfigError(f"{key} must be a multiple of {m}, got {v}")
+    if cfg.loss.gamma_fit < 0:
+        raise ConfigError(f"loss.gamma_fit must be >= 0, got {cfg.loss.gamma_fit}")
     if cfg.data.batch_size < 2:
         raise ConfigError(
             f"data.batch_size must be >= 2 (the MI bound needs shuffled negatives), got {cfg.data.batch_size}"

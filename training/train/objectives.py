@@ -102,7 +102,10 @@ class RestorationObjective(nn.Module):
                 guide = s.get_submodule("dfrnet")(x)[0] if s.variant == "full" else r0
             r_plus = s.get_submodule("alignment")(r0, guide)
             decoded = s.get_submodule("decoder")(r_plus)
-            return stage2_loss(r_plus, r_star, decoded, clean, self.loss_cfg.gamma1, self.loss_cfg.gamma2)
+            cfg = self.loss_cfg
+            return stage2_loss(
+                r_plus, r_star, decoded, clean, cfg.gamma1, cfg.gamma2, gamma_fit=cfg.gamma_fit
+            )
         if s.variant == "r0_only":
             with torch.no_grad():
                 r0 = s.get_submodule("dirnet")(x)[0]
