@@ -38,8 +38,8 @@ from PIL import Image
 
 from service.client.client import server_timings
 from service.settings import DEFAULT_MODEL_STORE, Settings
-from service.store import ModelEntry, resolve_entry
-from service.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, choose_tile
+from service.store import ModelEntry, resolve_entry, tile_geometry
+from service.tiling import choose_tile
 from training.paths import data_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -357,10 +357,7 @@ def redis_reachable(url: str) -> bool:
 
 def tile_plan(entry: ModelEntry, tile_sizes: str, height: int, width: int) -> str:
     """The tile sides the servers choose from and the grids of the benchmark image and the 12 MP photo."""
-    spec = entry.manifest.tile
-    _, sides, overlap = Settings(tile_sizes=tile_sizes).tile_geometry(
-        spec.size if spec else DEFAULT_TILE, spec.overlap if spec else DEFAULT_OVERLAP
-    )
+    _, sides, overlap = tile_geometry(entry, Settings(tile_sizes=tile_sizes))
     grids = {
         f"{h}x{w}": choose_tile(h, w, sides, overlap, entry.manifest.size_multiple)
         for h, w in ((height, width), (3000, 4000))

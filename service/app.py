@@ -40,7 +40,7 @@ from service.http import (
 )
 from service.imaging import OUTPUT_MEDIA, DecodedImage, decode_image, encode_image, to_uint8
 from service.metrics import Metrics
-from service.pipeline import Restorer, tile_geometry
+from service.pipeline import Restorer
 from service.queue import TileQueue
 from service.redis_queue import RedisQueue
 from service.schemas import (
@@ -54,7 +54,7 @@ from service.schemas import (
     RepresentJson,
 )
 from service.settings import Settings
-from service.store import RestoreModel, list_entries, resolve_entry
+from service.store import RestoreModel, list_entries, resolve_entry, tile_geometry
 
 log = logging.getLogger("dir.service")
 
@@ -142,7 +142,7 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
         queue = RedisQueue(settings.queue, model.ref, policy, settings.stream_prefix, graphs=model.graphs)
     else:
         queue = EmbeddedQueue(model.ref, model.run, policy, metrics)
-    _, tiles, overlap = tile_geometry(model, settings)
+    _, tiles, overlap = tile_geometry(model.entry, settings)
     try:
         restorer = Restorer(model, queue, tiles, overlap)
     except BadInput as exc:

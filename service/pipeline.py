@@ -20,11 +20,8 @@ import numpy as np
 from service.errors import BadInput, DeadlineExceeded
 from service.imaging import DecodedImage
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT, TileQueue
-from service.settings import Settings
 from service.store import RestoreModel
 from service.tiling import (
-    DEFAULT_OVERLAP,
-    DEFAULT_TILE,
     TileGrid,
     choose_tile,
     extract_tiles,
@@ -50,15 +47,6 @@ class Inference:
     def restored_hwc(self) -> np.ndarray:
         """The restored image as (H, W, 3) float32 sRGB in [0, 1]."""
         return np.ascontiguousarray(self.arrays["restored"].transpose(1, 2, 0))
-
-
-def tile_geometry(model: RestoreModel, settings: Settings) -> tuple[int, tuple[int, ...], int]:
-    """``(base side, sides to choose from per image, overlap)``: the settings' (``DIR_TILE_SIZE``,
-    ``DIR_TILE_SIZES``, ``DIR_TILE_OVERLAP``) over the manifest's ``tile``, else 256/32."""
-    spec = model.entry.manifest.tile
-    return settings.tile_geometry(
-        spec.size if spec else DEFAULT_TILE, spec.overlap if spec else DEFAULT_OVERLAP
-    )
 
 
 class Restorer:

@@ -166,6 +166,16 @@ def denoise_file(entry: ModelEntry) -> str | None:
     return str(name)
 
 
+def tile_geometry(entry: ModelEntry, settings: Settings) -> tuple[int, tuple[int, ...], int]:
+    """``(base side, sides to choose from per image, overlap)`` in pixels for ``entry``: the settings'
+    ``DIR_TILE_SIZE`` / ``DIR_TILE_SIZES`` / ``DIR_TILE_OVERLAP`` over the manifest's ``tile``, else
+    256/32."""
+    spec = entry.manifest.tile
+    return settings.tile_geometry(
+        spec.size if spec else DEFAULT_TILE, spec.overlap if spec else DEFAULT_OVERLAP
+    )
+
+
 class RestoreModel:
     """A verified restoration entry and its sessions: the serving graph and, for two-pass entries, the
     guide graph; for entries with one, the ``denoise`` graph (image -> restored, one pass).
@@ -269,10 +279,7 @@ class RestoreModel:
         call into ``settings.parallel`` parts of ``settings.run_threads`` threads each, and at most
         ``DIR_MAX_BATCH`` tiles of the base tile side's pixels computed at once."""
         parallel = settings.parallel("CUDAExecutionProvider" in choose_providers(settings.provider_list))
-        spec = entry.manifest.tile
-        base, _, _ = settings.tile_geometry(
-            spec.size if spec else DEFAULT_TILE, spec.overlap if spec else DEFAULT_OVERLAP
-        )
+        base, _, _ = tile_geometry(entry, settings)
         return cls.load(
             entry,
             settings.provider_list,
