@@ -96,9 +96,9 @@ def affine_colour_fit(image: Tensor, target: Tensor, ridge: float = 1e-6) -> Ten
     """``image`` recoloured by its best global affine map of RGB towards ``target``, differentiably.
 
     Per image, the 3x4 matrix ``M`` minimising ``sum_p |M [x_p; 1] - t_p|^2`` over the pixels, from the normal
-    equations with ``ridge`` added to the diagonal (float32; a flat image stays solvable), applied to
-    ``image``. (N, 3, H, W) each -> (N, 3, H, W), not clamped. An image that already is an affine map of
-    ``target`` comes back as ``target`` (up to the ridge).
+    equations with ``ridge`` added to the diagonal (in the inputs' dtype; a flat image stays solvable),
+    applied to ``image``. (N, 3, H, W) each -> (N, 3, H, W), not clamped. An image that already is an affine
+    map of ``target`` comes back as ``target`` (up to the ridge).
     """
     n, c, h, w = image.shape
     ones = torch.ones(n, 1, h * w, dtype=image.dtype, device=image.device)

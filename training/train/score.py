@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.nn import functional
 
+from training.losses import affine_colour_fit
 from training.models import DiRSystem, Variant, load_system
 from training.paths import dataset_dir
 from training.train.data import list_images, load_rgb
@@ -41,22 +42,16 @@ def decoder_ceiling(system: DiRSystem, clean: torch.Tensor) -> torch.Tensor:
 
 def colour_fit(image: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """``image`` after the best global affine colour correction towards ``clean``: per image, the affine map
-    of RGB (a 3x4 matrix, least squares over every pixel, float64) fitted to ``clean`` and applied, clamped
-    to [0, 1]. (N, 3, H, W) sRGB in [0, 1] each -> (N, 3, H, W) sRGB in [0, 1].
+    of RGB (a 3x4 matrix, least squares over every pixel in float64, ``training.losses.affine_colour_fit``)
+    fitted to ``clean`` and applied, clamped to [0, 1]. (N, 3, H, W) sRGB in [0, 1] each -> (N, 3, H, W)
+    sRGB in [0, 1].
 
     A diagnostic that reads the clean image, not a restoration method: the PSNR it leaves is the error that
     no global affine colour change removes (noise, artefacts, blur, local colour, the non-affine part of a
     tone curve), so comparing it with the plain PSNR splits an error into a global-colour part and the rest.
     """
-    n, c, h, w = image.shape
-    out = torch.empty_like(image)
-    for i in range(n):
-        ones = torch.ones(1, h * w, dtype=image.dtype, device=image.device)
-        features = torch.cat([image[i].reshape(c, -1), ones]).T.double()
-        target = clean[i].reshape(c, -1).T.double()
-        matrix = torch.linalg.lstsq(features, target).solution
-        out[i] = (features @ matrix).T.reshape(c, h, w).to(image.dtype)
-    return out.clamp(0.0, 1.0)
+    fitted = affine_colour_fit(image.double(), clean.double(), ridge=1e-12)
+    return fitted.to(image.dtype).clamp(0.0, 1.0)
 
 
 def _load(source: Path, variant: Variant) -> DiRSystem:
