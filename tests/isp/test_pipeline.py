@@ -10,7 +10,16 @@ import sys
 import pytest
 import torch
 
-from training.isp import PRESETS, SimResult, simulate, simulate_two_views, stable_seed
+from training.isp import (
+    PRESETS,
+    SimResult,
+    degrade,
+    render_without_noise,
+    simulate,
+    simulate_two_views,
+    stable_seed,
+    without_noise,
+)
 from training.isp.errors import ParamsError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -118,3 +127,24 @@ def test_noise_domain_decides_where_the_protocol_noise_goes(domain: str) -> None
         assert float(residual.std()) == pytest.approx(0.05, rel=0.05)
     else:
         assert float(residual.std()) > 0.1
+
+
+def _two_clean(seed: int = 0) -> torch.Tensor:
+    return torch.rand(2, 3, 32, 36, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_rendering_is_the_same_camera_without_noise_or_jpeg() -> None:
+    result = simulate(_two_clean(), "ablation", seed=[5, 6])
+    rendered = render_without_noise(result)
+    assert rendered.shape == result.degraded.shape and rendered.dtype == torch.float32
+    quiet = [without_noise(p) for p in result.params]
+    assert all(
+        q.gaussian_sigma == q.shot_noise == q.read_noise == 0 and q.jpeg_quality is None for q in quiet
+    )
+    assert all(
+        q.gamma == p.gamma and q.cam2rgb == p.cam2rgb for q, p in zip(quiet, result.params, strict=True)
+    )
+    assert torch.equal(rendered, degrade(result.clean, quiet, jpeg=False).degraded)
+    # Noise and JPEG (sigma >= 0.05, quality <= 30) are what separates the degraded image from it.
+    assert float((result.degraded - rendered).square().mean()) > 0.05**2 / 2
+    assert torch.equal(rendered, render_without_noise(simulate(_two_clean(), "ablation", seed=[5, 6])))

@@ -14,9 +14,11 @@ from training.isp.pipeline import (
     add_noise,
     degrade,
     process,
+    render_without_noise,
     simulate,
     simulate_two_views,
     unprocess,
+    without_noise,
 )
 from training.isp.presets import PRESETS, Draw, Preset, get_preset
 from training.isp.sampler import sample_params, stable_seed
@@ -36,9 +38,11 @@ __all__ = [
     "degrade",
     "get_preset",
     "process",
+    "render_without_noise",
     "sample_params",
     "simulate",
     "simulate_two_views",
     "stable_seed",
     "unprocess",
+    "without_noise",
 ]

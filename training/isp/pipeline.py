@@ -218,6 +218,24 @@ def degrade(
     return SimResult(clean=clean, degraded=out, params=list(params), stages=stages or {})
 
 
+def without_noise(params: ISPParams) -> ISPParams:
+    """``params`` with every noise source and JPEG off: the same camera, ISP hyperparameters and rendering."""
+    return replace(
+        params, shot_noise=0.0, read_noise=0.0, gaussian_sigma=0.0, poisson_lambda=0.0, jpeg_quality=None
+    )
+
+
+def render_without_noise(result: SimResult) -> torch.Tensor:
+    """The noise-free rendering of a simulated batch: ``(N, 3, H, W)`` float32 sRGB in ``[0, 1]``.
+
+    ``result.clean`` through the same inverse and forward ISP as ``result.degraded`` (camera, white-balance
+    and exposure errors, demosaic, colour matrix, gamma, tone curve, the camera's own denoise and sharpening)
+    with no sensor or protocol noise and no JPEG: what the camera would have produced without noise. Only
+    the demosaic's loss of detail and the rendering separate it from ``result.clean``.
+    """
+    return degrade(result.clean, [without_noise(p) for p in result.params], jpeg=False).degraded
+
+
 def _per_image_presets(preset: str | Sequence[str], n: int) -> list[Preset]:
     """``n`` presets: ``preset`` repeated when it is one name, else one per image (checked to be ``n``)."""
     if isinstance(preset, str):
