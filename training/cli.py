@@ -1,8 +1,9 @@
-"""``dir-train``: stage1 | stage2 | ablation | plot.
+"""``dir-train``: stage1 | stage2 | ablation | denoise | score | plot.
 
 dir-train stage1 --config tiny            # DiRNet + DfRNet/D* (Eq. 5, Eq. 6)
 dir-train stage2 --config tiny            # alignment network A (Eq. 8), needs stage1.pt in run_dir
 dir-train ablation --config tiny          # no_pilot, r0_only, autoencoder with the Stage II budget
+dir-train denoise --config tiny           # the denoise mode's encoder (not in the paper), after stage2
 dir-train stage1 --config tiny --resume   # continue bit for bit from run_dir/stage1.pt
 dir-train stage1 --config gpu --time-limit 480   # fit the stage into 8 minutes (steps chosen by speed)
 dir-train plot runs/tiny                  # loss curves -> runs/tiny/loss_curves.png
@@ -28,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
         ("stage1", "Stage I: DiRNet (Eq. 5) and DfRNet + decoder D* (Eq. 6)"),
         ("stage2", "Stage II: alignment network A for restoration (Eq. 8)"),
         ("ablation", "ablation variants with the Stage II budget (after stage1)"),
+        (
+            "denoise",
+            "the denoise mode's encoder (not in the paper): D*(denoiser(x)) = x's noise-free rendering, "
+            "full system frozen (after stage2, or from --init-from ENTRY)",
+        ),
     ):
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("--config", required=True, help="a named config (tiny, paper, default) or a YAML path")
@@ -56,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
                 help="start from a model_store entry (e.g. model_store/dir-restore/3.1.0) instead of the "
                 "run's stage1.pt: its DiRNet, DfRNet and D* (frozen), and its A when the config's A has the "
                 "same shapes; no run folder of the entry needed",
+            )
+        if name == "denoise":
+            s.add_argument(
+                "--init-from",
+                type=Path,
+                metavar="ENTRY",
+                help="take the full system from a model_store entry instead of the run's stage2.pt (the "
+                "config's model must match the entry's)",
             )
         if name == "ablation":
             s.add_argument(
@@ -130,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ablation":
             for variant in args.variant or ["no_pilot", "r0_only", "autoencoder"]:
                 print(train_stage(cfg, "ablation", variant=variant, **common))
-        elif args.command == "stage2":
-            print(train_stage(cfg, "stage2", init_from=args.init_from, **common))
+        elif args.command in ("stage2", "denoise"):
+            print(train_stage(cfg, args.command, init_from=args.init_from, **common))
         else:
             print(train_stage(cfg, args.command, **common))
     except DiRError as exc:

@@ -27,7 +27,7 @@ def test_every_registered_network_builds_and_runs(name: str) -> None:
     net = build_model(name, SMALL)
     x = torch.rand(2, 3, 16, 24)
     r = torch.randn(2, 4, 4, 6)
-    if name in ("dirnet", "dfrnet"):
+    if name in ("dirnet", "dfrnet", "denoiser"):
         mu, logvar = net(x)
         assert mu.shape == logvar.shape == (2, 4, 4, 6)
     elif name == "joint_encoder":

@@ -37,20 +37,20 @@ def entry(image_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Di
     return system, folder
 
 
-def _objective(cfg: TrainConfig) -> RestorationObjective:
-    return RestorationObjective(cfg.model, cfg.loss, "full")
+def _system(cfg: TrainConfig) -> DiRSystem:
+    return RestorationObjective(cfg.model, cfg.loss, "full").system
 
 
 def test_all_parts_come_from_the_entry(
     entry: tuple[DiRSystem, Path], image_dir: Path, tmp_path: Path
 ) -> None:
     system, folder = entry
-    objective = _objective(micro(image_dir, tmp_path))
-    record = init_from_entry(objective, folder)
+    target = _system(micro(image_dir, tmp_path))
+    record = init_from_entry(target, folder)
     assert record["entry"] == "dir-restore/0.0.1" and len(record["model_onnx_sha256"]) == 64
     assert record["parts"] == ["dirnet", "dfrnet", "decoder", "alignment"]
     for part in record["parts"]:
-        want, got = system.get_submodule(part).state_dict(), objective.system.get_submodule(part).state_dict()
+        want, got = system.get_submodule(part).state_dict(), target.get_submodule(part).state_dict()
         assert all(torch.equal(want[k], got[k]) for k in want), part
 
 
@@ -59,10 +59,10 @@ def test_a_wider_alignment_starts_fresh_and_other_encoders_are_refused(
 ) -> None:
     cfg = micro(image_dir, tmp_path)
     wider = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, align_width=12))
-    assert init_from_entry(_objective(wider), entry[1])["parts"] == ["dirnet", "dfrnet", "decoder"]
+    assert init_from_entry(_system(wider), entry[1])["parts"] == ["dirnet", "dfrnet", "decoder"]
     other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, widths=(8, 8, 16)))
     with pytest.raises(ConfigError, match=r"config's dirnet does not match the entry's"):
-        init_from_entry(_objective(other), entry[1])
+        init_from_entry(_system(other), entry[1])
 
 
 def test_stage2_trains_from_the_entry_and_the_export_records_it(
@@ -77,15 +77,15 @@ def test_stage2_trains_from_the_entry_and_the_export_records_it(
     for part in ("dirnet", "dfrnet", "decoder"):
         want = system.get_submodule(part).state_dict()
         assert all(torch.equal(want[k], ckpt["modules"][part][k]) for k in want), part
-    with pytest.raises(ConfigError, match="fresh stage2"):
+    with pytest.raises(ConfigError, match="fresh stage2 or denoise"):
         train_stage(cfg, "stage2", init_from=folder, resume=True, progress=False)
-    with pytest.raises(ConfigError, match="fresh stage2"):
+    with pytest.raises(ConfigError, match="fresh stage2 or denoise"):
         train_stage(cfg, "stage1", init_from=folder, progress=False)
     exported = export_run(Path(cfg.run_dir), tmp_path / "out" / "0.0.2", "0.0.2")
     assert exported.manifest.training["init_from"]["entry"] == "dir-restore/0.0.1"
 
 
-def test_cli_takes_init_from_for_stage2_only(
+def test_cli_takes_init_from_for_stage2_and_denoise_only(
     entry: tuple[DiRSystem, Path], image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):

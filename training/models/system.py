@@ -27,6 +27,7 @@ MODEL_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "discriminator": Discriminator,
     "alignment": AlignmentNet,
     "ae_encoder": PlainEncoder,
+    "denoiser": lambda c: GaussianEncoder(c, in_channels=3),
 }
 
 # Which networks each variant's restoration path holds (the names of DiRSystem's submodules).
@@ -66,16 +67,54 @@ class DiRSystem(nn.Module):
     ``full``: r0 = mean of DiRNet(x), pilot = mean of DfRNet(x), r+ = A(r0, pilot), restored = D*(r+).
     ``no_pilot``: as full with r0 as A's guide. ``r0_only``: restored = D(r0) with a decoder trained on r0.
     ``autoencoder``: a plain encoder/decoder of equal size. All latents are (N, C, H/4, W/4).
+
+    ``denoiser=True`` (full only) adds the ``denoise`` mode's encoder, a DfRNet-shaped encoder trained by
+    ``dir-train denoise`` so that D*(its mean) is the input's noise-free rendering (:meth:`denoise`).
     """
 
-    def __init__(self, cfg: ModelConfig, variant: Variant = "full") -> None:
+    def __init__(self, cfg: ModelConfig, variant: Variant = "full", denoiser: bool = False) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise CheckpointError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        if denoiser and variant != "full":
+            raise CheckpointError(f"only the full variant carries a denoiser, not {variant!r}")
         self.cfg = cfg
         self.variant: Variant = variant
         for name in VARIANT_PARTS[variant]:
             self.add_module(name, build_model(name, cfg))
+        if denoiser:
+            self.add_module("denoiser", build_model("denoiser", cfg))
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Names of the networks this system holds: its variant's, then ``denoiser`` when it has one."""
+        return VARIANT_PARTS[self.variant] + (("denoiser",) if self.has_denoiser else ())
+
+    @property
+    def has_denoiser(self) -> bool:
+        """Whether the ``denoise`` mode uses a trained denoiser (else DfRNet, see :meth:`denoise`)."""
+        return "denoiser" in self._modules
+
+    def without_denoiser(self) -> DiRSystem:
+        """This system without its denoiser: a new system holding the same network objects (not copies).
+
+        Exporting graphs from it keeps them byte for byte what they are without a denoiser (an unused
+        denoiser would shift the exporter's numbering of constants)."""
+        if not self.has_denoiser:
+            return self
+        core = DiRSystem(self.cfg, self.variant)
+        for name in VARIANT_PARTS[self.variant]:
+            core.add_module(name, self.get_submodule(name))
+        return core.train(self.training)
+
+    def denoise(self, image: Tensor) -> Tensor:
+        """The ``denoise`` mode: image (N, 3, H, W) float32 sRGB [0, 1], H, W multiples of 4 -> (N, 3, H, W)
+        in [0, 1], noise and JPEG artefacts removed, the camera's colour and tone kept.
+
+        D*(mean of the denoiser(image)) when the system has a denoiser, else D*(mean of DfRNet(image)).
+        """
+        encoder = "denoiser" if self.has_denoiser else "dfrnet"
+        return self.get_submodule("decoder")(self.get_submodule(encoder)(image)[0]).clamp(0.0, 1.0)
 
     @property
     def size_multiple(self) -> int:
@@ -140,6 +179,9 @@ def _resolve(path: Path, variant: Variant) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint file or run folder at {path}")
     name = checkpoint_name("stage2") if variant == "full" else checkpoint_name("ablation", variant)
+    if variant == "full" and (path / checkpoint_name("denoise")).is_file():
+        # The denoise stage's checkpoint holds the whole full system (as it started) plus its denoiser.
+        name = checkpoint_name("denoise")
     if not (path / name).is_file():
         raise CheckpointError(f"run folder {path} has no {name} (train it with dir-train first)")
     return path / name
@@ -150,8 +192,11 @@ def load_system(
 ) -> DiRSystem:
     """Load a trained :class:`DiRSystem` in eval mode.
 
-    ``path``: a checkpoint file (stage2.pt, ablation-<variant>.pt) or a run folder. ``variant``: None
-    means the checkpoint's own variant (``full`` for a run folder); given with a file, it must match.
+    ``path``: a checkpoint file (stage2.pt, denoise.pt, ablation-<variant>.pt) or a run folder. ``variant``:
+    None means the checkpoint's own variant (``full`` for a run folder); given with a file, it must match.
+    A run folder's full system is its ``denoise.pt`` when it has one (the full system plus the denoiser),
+    else its ``stage2.pt``; a ``denoise.pt`` started from an earlier ``stage2.pt`` than the folder's raises
+    :class:`CheckpointError` (rerun ``dir-train denoise``).
     """
     want: Variant = variant or "full"
     file = _resolve(Path(path), want)
@@ -159,13 +204,21 @@ def load_system(
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"cannot read checkpoint {file}: {exc}") from exc
+    from service.manifest import sha256_file
+
+    started = ckpt.get("init_from") or {}
+    stage2 = file.parent / checkpoint_name("stage2")
+    if "stage2_sha256" in started and stage2.is_file() and sha256_file(stage2) != started["stage2_sha256"]:
+        raise CheckpointError(
+            f"{file} was trained from an earlier {stage2.name}; rerun dir-train denoise on the current one"
+        )
     stored = cast(Variant | None, ckpt.get("variant"))
     if stored is None:
         raise CheckpointError(f"{file} is a {ckpt.get('stage')} checkpoint, not a restoration system")
     if variant is not None and stored != variant:
         raise CheckpointError(f"{file} holds variant {stored!r}, not the requested {variant!r}")
-    system = DiRSystem(model_config_from_dict(ckpt["model_config"]), stored)
-    for name in VARIANT_PARTS[stored]:
+    system = DiRSystem(model_config_from_dict(ckpt["model_config"]), stored, "denoiser" in ckpt["modules"])
+    for name in system.parts:
         system.get_submodule(name).load_state_dict(ckpt["modules"][name])
     return system.to(device).eval()
 
@@ -175,5 +228,5 @@ def system_state(system: DiRSystem) -> dict[str, Any]:
     return {
         "variant": system.variant,
         "model_config": asdict(system.cfg),
-        "modules": {n: system.get_submodule(n).state_dict() for n in VARIANT_PARTS[system.variant]},
+        "modules": {n: system.get_submodule(n).state_dict() for n in system.parts},
     }

@@ -85,7 +85,10 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A whole two-stage run. ``run_dir`` holds checkpoints, metrics logs and the config copy."""
+    """A whole two-stage run. ``run_dir`` holds checkpoints, metrics logs and the config copy.
+
+    ``denoise``: the budget of the optional ``dir-train denoise`` stage (the denoise mode's encoder).
+    """
 
     name: str = "run"
     run_dir: str = "runs/run"
@@ -101,6 +104,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=StageConfig)
+    denoise: StageConfig = field(default_factory=StageConfig)
 
     def data_path(self) -> Path:
         """The training folder: ``train_dir`` as a path if it names one, else a shared dataset name."""
@@ -157,6 +161,7 @@ def _validate(cfg: TrainConfig) -> None:
         "data.val_crop": cfg.data.val_crop,
         "stage1.steps": cfg.stage1.steps,
         "stage2.steps": cfg.stage2.steps,
+        "denoise.steps": cfg.denoise.steps,
         "log_every": cfg.log_every,
         "eval_every": cfg.eval_every,
         "ckpt_every": cfg.ckpt_every,
@@ -181,7 +186,7 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.val_images must be >= 0, got {cfg.data.val_images}")
     if cfg.model.gconv_kernel % 2 == 0:
         raise ConfigError(f"model.gconv_kernel must be odd, got {cfg.model.gconv_kernel}")
-    for stage in ("stage1", "stage2"):
+    for stage in ("stage1", "stage2", "denoise"):
         s: StageConfig = getattr(cfg, stage)
         if not 0 < s.lr_min <= s.lr:
             raise ConfigError(f"{stage}: need 0 < lr_min <= lr, got lr={s.lr} lr_min={s.lr_min}")

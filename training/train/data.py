@@ -124,7 +124,11 @@ def step_generator(base_seed: int, step: int) -> torch.Generator:
 
 
 class StepBatches(torch.utils.data.Dataset[tuple[Tensor, ...]]):
-    """Item ``k`` is step ``k``'s batch: ``(clean, view_1[, view_2])``, each (B, 3, P, P) sRGB [0, 1].
+    """Item ``k`` is step ``k``'s batch: ``(target, view_1[, view_2])``, each (B, 3, P, P) sRGB [0, 1].
+
+    ``target="clean"``: the target is the clean patch. ``target="render"`` (one view): the target is the
+    noise-free rendering of the view (:func:`training.isp.render_without_noise`: the same camera and ISP
+    hyperparameters, no noise, no JPEG), the output the ``denoise`` stage learns.
 
     The clean patches come from :func:`sample_batch` and the degraded views from the ISP simulator
     (``preset``; a mixture ``"a+b"`` draws each image's preset uniformly from the names, see
@@ -143,9 +147,13 @@ class StepBatches(torch.utils.data.Dataset[tuple[Tensor, ...]]):
         views: int,
         base_seed: int,
         device: torch.device,
+        target: str = "clean",
     ) -> None:
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, got {views}")
+        if target not in ("clean", "render") or (target == "render" and views != 1):
+            raise ValueError(f"target must be 'clean', or 'render' with one view; got {target!r}, {views}")
+        self.target = target
         self.images = images
         self.batch_size = batch_size
         self.patch = patch
@@ -158,7 +166,7 @@ class StepBatches(torch.utils.data.Dataset[tuple[Tensor, ...]]):
         return 2**62
 
     def __getitem__(self, step: int) -> tuple[Tensor, ...]:
-        from training.isp import simulate, simulate_two_views
+        from training.isp import render_without_noise, simulate, simulate_two_views
 
         g = step_generator(self.base_seed, step)
         clean = sample_batch(self.images, self.batch_size, self.patch, g).to(self.device)
@@ -166,7 +174,10 @@ class StepBatches(torch.utils.data.Dataset[tuple[Tensor, ...]]):
         if self.views == 2:
             a, b = simulate_two_views(clean, preset=preset, generator=g)
             return clean, a.degraded, b.degraded
-        return clean, simulate(clean, preset=preset, generator=g).degraded
+        view = simulate(clean, preset=preset, generator=g)
+        if self.target == "render":
+            return render_without_noise(view), view.degraded
+        return clean, view.degraded
 
 
 def _single_thread_worker(_: int) -> None:

@@ -14,16 +14,16 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.models import VARIANTS, Variant, checkpoint_name, system_state
+from training.models import VARIANTS, DiRSystem, Variant, checkpoint_name, system_state
 from training.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
-from training.train.config import TrainConfig, config_to_dict
+from training.train.config import StageConfig, TrainConfig, config_to_dict
 from training.train.data import StepBatches, center_crops, iterate_batches, load_store
 from training.train.errors import CheckpointError, ConfigError
 from training.train.metrics import append_record, metrics_path, psnr, truncate_log
-from training.train.objectives import RestorationObjective, Stage1Objective
+from training.train.objectives import DenoiseObjective, RestorationObjective, Stage1Objective
 from training.train.schedule import lr_at, prior_scale_at
 
-Stage = Literal["stage1", "stage2", "ablation"]
+Stage = Literal["stage1", "stage2", "ablation", "denoise"]
 # Stage I networks that the restoration variants start from (frozen or not, see RestorationObjective).
 STAGE1_PARTS: dict[Variant, tuple[str, ...]] = {
     "full": ("dirnet", "dfrnet", "decoder"),
@@ -59,17 +59,23 @@ def resolve_device(name: str) -> torch.device:
 
 def degrade_fixed(clean: Tensor, preset: str, names: list[str]) -> Tensor:
     """Reproducible degradation of held-out images: seed stable_seed(preset, "held-out", name) each."""
-    from training.isp import simulate, stable_seed
+    return degrade_fixed_with_render(clean, preset, names)[0]
 
-    out = [
-        simulate(clean[i : i + 1], preset=preset, seed=[stable_seed(preset, "held-out", n)]).degraded
+
+def degrade_fixed_with_render(clean: Tensor, preset: str, names: list[str]) -> tuple[Tensor, Tensor]:
+    """:func:`degrade_fixed` and the noise-free rendering of each degraded image (the ``denoise`` target),
+    both (N, 3, H, W) sRGB [0, 1]."""
+    from training.isp import render_without_noise, simulate, stable_seed
+
+    runs = [
+        simulate(clean[i : i + 1], preset=preset, seed=[stable_seed(preset, "held-out", n)])
         for i, n in enumerate(names)
     ]
-    return torch.cat(out)
+    return torch.cat([r.degraded for r in runs]), torch.cat([render_without_noise(r) for r in runs])
 
 
 def _parts(objective: nn.Module) -> dict[str, nn.Module]:
-    if isinstance(objective, RestorationObjective):
+    if isinstance(objective, RestorationObjective | DenoiseObjective):
         return {n: objective.system.get_submodule(n) for n in objective.system._modules}
     return dict(objective.named_children())
 
@@ -87,7 +93,7 @@ def _init_from_stage1(objective: RestorationObjective, run_dir: Path) -> None:
         objective.system.get_submodule(n).load_state_dict(ckpt["modules"][n])
 
 
-def init_from_entry(objective: RestorationObjective, entry_dir: Path) -> dict[str, Any]:
+def init_from_entry(system: DiRSystem, entry_dir: Path) -> dict[str, Any]:
     """Start Stage II from a model_store entry instead of this run's stage1.pt: the frozen Stage I parts
     (DiRNet, DfRNet, D*) from the entry's weights (:func:`training.export.system_from_entry`), and the
     alignment network A too when the config's A has the entry's shapes (else A starts fresh).
@@ -99,12 +105,12 @@ def init_from_entry(objective: RestorationObjective, entry_dir: Path) -> dict[st
     from service.manifest import read_manifest
     from training.export.recover import system_from_entry
 
-    if objective.system.variant != "full":
+    if system.variant != "full":
         raise ConfigError("--init-from starts the full method's Stage II; ablations start from stage1.pt")
     source = system_from_entry(entry_dir)
     loaded = []
     for name in (*STAGE1_PARTS["full"], "alignment"):
-        want = objective.system.get_submodule(name).state_dict()
+        want = system.get_submodule(name).state_dict()
         have = source.get_submodule(name).state_dict()
         mismatch = next((k for k in want if k not in have or have[k].shape != want[k].shape), None)
         if mismatch is not None:
@@ -116,7 +122,7 @@ def init_from_entry(objective: RestorationObjective, entry_dir: Path) -> dict[st
                 f"({name}.{mismatch}: config {tuple(want[mismatch].shape)}, entry {shape}); use the "
                 "entry's model config"
             )
-        objective.system.get_submodule(name).load_state_dict(have)
+        system.get_submodule(name).load_state_dict(have)
         loaded.append(name)
     manifest = read_manifest(entry_dir)
     return {
@@ -126,12 +132,45 @@ def init_from_entry(objective: RestorationObjective, entry_dir: Path) -> dict[st
     }
 
 
+def _init_denoise(system: DiRSystem, run_dir: Path, entry: Path | None) -> dict[str, Any]:
+    """Load the full system of the denoise stage (from ``entry``, else the run's finished stage2.pt) and
+    start its denoiser from DfRNet; returns the provenance record kept in the checkpoint."""
+    if entry is not None:
+        record = init_from_entry(system, entry)
+        if "alignment" not in record["parts"]:
+            raise ConfigError(
+                f"--init-from {entry}: the config's alignment network does not match the entry's"
+            )
+    else:
+        from service.manifest import sha256_file
+
+        path = run_dir / checkpoint_name("stage2")
+        if not path.is_file():
+            raise CheckpointError(
+                f"{run_dir} has no {path.name}: train stage2 first, or give --init-from ENTRY"
+            )
+        ckpt = load_checkpoint(path)
+        if ckpt["step"] < ckpt["steps"]:
+            raise CheckpointError(f"stage2 in {run_dir} stopped at step {ckpt['step']}/{ckpt['steps']}")
+        for name in ("dirnet", "dfrnet", "decoder", "alignment"):
+            system.get_submodule(name).load_state_dict(ckpt["modules"][name])
+        record = {"stage2_sha256": sha256_file(path)}
+    system.get_submodule("denoiser").load_state_dict(system.get_submodule("dfrnet").state_dict())
+    return record
+
+
 @torch.no_grad()
 def evaluate(objective: nn.Module, clean: Tensor, degraded: Tensor) -> dict[str, float]:
-    """Held-out PSNR (dB): Stage I -> D*(DfR(y*)) reconstruction; restoration -> restored vs. input."""
+    """Held-out PSNR (dB): Stage I -> D*(DfR(y*)) reconstruction; restoration -> restored vs. input;
+    denoise -> the denoise mode's output vs. ``clean``, there the noise-free rendering of ``degraded``."""
     was_training = objective.training
     objective.eval()
-    if isinstance(objective, RestorationObjective):
+    if isinstance(objective, DenoiseObjective):
+        out = {
+            "val_psnr": float(psnr(objective.system.denoise(degraded), clean).mean()),
+            "val_input_psnr": float(psnr(degraded, clean).mean()),
+        }
+    elif isinstance(objective, RestorationObjective):
         restored = objective.system(degraded)["restored"]
         out = {
             "val_psnr": float(psnr(restored, clean).mean()),
@@ -179,8 +218,11 @@ def train_stage(
     configured one) with :func:`budget_steps`; the learning-rate schedule then spans the chosen count, and the
     checkpoint and ``config.yaml`` record it. Under ``torchrun`` (WORLD_SIZE > 1) the objective is wrapped in
     DistributedDataParallel and rank 0 writes; a time budget is refused there (each rank would choose its
-    own step count, and ranks that stop at different steps hang). ``init_from`` (stage2 only, not with
-    ``resume``): a model_store entry to start from instead of ``stage1.pt`` (:func:`init_from_entry`).
+    own step count, and ranks that stop at different steps hang). ``init_from`` (stage2 and denoise, not with
+    ``resume``): a model_store entry to start from instead of ``stage1.pt`` (:func:`init_from_entry`), or
+    for ``denoise`` instead of the run's ``stage2.pt``. ``denoise`` (not in the paper) trains the full
+    system's denoiser on the noise-free renderings of its batches (:class:`DenoiseObjective`) and writes
+    ``denoise.pt``, the whole full system plus the denoiser; its budget is the config's ``denoise`` section.
     """
     if time_limit_s is not None and (resume or time_limit_s <= 0):
         raise ConfigError(
@@ -190,11 +232,11 @@ def train_stage(
         raise ConfigError("a time limit needs a single process; under torchrun give --steps instead")
     if steps is not None and steps <= 0:
         raise ConfigError(f"steps must be positive, got {steps}")
-    if init_from is not None and (stage != "stage2" or resume):
-        raise ConfigError("--init-from starts a fresh stage2 (not stage1, ablation or --resume)")
+    if init_from is not None and (stage not in ("stage2", "denoise") or resume):
+        raise ConfigError("--init-from starts a fresh stage2 or denoise (not stage1, ablation or --resume)")
     if stage == "ablation" and variant not in ("no_pilot", "r0_only", "autoencoder"):
         raise ConfigError(f"ablation needs a variant among no_pilot, r0_only, autoencoder; got {variant!r}")
-    if stage == "stage2":
+    if stage in ("stage2", "denoise"):
         variant = "full"
     if variant is not None and variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}")
@@ -208,14 +250,16 @@ def train_stage(
     ckpt_path = run_dir / checkpoint_name(stage, variant)
     log_path = metrics_path(run_dir, tag)
 
-    stage_key = "stage1" if stage == "stage1" else "stage2"
-    stage_cfg = cfg.stage1 if stage == "stage1" else cfg.stage2
+    stage_key = {"stage1": "stage1", "denoise": "denoise"}.get(stage, "stage2")
+    stage_cfg: StageConfig = getattr(cfg, stage_key)
 
     def set_steps(n: int) -> None:
         nonlocal cfg, stage_cfg
         stage_cfg = dataclasses.replace(stage_cfg, steps=n)
         if stage_key == "stage1":
             cfg = dataclasses.replace(cfg, stage1=stage_cfg)
+        elif stage_key == "denoise":
+            cfg = dataclasses.replace(cfg, denoise=stage_cfg)
         else:
             cfg = dataclasses.replace(cfg, stage2=stage_cfg)
 
@@ -228,18 +272,22 @@ def train_stage(
     initialised: dict[str, Any] | None = None
     if stage == "stage1":
         objective = Stage1Objective(cfg.model, cfg.loss)
+    elif stage == "denoise":
+        system = DiRSystem(cfg.model, "full", denoiser=True)
+        initialised = _init_denoise(system, run_dir, init_from)
+        objective = DenoiseObjective(system)
     else:
         assert variant is not None
         objective = RestorationObjective(cfg.model, cfg.loss, variant)
         if init_from is not None:
-            initialised = init_from_entry(objective, init_from)
+            initialised = init_from_entry(objective.system, init_from)
         else:
             _init_from_stage1(objective, run_dir)
     objective.to(device).train()
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=stage_cfg.lr)
 
-    stage_index = {"stage1": 1, "stage2": 2, "ablation": 3}[stage]
+    stage_index = {"stage1": 1, "stage2": 2, "ablation": 3, "denoise": 4}[stage]
     batches = StepBatches(
         store.train,
         cfg.data.batch_size,
@@ -248,6 +296,7 @@ def train_stage(
         views=2 if stage == "stage1" else 1,
         base_seed=1_000_003 * cfg.seed + 101 * stage_index + rank,
         device=device if cfg.data.workers == 0 else torch.device("cpu"),
+        target="render" if stage == "denoise" else "clean",
     )
     step = 0
     if resume:
@@ -273,7 +322,12 @@ def train_stage(
 
     val_names = [p.name for p in store.val_files]
     val_clean = center_crops(store.val, cfg.data.val_crop).to(device) if val_names else None
-    val_x = degrade_fixed(val_clean, cfg.data.val_preset, val_names) if val_clean is not None else None
+    val_x: Tensor | None = None
+    if val_clean is not None and stage == "denoise":
+        # The denoise stage is scored against the noise-free renderings of the held-out inputs.
+        val_x, val_clean = degrade_fixed_with_render(val_clean, cfg.data.val_preset, val_names)
+    elif val_clean is not None:
+        val_x = degrade_fixed(val_clean, cfg.data.val_preset, val_names)
     model: nn.Module = objective
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -294,7 +348,7 @@ def train_stage(
         }
         if initialised is not None:
             payload["init_from"] = initialised
-        if isinstance(objective, RestorationObjective):
+        if isinstance(objective, RestorationObjective | DenoiseObjective):
             payload.update(system_state(objective.system))
         save_checkpoint(ckpt_path, payload)
 

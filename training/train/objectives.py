@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from training.losses import dfrnet_loss, dirnet_loss, jsd_mi_lower_bound, shuffle_negatives, stage2_loss
-from training.models import DiRSystem, ModelConfig, Variant, build_model
+from training.models import VARIANT_PARTS, DiRSystem, ModelConfig, Variant, build_model
 from training.train.config import LossConfig
 
 
@@ -112,4 +112,35 @@ class RestorationObjective(nn.Module):
         else:
             r0 = s.get_submodule("ae_encoder")(x)
         l1 = (s.get_submodule("decoder")(r0) - clean).abs().mean()
+        return {"loss": l1, "image_l1": l1}
+
+
+class DenoiseObjective(nn.Module):
+    """The ``denoise`` stage (not in the paper): train the full system's denoiser so that
+    D*(mean of denoiser(x)) equals x's noise-free rendering (same camera and ISP, no noise, no JPEG).
+
+    Everything else (DiRNet, DfRNet, A, D*) stays frozen, so the ``full`` mode is unchanged. The denoiser
+    starts from DfRNet's weights (D*(DfR(x)) is the untrained ``denoise`` mode). Loss: L1 on the image.
+    """
+
+    def __init__(self, system: DiRSystem) -> None:
+        super().__init__()
+        if not system.has_denoiser:
+            raise ValueError("the denoise stage needs a DiRSystem built with denoiser=True")
+        self.system = system
+        self.frozen_parts = VARIANT_PARTS["full"]
+        for name in self.frozen_parts:
+            _freeze(system.get_submodule(name))
+
+    def train(self, mode: bool = True) -> DenoiseObjective:
+        """Switch the denoiser's mode; the frozen parts always stay in eval mode."""
+        super().train(mode)
+        for name in self.frozen_parts:
+            self.system.get_submodule(name).eval()
+        return self
+
+    def forward(self, x: Tensor, rendered: Tensor) -> dict[str, Tensor]:
+        """x: degraded (N, 3, H, W) sRGB [0, 1]; rendered: its noise-free rendering, same shape -> losses."""
+        mu = self.system.get_submodule("denoiser")(x)[0]
+        l1 = (self.system.get_submodule("decoder")(mu) - rendered).abs().mean()
         return {"loss": l1, "image_l1": l1}
