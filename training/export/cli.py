@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tile-overlap", type=int, help="serving tile overlap in pixels (default: the entry's, for a run 32)"
     )
+    p.add_argument(
+        "--denoiser",
+        type=Path,
+        metavar="DENOISE_PT",
+        help="with an entry SOURCE: the denoise.pt of dir-train denoise --init-from SOURCE, whose denoiser "
+        "then drives the denoise graph",
+    )
     args = p.parse_args(argv)
     from service.manifest import MANIFEST_NAME, TileSpec
     from training.export.onnx_export import DEFAULT_TILE, export_entry, export_run
@@ -46,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             p.error(f"bad tile: {exc}")
     version = args.version or args.to.name
+    if args.denoiser is not None and not from_entry:
+        p.error("--denoiser goes with an entry SOURCE; a run folder's own denoise.pt is used by itself")
     try:
         if from_entry:
-            report = export_entry(args.source, args.to, version, tile)
+            report = export_entry(args.source, args.to, version, tile, args.denoiser)
         else:
             report = export_run(args.source, args.to, version, tile or DEFAULT_TILE)
     except DiRError as exc:

@@ -77,13 +77,13 @@ class GuideGraph(nn.Module):
 
 
 class DenoiseGraph(nn.Module):
-    """The ``denoise`` serving mode: image (N, 3, H, W) sRGB [0, 1] -> restored D*(DfR(image)) in [0, 1].
+    """The ``denoise`` serving mode: image (N, 3, H, W) sRGB [0, 1] -> restored (N, 3, H, W) in [0, 1].
 
-    The degraded image goes through the clean-image encoder (DfRNet, its posterior mean: the pilot) and
-    straight into the decoder D*, skipping DiRNet and the alignment network. It removes noise and
-    compression artefacts but keeps the camera's colour and tone, which A would "correct" (a diagnostic
-    of the paper's pilot, not the paper's restoration; docs/DECISIONS.md). No global pooling: tiles are
-    independent, one pass.
+    :meth:`DiRSystem.denoise`: the degraded image goes through the system's denoiser (trained by
+    ``dir-train denoise``; without one, the clean-image encoder DfRNet, as the pilot) and straight into the
+    decoder D*, skipping DiRNet and the alignment network. It removes noise and compression artefacts but
+    keeps the camera's colour and tone, which A would "correct" (not the paper's restoration;
+    docs/DECISIONS.md). No global pooling: tiles are independent, one pass.
     """
 
     def __init__(self, system: DiRSystem) -> None:
@@ -92,8 +92,7 @@ class DenoiseGraph(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         """image (N, 3, H, W) float32 sRGB [0, 1], H, W multiples of 4 -> (N, 3, H, W) in [0, 1]."""
-        pilot = self.system.get_submodule("dfrnet")(image)[0]
-        return self.system.get_submodule("decoder")(pilot).clamp(0.0, 1.0)
+        return self.system.denoise(image)
 
 
 class HalfServingGraph(nn.Module):
@@ -155,11 +154,13 @@ class ExportReport:
 
 def _graphs(system: DiRSystem) -> list[_Graph]:
     """Every graph of an entry, in export order: the guide graph first (the serving graph's parity feeds
-    need its output), then the serving graph, then the components."""
-    parts = system.get_submodule
+    need its output), then the serving graph, then the components. Only the denoise graph sees the
+    denoiser; the others are exported from :meth:`DiRSystem.without_denoiser`."""
+    core = system.without_denoiser()
+    parts = core.get_submodule
     return [
-        _Graph(GUIDE_FILE, GuideGraph(system), ("image",), (GUIDE_OUTPUT,), "serve-guide"),
-        _Graph("model.onnx", ServingGraph(system), ("image", GUIDE_MEAN), SERVING_OUTPUTS, "serve"),
+        _Graph(GUIDE_FILE, GuideGraph(core), ("image",), (GUIDE_OUTPUT,), "serve-guide"),
+        _Graph("model.onnx", ServingGraph(core), ("image", GUIDE_MEAN), SERVING_OUTPUTS, "serve"),
         _Graph(DENOISE_FILE, DenoiseGraph(system), ("image",), ("restored",), "serve-denoise"),
         _Graph("dirnet.onnx", _Mean(parts("dirnet")), ("image",), ("r0",), "component"),
         _Graph("dfrnet.onnx", _Mean(parts("dfrnet")), ("image",), ("pilot",), "component"),
@@ -309,7 +310,7 @@ def export_system(
             raise ExportError(
                 f"{graph.file}: max-abs error {parity[graph.file]:.3g} vs PyTorch > {tolerance:g}"
             )
-    fp16 = _export_fp16(system, entry_dir / FP16_FILE, feeds["served"], served)
+    fp16 = _export_fp16(system.without_denoiser(), entry_dir / FP16_FILE, feeds["served"], served)
     c = system.cfg.latent_channels
     guide_channels = system.cfg.align_m2 * system.cfg.align_width
     latent: list[int | str] = ["N", c, f"H/{m}", f"W/{m}"]
@@ -385,8 +386,15 @@ def export_system(
                 "onnx_file": DENOISE_FILE,
                 "inputs": ["image"],
                 "outputs": ["restored"],
-                "description": "restored = D*(DfR(image)): noise and compression artefacts removed, the "
-                "camera's colour and tone kept (no alignment network, no global pooling, one pass)",
+                "encoder": "denoiser" if system.has_denoiser else "dfrnet",
+                "description": (
+                    "restored = D*(denoiser(image)), the denoiser trained (dir-train denoise) to give the "
+                    "input's noise-free rendering"
+                    if system.has_denoiser
+                    else "restored = D*(DfR(image))"
+                )
+                + ": noise and compression artefacts removed, the camera's colour and tone kept (no "
+                "alignment network, no global pooling, one pass)",
             },
             "components": {g.file: {"inputs": list(g.inputs), "outputs": list(g.outputs)} for g in graphs},
         },
@@ -464,15 +472,17 @@ def parity_images_for_run(run_dir: Path) -> list[Tensor]:
 
 
 def export_run(run: Path, entry_dir: Path, version: str, tile: TileSpec = DEFAULT_TILE) -> ExportReport:
-    """Export the full system of a run folder (stage2.pt) to ``entry_dir`` (see the package docstring)."""
+    """Export the full system of a run folder to ``entry_dir`` (see the package docstring): its denoise.pt
+    when it has one (the full system plus the denoise mode's denoiser), else its stage2.pt."""
     if not (run / "config.yaml").is_file():
         raise CheckpointError(f"{run} is not a dir-train run folder (no config.yaml)")
     system = load_system(run, "full")
-    ckpt = torch.load(run / "stage2.pt", map_location="cpu", weights_only=True)
+    stage = "denoise" if system.has_denoiser else "stage2"
+    ckpt = torch.load(run / f"{stage}.pt", map_location="cpu", weights_only=True)
     training = {
         "run": run.name,
-        "stage2_steps": ckpt["step"],
-        "stage2_checkpoint_sha256": sha256_file(run / "stage2.pt"),
+        f"{stage}_steps": ckpt["step"],
+        f"{stage}_checkpoint_sha256": sha256_file(run / f"{stage}.pt"),
         "config": ckpt["config"],
     }
     if ckpt.get("init_from"):
@@ -482,9 +492,19 @@ def export_run(run: Path, entry_dir: Path, version: str, tile: TileSpec = DEFAUL
     return export_system(system, entry_dir, version, parity_images_for_run(run), training, metrics, tile=tile)
 
 
-def export_entry(source: Path, entry_dir: Path, version: str, tile: TileSpec | None = None) -> ExportReport:
+def export_entry(
+    source: Path,
+    entry_dir: Path,
+    version: str,
+    tile: TileSpec | None = None,
+    denoiser: Path | None = None,
+) -> ExportReport:
     """Re-export a model_store entry from its own weights (no run folder): every graph of the current
     exporter, parity-checked again, into ``entry_dir``.
+
+    ``denoiser``: a ``denoise.pt`` of ``dir-train denoise --init-from SOURCE``; its denoiser then drives the
+    ``denoise`` graph (all other graphs keep the entry's weights; the checkpoint must have started from
+    this entry's model.onnx) and ``training.denoise`` records its run, steps, sha256 and config.
 
     The PyTorch system is rebuilt from ``source``'s model.onnx (:func:`system_from_entry`); the parity
     images come from the data folder of the manifest's training config; training provenance, metrics and
@@ -500,6 +520,8 @@ def export_entry(source: Path, entry_dir: Path, version: str, tile: TileSpec | N
     system = system_from_entry(source)
     old = read_manifest(source)
     training = dict(old.training)
+    if denoiser is not None:
+        system, training["denoise"] = _with_denoiser(system, denoiser, old.file_sha256(old.onnx_file))
     training["rebuilt_from"] = {
         "entry": f"{old.name}/{old.version}",
         "model_onnx_sha256": old.file_sha256(old.onnx_file),
@@ -507,3 +529,34 @@ def export_entry(source: Path, entry_dir: Path, version: str, tile: TileSpec | N
     images = parity_images(config_from_dict(dict(old.training["config"])))
     chosen = tile or old.tile or DEFAULT_TILE
     return export_system(system, entry_dir, version, images, training, dict(old.metrics), tile=chosen)
+
+
+def _with_denoiser(
+    system: DiRSystem, checkpoint: Path, model_sha256: str | None
+) -> tuple[DiRSystem, dict[str, Any]]:
+    """``system`` with the denoiser of a denoise.pt started from the entry whose model.onnx has
+    ``model_sha256``; returns it and the provenance record. The checkpoint's other parts must equal
+    ``system``'s (they were frozen), which is checked."""
+    if not checkpoint.is_file() or checkpoint.name != "denoise.pt":
+        raise CheckpointError(f"--denoiser wants a denoise.pt written by dir-train denoise, got {checkpoint}")
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    started = ckpt.get("init_from") or {}
+    if started.get("model_onnx_sha256") != model_sha256:
+        raise ExportError(
+            f"{checkpoint} was not trained from this entry (its init_from is {started.get('entry')!r}); "
+            "train it with dir-train denoise --init-from <this entry>"
+        )
+    trained = load_system(checkpoint, "full")
+    for part in system.parts:
+        for name, value in system.get_submodule(part).state_dict().items():
+            if not torch.equal(value, trained.get_submodule(part).state_dict()[name]):
+                raise ExportError(
+                    f"{checkpoint}: {part}.{name} differs from the entry's (it must stay frozen)"
+                )
+    record = {
+        "run": checkpoint.parent.name,
+        "steps": ckpt["step"],
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "config": ckpt["config"],
+    }
+    return trained, record

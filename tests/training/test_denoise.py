@@ -1,0 +1,112 @@
+"""``dir-train denoise``: the denoise mode's encoder, trained on noise-free renderings, exported, rebuilt."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.manifest import read_manifest, sha256_file
+from tests.training.test_init_from import entry
+from tests.training.test_resume import image_dir, micro
+from training.export.cli import main as export_main
+from training.export.onnx_export import export_run
+from training.export.recover import system_from_entry
+from training.models import VARIANT_PARTS, DiRSystem, load_system
+from training.train.data import StepBatches
+from training.train.errors import CheckpointError
+from training.train.loop import train_stage
+from training.train.objectives import DenoiseObjective
+
+__all__ = ["entry", "image_dir"]
+
+
+def test_render_batches_pair_each_view_with_its_rendering() -> None:
+    images = [(torch.rand(3, 40, 40) * 255).to(torch.uint8) for _ in range(3)]
+    cpu = torch.device("cpu")
+    render = StepBatches(images, 2, 32, "ablation", 1, base_seed=1, device=cpu, target="render")
+    plain = StepBatches(images, 2, 32, "ablation", 1, base_seed=1, device=cpu)
+    (target, view), (clean, same_view) = render[4], plain[4]
+    assert torch.equal(view, same_view) and not torch.equal(target, clean)
+    assert float((target - view).abs().mean()) < float((clean - view).abs().mean()) + 0.05
+    with pytest.raises(ValueError, match="'render' with one view"):
+        StepBatches(images, 2, 32, "ablation", 2, base_seed=1, device=cpu, target="render")
+
+
+def test_only_the_denoiser_learns(entry: tuple[DiRSystem, Path], image_dir: Path, tmp_path: Path) -> None:
+    system, folder = entry
+    cfg = micro(image_dir, tmp_path / "run", denoise={"steps": 3, "warmup_steps": 1})
+    ckpt_path = train_stage(cfg, "denoise", init_from=folder, progress=False)
+    assert ckpt_path.name == "denoise.pt"
+    trained = load_system(tmp_path / "run")
+    assert trained.has_denoiser and trained.parts == (*VARIANT_PARTS["full"], "denoiser")
+    for part in VARIANT_PARTS["full"]:
+        want, got = system.get_submodule(part).state_dict(), trained.get_submodule(part).state_dict()
+        assert all(torch.equal(want[k], got[k]) for k in want), part
+    start, now = system.get_submodule("dfrnet").state_dict(), trained.get_submodule("denoiser").state_dict()
+    assert any(not torch.equal(start[k], now[k]) for k in start)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(trained(x)["restored"], system(x)["restored"])
+        assert not torch.equal(trained.denoise(x), system.denoise(x))
+    log = (tmp_path / "run" / "metrics-denoise.jsonl").read_text()
+    assert '"val_psnr"' in log and '"image_l1"' in log
+
+
+def test_export_with_the_denoiser_changes_only_the_denoise_graph(
+    entry: tuple[DiRSystem, Path], image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``dir-export ENTRY --denoiser denoise.pt``: the serving graphs stay byte for byte, denoise.onnx runs
+    the denoiser, the entry rebuilds with it, and a denoise.pt of another entry is refused."""
+    _, folder = entry
+    cfg = micro(image_dir, tmp_path / "run", denoise={"steps": 2, "warmup_steps": 1})
+    ckpt = train_stage(cfg, "denoise", init_from=folder, progress=False)
+    target = tmp_path / "store" / "dir-restore" / "0.0.2"
+    assert export_main([str(folder), "--to", str(target), "--denoiser", str(ckpt)]) == 0
+    new, old = read_manifest(target), read_manifest(folder)
+    assert new.extra["denoise"]["encoder"] == "denoiser" and old.extra["denoise"]["encoder"] == "dfrnet"
+    assert new.training["denoise"]["steps"] == 2 and new.training["denoise"]["run"] == "run"
+    for name in ("model.onnx", "guide.onnx", "dfrnet.onnx", "decoder.onnx"):
+        assert sha256_file(target / name) == sha256_file(folder / name), name
+    assert sha256_file(target / "denoise.onnx") != sha256_file(folder / "denoise.onnx")
+    rebuilt, trained = system_from_entry(target), load_system(ckpt)
+    want, got = trained.get_submodule("denoiser").state_dict(), rebuilt.get_submodule("denoiser").state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    # Another entry (Stage II moved its A): the denoise.pt did not start from it.
+    other_cfg = micro(image_dir, tmp_path / "other-run")
+    train_stage(other_cfg, "stage2", init_from=folder, progress=False, steps=1)
+    other = export_run(tmp_path / "other-run", tmp_path / "other" / "0.0.3", "0.0.3").entry_dir
+    capsys.readouterr()
+    assert export_main([str(other), "--to", str(tmp_path / "again"), "--denoiser", str(ckpt)]) == 2
+    assert "was not trained from this entry" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "run"), "--to", str(tmp_path / "x"), "--denoiser", str(ckpt)])
+    assert "--denoiser goes with an entry SOURCE" in capsys.readouterr().err
+
+
+def test_denoise_after_stage2_in_the_same_run(image_dir: Path, tmp_path: Path) -> None:
+    cfg = micro(image_dir, tmp_path / "run", denoise={"steps": 2, "warmup_steps": 1})
+    with pytest.raises(CheckpointError, match="train stage2 first"):
+        train_stage(cfg, "denoise", progress=False)
+    train_stage(replace(cfg, stage1=replace(cfg.stage1, steps=2)), "stage1", progress=False)
+    train_stage(replace(cfg, stage2=replace(cfg.stage2, steps=2)), "stage2", progress=False)
+    train_stage(cfg, "denoise", progress=False)
+    run = Path(cfg.run_dir)
+    assert load_system(run).has_denoiser
+    exported = export_run(run, tmp_path / "out" / "0.0.1", "0.0.1")
+    assert exported.manifest.extra["denoise"]["encoder"] == "denoiser"
+    assert exported.manifest.training["denoise_steps"] == 2
+    # A newer stage2.pt makes the denoise.pt stale.
+    train_stage(replace(cfg, stage2=replace(cfg.stage2, steps=3)), "stage2", progress=False)
+    with pytest.raises(CheckpointError, match="rerun dir-train denoise"):
+        load_system(run)
+
+
+def test_the_objective_needs_a_denoiser(image_dir: Path, tmp_path: Path) -> None:
+    cfg = micro(image_dir, tmp_path)
+    with pytest.raises(ValueError, match="denoiser=True"):
+        DenoiseObjective(DiRSystem(cfg.model, "full"))
+    with pytest.raises(CheckpointError, match="only the full variant"):
+        DiRSystem(cfg.model, "r0_only", denoiser=True)
