@@ -37,9 +37,12 @@ def test_cli_unknown_method_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_labels_the_pilot_decode_as_a_diagnostic(tmp_path: Path, dataset: Callable[[str], Path]) -> None:
+    """The pilot decode is a diagnostic; the shipped denoise mode is one of our models, checked against the
+    targets (no paper value: it is not the paper's restoration)."""
     dataset("cc15")
     out_json, report = tmp_path / "out.json", tmp_path / "OUT.md"
-    argv = ["--protocol", "real", "--datasets", "cc15", "--limit", "1", "--methods", "identity,onnx-pilot"]
+    methods = "identity,onnx-pilot,onnx-denoise,dncnn"
+    argv = ["--protocol", "real", "--datasets", "cc15", "--limit", "1", "--methods", methods]
     assert main([*argv, "--json", str(out_json), "--report", str(report), "--no-progress"]) == 0
     pilot = next(
         m for m in json.loads(out_json.read_text())["runs"][0]["methods"] if m["method"] == "onnx-pilot"
@@ -50,4 +53,9 @@ def test_cli_labels_the_pilot_decode_as_a_diagnostic(tmp_path: Path, dataset: Ca
     assert pilot["scores"][0]["psnr"] > 20.0
     text = report.read_text()
     assert "| Diagnostic: D*(DfR(x)), pilot decoded `dir-restore/" in text
-    assert "A diagnostic (`onnx-pilot`): neither the paper's method nor the service's default output" in text
+    assert "A diagnostic (`onnx-pilot`): neither the paper's method nor a served output" in text
+    denoise = next(
+        m for m in json.loads(out_json.read_text())["runs"][0]["methods"] if m["method"] == "onnx-denoise"
+    )
+    assert denoise["family"] == "shipped" and denoise["scores"][0]["psnr"] > 20.0
+    assert "(DiR shipped, denoise mode (ONNX)) vs" in text and "paper's full DiR" not in text
