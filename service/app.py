@@ -149,6 +149,10 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
         raise ModelStoreError(
             f"DIR_TILE_SIZE / DIR_TILE_SIZES / DIR_TILE_OVERLAP do not fit {model.ref}: {exc.message}"
         ) from exc
+    try:
+        restorer.default_mode = restorer.resolve_mode(settings.restore_mode)
+    except BadInput as exc:
+        raise ModelStoreError(f"DIR_RESTORE_MODE={settings.restore_mode}: {exc.message}") from exc
     await queue.start()
     detector, detector_error = await asyncio.to_thread(_load_detector, settings)
     log.info(
@@ -179,7 +183,8 @@ async def _require_key(request: Request) -> None:
 MODE_HELP = (
     "full: DiR restoration, which also corrects the ISP's colour and tone errors (exposure, white balance, "
     "gamma); denoise: removes noise and compression artefacts but keeps the camera's colour and tone (for "
-    "correctly tuned cameras; GET /v1/models lists what the loaded model offers)"
+    "correctly tuned cameras). Without it: the server's default (DIR_RESTORE_MODE; GET /v1/models lists "
+    "the modes the loaded model offers and the default)"
 )
 AUTH = [Depends(_require_key)]
 
@@ -345,6 +350,7 @@ def _install_routes(app: FastAPI) -> None:
             restore=state.model.ref,
             restore_precision=state.model.precision,
             restore_modes=state.restorer.modes,
+            default_restore_mode=state.restorer.default_mode,
             restore_tiles=list(state.restorer.tiles),
             restore_tile_overlap=state.restorer.overlap,
             detect=detector_ref,
@@ -370,21 +376,22 @@ def _install_routes(app: FastAPI) -> None:
             None, description="output format; overrides Accept"
         ),
         quality: int = Query(95, ge=1, le=100, description="JPEG quality"),
-        mode: Literal["full", "denoise"] = Query("full", description=MODE_HELP),
+        mode: Literal["full", "denoise"] | None = Query(None, description=MODE_HELP),
     ) -> Response:
         started = time.perf_counter()
         state = _state(request)
         fmt = image_format(format, request.headers.get("accept", ""))
-        state.restorer.check_mode(mode)
+        run_mode = mode or state.restorer.default_mode
+        state.restorer.check_mode(run_mode)
         image, decode_s = await _decode(request, state)
-        result = await state.restorer.infer(image, ["restored"], state.remaining(started), mode)
+        result = await state.restorer.infer(image, ["restored"], state.remaining(started), run_mode)
         body = await asyncio.to_thread(encode_image, result.restored_hwc(), fmt, quality)
         headers = _timing_headers(
             state, decode_s, result.queue_wait_s, result.compute_s, time.perf_counter() - started
         )
         headers["X-Tiles"] = str(result.tiles)
         headers["X-Image-Size"] = f"{image.width}x{image.height}"
-        headers["X-Restore-Mode"] = mode
+        headers["X-Restore-Mode"] = run_mode
         return Response(body, media_type=OUTPUT_MEDIA[fmt], headers=headers)
 
     @app.post(
@@ -473,16 +480,17 @@ def _install_routes(app: FastAPI) -> None:
             None, ge=0.0, le=1.0, description="score threshold (default: the manifest's)"
         ),
         iou: float | None = Query(None, ge=0.0, le=1.0, description="NMS IoU (default: the manifest's)"),
-        mode: Literal["full", "denoise"] = Query("full", description="restore mode: " + MODE_HELP),
+        mode: Literal["full", "denoise"] | None = Query(None, description="restore mode: " + MODE_HELP),
     ) -> DetectResponse:
         started = time.perf_counter()
         state = _state(request)
+        run_mode = mode or state.restorer.default_mode
         detector = state.detector
         if detector is None:
             raise Unavailable(state.detector_error)
-        state.restorer.check_mode(mode)
+        state.restorer.check_mode(run_mode)
         image, decode_s = await _decode(request, state)
-        result = await state.restorer.infer(image, ["restored"], state.remaining(started), mode)
+        result = await state.restorer.infer(image, ["restored"], state.remaining(started), run_mode)
         restored = to_uint8(result.restored_hwc())
         detect_started = time.perf_counter()
         found = await asyncio.to_thread(detector.detect, restored, conf, iou)
@@ -491,7 +499,7 @@ def _install_routes(app: FastAPI) -> None:
         annotated = _png_b64(detection.draw_detections(restored, found)) if annotate else None
         return DetectResponse(
             model=state.model.ref,
-            restore_mode=mode,
+            restore_mode=run_mode,
             detector=f"{detector.manifest.name}/{detector.manifest.version}",
             width=image.width,
             height=image.height,

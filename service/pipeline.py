@@ -63,6 +63,8 @@ class Restorer:
         self.queue = queue
         self.tiles = tuple(sorted(set(tiles)))
         self.overlap = overlap
+        #: The mode of requests that name none (set from ``DIR_RESTORE_MODE`` with :meth:`resolve_mode`).
+        self.default_mode = self.resolve_mode("auto")
 
     def plan(self, height: int, width: int) -> TileGrid:
         """The tile grid ``infer`` uses for a ``height x width`` image."""
@@ -77,6 +79,14 @@ class Restorer:
     def modes(self) -> list[str]:
         """Restore modes this model offers: ``full`` always, ``denoise`` when the entry has its graph."""
         return ["full"] + (["denoise"] if self.model.denoise_file else [])
+
+    def resolve_mode(self, mode: str) -> str:
+        """``auto`` -> ``denoise`` when the model offers it, else ``full``; any other mode is returned when
+        the model offers it, else ``BadInput`` names it."""
+        if mode == "auto":
+            return "denoise" if "denoise" in self.modes else "full"
+        self.check_mode(mode)
+        return mode
 
     def check_mode(self, mode: str) -> None:
         """Raise ``BadInput`` naming ``mode`` when the model does not offer it."""

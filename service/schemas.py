@@ -79,6 +79,9 @@ class ModelsResponse(BaseModel):
         description="values of /v1/restore's mode the restoration model offers: 'full', and 'denoise' "
         "when its entry has the denoise graph"
     )
+    default_restore_mode: str = Field(
+        description="the mode of /v1/restore and /v1/detect requests that name none (DIR_RESTORE_MODE)"
+    )
     restore_tiles: list[int] = Field(
         description="tile sides (px) the restoration model runs in; each image gets the one that computes "
         "the fewest pixels (DIR_TILE_SIZE, DIR_TILE_SIZES)"

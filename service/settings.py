@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,6 +74,12 @@ class Settings(BaseSettings):
         ge=0,
         description="a model call's tiles run in up to this many parts at once; 0 = one per core, at most "
         "DIR_MAX_BATCH (GPU: 1)",
+    )
+    restore_mode: Literal["auto", "full", "denoise"] = Field(
+        default="auto",
+        description="restore mode of /v1/restore and /v1/detect when a request names none: 'full' (DiR, "
+        "also corrects the ISP's colour and tone), 'denoise' (keeps them), or 'auto' (denoise when the "
+        "entry offers it, else full)",
     )
     host: str = Field(default="127.0.0.1", description="dir-serve bind address")
     port: int = Field(default=8000, ge=0, le=65535, description="dir-serve port")

@@ -41,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument(
         "--mode",
         choices=("full", "denoise"),
-        default="full",
-        help="full: DiR restoration, corrects colour/tone too; denoise: keeps the camera's colour and tone",
+        help="full: DiR restoration, corrects colour/tone too; denoise: keeps the camera's colour and tone "
+        "(default: the server's, see 'dir models')",
     )
     restore.add_argument("-j", "--jobs", type=int, default=4, help="requests in flight at once")
     restore.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--json", action="store_true", help="print the server's JSON answer")
     detect.add_argument("--compare", action="store_true", help="also detect on the unrestored input")
     detect.add_argument(
-        "--mode", choices=("full", "denoise"), default="full", help="restore mode before the detector"
+        "--mode", choices=("full", "denoise"), help="restore mode before the detector (default: the server's)"
     )
 
     sub.add_parser("models", help="list the models the server has loaded")

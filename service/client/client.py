@@ -73,6 +73,11 @@ def _error_message(response: httpx.Response) -> str:
     return json.dumps(body)
 
 
+def _mode(mode: str | None) -> dict[str, str]:
+    """The ``mode`` query parameter, left out for None (the server's default mode)."""
+    return {} if mode is None else {"mode": mode}
+
+
 class _Protocol:
     """What both clients share: base URL, headers, request description and response decoding."""
 
@@ -206,11 +211,12 @@ class DirClient(_Protocol):
                 return response, time.perf_counter() - start
             self._sleep(wait)
 
-    def restore(self, image: ImageInput, *, fmt: str = "png", mode: str = "full") -> RestoreResult:
+    def restore(self, image: ImageInput, *, fmt: str = "png", mode: str | None = None) -> RestoreResult:
         """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``; ``mode`` ``full`` (DiR, corrects the
-        ISP's colour and tone too) or ``denoise`` (keeps the camera's colour and tone)."""
+        ISP's colour and tone too), ``denoise`` (keeps the camera's colour and tone) or None (the server's
+        default, ``default_restore_mode`` of :meth:`models`; the result's headers name the mode run)."""
         response, latency = self.request(
-            "POST", "/v1/restore", params={"format": fmt, "mode": mode}, **self.image_request(image)
+            "POST", "/v1/restore", params={"format": fmt, **_mode(mode)}, **self.image_request(image)
         )
         return self.restore_result(response, latency)
 
@@ -221,10 +227,10 @@ class DirClient(_Protocol):
         )
         return self.represent_result(response, latency)
 
-    def detect(self, image: ImageInput, *, compare: bool = False, mode: str = "full") -> DetectResult:
-        """Detections on the image restored in ``mode`` (``full`` or ``denoise``), and on the unrestored
-        input when ``compare``."""
-        params = {"mode": mode, **({"compare": "true"} if compare else {})}
+    def detect(self, image: ImageInput, *, compare: bool = False, mode: str | None = None) -> DetectResult:
+        """Detections on the image restored in ``mode`` (``full``, ``denoise``, None: the server's default),
+        and on the unrestored input when ``compare``."""
+        params = {**_mode(mode), **({"compare": "true"} if compare else {})}
         response, latency = self.request("POST", "/v1/detect", params=params, **self.image_request(image))
         return self.detect_result(response, latency)
 
@@ -285,11 +291,12 @@ class AsyncDirClient(_Protocol):
                 return response, time.perf_counter() - start
             await self._sleep(wait)
 
-    async def restore(self, image: ImageInput, *, fmt: str = "png", mode: str = "full") -> RestoreResult:
+    async def restore(self, image: ImageInput, *, fmt: str = "png", mode: str | None = None) -> RestoreResult:
         """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``; ``mode`` ``full`` (DiR, corrects the
-        ISP's colour and tone too) or ``denoise`` (keeps the camera's colour and tone)."""
+        ISP's colour and tone too), ``denoise`` (keeps the camera's colour and tone) or None (the server's
+        default, ``default_restore_mode`` of :meth:`models`; the result's headers name the mode run)."""
         response, latency = await self.request(
-            "POST", "/v1/restore", params={"format": fmt, "mode": mode}, **self.image_request(image)
+            "POST", "/v1/restore", params={"format": fmt, **_mode(mode)}, **self.image_request(image)
         )
         return self.restore_result(response, latency)
 
@@ -300,10 +307,12 @@ class AsyncDirClient(_Protocol):
         )
         return self.represent_result(response, latency)
 
-    async def detect(self, image: ImageInput, *, compare: bool = False, mode: str = "full") -> DetectResult:
-        """Detections on the image restored in ``mode`` (``full`` or ``denoise``), and on the unrestored
-        input when ``compare``."""
-        params = {"mode": mode, **({"compare": "true"} if compare else {})}
+    async def detect(
+        self, image: ImageInput, *, compare: bool = False, mode: str | None = None
+    ) -> DetectResult:
+        """Detections on the image restored in ``mode`` (``full``, ``denoise``, None: the server's default),
+        and on the unrestored input when ``compare``."""
+        params = {**_mode(mode), **({"compare": "true"} if compare else {})}
         response, latency = await self.request(
             "POST", "/v1/detect", params=params, **self.image_request(image)
         )

@@ -111,13 +111,16 @@ def served_entry(fixture_store: Path) -> ModelEntry:
 
 @pytest.fixture
 def make_settings(fixture_store: Path) -> Callable[..., Settings]:
-    """Factory: ``Settings`` on the fixture store, one ORT thread, no detector; keywords override."""
+    """Factory: ``Settings`` on the fixture store, one ORT thread, no detector, requests without a mode run
+    ``full`` (the two-pass DiR path most tests are about; tests/service/test_modes.py covers the default
+    mode); keywords override."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "model_store": fixture_store,
             "intra_op_threads": 1,
             "detect_model": "no-such-detector",
+            "restore_mode": "full",
         }
         values.update(overrides)
         return Settings(**values)

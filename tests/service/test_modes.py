@@ -1,4 +1,4 @@
-"""Restore modes on the embedded backend: ``full`` (DiR) and ``denoise`` (D*(DfR(x)), colour kept)."""
+"""Restore modes on the embedded backend: ``full`` (DiR), ``denoise`` (colour kept) and the default mode."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from service.errors import ModelStoreError
 from service.settings import Settings
 from service.store import ModelEntry
 from tests.service.conftest import serve
@@ -62,6 +63,34 @@ async def test_unknown_mode_and_a_model_without_denoise_are_422(
     assert missing.status_code == 422
     assert "restore mode 'denoise' is not offered by dir-restore/0.0.1" in missing.json()["message"]
     assert models["restore_modes"] == ["full"]
+
+
+async def test_requests_without_a_mode_run_the_configured_default(
+    make_settings: Callable[..., Settings], tmp_path: Path, dataset: Callable[[str], Path]
+) -> None:
+    """DIR_RESTORE_MODE: auto = denoise when the entry has the graph, else full; explicit values as given;
+    a mode the entry lacks stops the service at start with a message naming the setting."""
+    small_png = (dataset("cset14") / "face.png").read_bytes()
+    async with serve(make_settings(restore_mode="auto")) as client:
+        auto = await client.post("/v1/restore", content=small_png)
+        chosen = await client.post("/v1/restore?mode=full", content=small_png)
+        models = (await client.get("/v1/models")).json()
+    assert auto.status_code == 200 and auto.headers["x-restore-mode"] == "denoise"
+    assert chosen.headers["x-restore-mode"] == "full" and models["default_restore_mode"] == "denoise"
+    async with serve(make_settings(restore_mode="full")) as client:
+        full = await client.post("/v1/restore", content=small_png)
+    assert full.headers["x-restore-mode"] == "full"
+    build_entry(tmp_path / "store", denoise=False)
+    async with serve(make_settings(model_store=tmp_path / "store", restore_mode="auto")) as client:
+        fallback = await client.post("/v1/restore", content=small_png)
+        assert (await client.get("/v1/models")).json()["default_restore_mode"] == "full"
+    assert fallback.headers["x-restore-mode"] == "full"
+    with pytest.raises(
+        ModelStoreError, match="DIR_RESTORE_MODE=denoise: restore mode 'denoise' is not offered"
+    ):
+        async with serve(make_settings(model_store=tmp_path / "store", restore_mode="denoise")):
+            pass
+    assert Settings().restore_mode == "auto"
 
 
 async def test_committed_model_denoise_mode_gains_on_real_camera_noise(
