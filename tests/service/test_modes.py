@@ -96,7 +96,8 @@ async def test_requests_without_a_mode_run_the_configured_default(
 async def test_committed_model_denoise_mode_gains_on_real_camera_noise(
     api_settings: Callable[..., Settings], served_entry: ModelEntry, dataset: Callable[[str], Path]
 ) -> None:
-    """cc15 (real ISO 3200 noise, correctly rendered): denoise keeps the colour and beats the input; full
+    """cc15 (real ISO 3200 noise, correctly rendered): denoise keeps the colour and beats the input (3.1.0's
+    untrained D*(DfR(x)) gained +0.9 dB here, 3.2.0's trained denoiser +3.4); full
     DiR "corrects" colour and tone the camera got right and falls far below it (docs/TRAINING.md)."""
     if "denoise" not in served_entry.manifest.extra:
         pytest.skip(f"{served_entry.ref} has no denoise graph")
@@ -112,5 +113,5 @@ async def test_committed_model_denoise_mode_gains_on_real_camera_noise(
     assert denoised.status_code == 200 and full.status_code == 200
     source = np.asarray(noisy, dtype=np.float32) / 255.0
     gain = _psnr(_pixels(denoised.content), clean) - _psnr(source, clean)
-    assert gain > 0.5, f"denoise mode gains {gain:.2f} dB on cc15 (measured +0.9 dB when written)"
+    assert gain > 2.0, f"denoise mode gains {gain:.2f} dB on this cc15 crop (3.2.0: +3.41 dB when written)"
     assert _psnr(_pixels(full.content), clean) < _psnr(source, clean)

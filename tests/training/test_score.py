@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from service.settings import DEFAULT_MODEL_STORE
+from service.store import resolve_entry
 from training.cli import main
 from training.export import system_from_entry
 from training.isp import simulate, stable_seed
@@ -16,7 +18,7 @@ from training.train.errors import CheckpointError
 from training.train.metrics import psnr
 from training.train.score import centre_crop, colour_fit, score_run, scores_path
 
-ENTRY = Path(__file__).resolve().parents[2] / "model_store" / "dir-restore" / "3.1.0"
+ENTRY = resolve_entry(DEFAULT_MODEL_STORE, "dir-restore", "restore").path
 
 
 def test_centre_crop_keeps_short_sides_whole() -> None:
