@@ -94,17 +94,18 @@ def test_restore_split_and_detection_boxes(browser: Any, detector_store: Path, s
         assert problems == []
 
 
-def test_mode_switch_restores_again_in_denoise_mode(
+def test_mode_switch_restores_again_in_full_mode(
     browser: Any, restore_store: Path, sample_jpeg: Path
 ) -> None:
+    """The page starts on the server's default (denoise: the stand-in entry has the graph), then full."""
     with serve(app_for(restore_store)) as url:
         page, problems = _open_page(browser, url)
         page.set_input_files("#file", str(sample_jpeg))
         _wait_restored(page)
-        page.wait_for_function("() => document.getElementById('latency').textContent.includes('full')")
-        first = page.locator("#restored-img").get_attribute("src")
-        page.select_option("#mode", "denoise")
         page.wait_for_function("() => document.getElementById('latency').textContent.includes('denoise')")
+        first = page.locator("#restored-img").get_attribute("src")
+        page.select_option("#mode", "full")
+        page.wait_for_function("() => document.getElementById('latency').textContent.includes('full')")
         _wait_restored(page)
         assert page.locator("#restored-img").get_attribute("src") != first
         assert page.locator("#error").is_hidden()
