@@ -64,7 +64,26 @@ class Stage1Objective(nn.Module):
         return out
 
 
-class RestorationObjective(nn.Module):
+class _SystemObjective(nn.Module):
+    """An objective over a :class:`DiRSystem` some of whose parts are frozen (kept in eval mode)."""
+
+    system: DiRSystem
+    frozen_parts: tuple[str, ...]
+
+    def _freeze_parts(self, names: tuple[str, ...]) -> None:
+        self.frozen_parts = names
+        for name in names:
+            _freeze(self.system.get_submodule(name))
+
+    def train(self, mode: bool = True) -> _SystemObjective:
+        """Switch the trainable parts' mode; frozen parts always stay in eval mode."""
+        super().train(mode)
+        for name in self.frozen_parts:
+            self.system.get_submodule(name).eval()
+        return self
+
+
+class RestorationObjective(_SystemObjective):
     """Stage II (Eq. 8, restoration: gamma1 = 0) and the ablations trained with the same budget.
 
     ``full`` / ``no_pilot``: frozen DiRNet, DfRNet, D*; trainable A. ``r0_only``: frozen DiRNet, a new
@@ -81,16 +100,7 @@ class RestorationObjective(nn.Module):
             "r0_only": ("dirnet",),
             "autoencoder": (),
         }
-        self.frozen_parts: tuple[str, ...] = frozen[variant]
-        for name in self.frozen_parts:
-            _freeze(self.system.get_submodule(name))
-
-    def train(self, mode: bool = True) -> RestorationObjective:
-        """Switch the trainable parts' mode; frozen parts always stay in eval mode."""
-        super().train(mode)
-        for name in self.frozen_parts:
-            self.system.get_submodule(name).eval()
-        return self
+        self._freeze_parts(frozen[variant])
 
     def forward(self, x: Tensor, clean: Tensor) -> dict[str, Tensor]:
         """x: degraded view of ``clean`` (both (N, 3, H, W)) -> loss terms."""
@@ -115,7 +125,7 @@ class RestorationObjective(nn.Module):
         return {"loss": l1, "image_l1": l1}
 
 
-class DenoiseObjective(nn.Module):
+class DenoiseObjective(_SystemObjective):
     """The ``denoise`` stage (not in the paper): train the full system's denoiser so that
     D*(mean of denoiser(x)) equals x's noise-free rendering (same camera and ISP, no noise, no JPEG).
 
@@ -128,16 +138,7 @@ class DenoiseObjective(nn.Module):
         if not system.has_denoiser:
             raise ValueError("the denoise stage needs a DiRSystem built with denoiser=True")
         self.system = system
-        self.frozen_parts = VARIANT_PARTS["full"]
-        for name in self.frozen_parts:
-            _freeze(system.get_submodule(name))
-
-    def train(self, mode: bool = True) -> DenoiseObjective:
-        """Switch the denoiser's mode; the frozen parts always stay in eval mode."""
-        super().train(mode)
-        for name in self.frozen_parts:
-            self.system.get_submodule(name).eval()
-        return self
+        self._freeze_parts(VARIANT_PARTS["full"])
 
     def forward(self, x: Tensor, rendered: Tensor) -> dict[str, Tensor]:
         """x: degraded (N, 3, H, W) sRGB [0, 1]; rendered: its noise-free rendering, same shape -> losses."""
