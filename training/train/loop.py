@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import yaml
@@ -22,6 +22,9 @@ from training.train.errors import CheckpointError, ConfigError
 from training.train.metrics import append_record, metrics_path, psnr, truncate_log
 from training.train.objectives import DenoiseObjective, RestorationObjective, Stage1Objective
 from training.train.schedule import lr_at, prior_scale_at
+
+if TYPE_CHECKING:
+    from training.isp import SimResult
 
 Stage = Literal["stage1", "stage2", "ablation", "denoise"]
 # Stage I networks that the restoration variants start from (frozen or not, see RestorationObjective).
@@ -57,20 +60,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _fixed_runs(clean: Tensor, preset: str, names: list[str]) -> list[SimResult]:
+    """One seeded ISP simulation per held-out image: seed stable_seed(preset, "held-out", name)."""
+    from training.isp import simulate, stable_seed
+
+    return [
+        simulate(clean[i : i + 1], preset=preset, seed=[stable_seed(preset, "held-out", n)])
+        for i, n in enumerate(names)
+    ]
+
+
 def degrade_fixed(clean: Tensor, preset: str, names: list[str]) -> Tensor:
     """Reproducible degradation of held-out images: seed stable_seed(preset, "held-out", name) each."""
-    return degrade_fixed_with_render(clean, preset, names)[0]
+    return torch.cat([r.degraded for r in _fixed_runs(clean, preset, names)])
 
 
 def degrade_fixed_with_render(clean: Tensor, preset: str, names: list[str]) -> tuple[Tensor, Tensor]:
     """:func:`degrade_fixed` and the noise-free rendering of each degraded image (the ``denoise`` target),
     both (N, 3, H, W) sRGB [0, 1]."""
-    from training.isp import render_without_noise, simulate, stable_seed
+    from training.isp import render_without_noise
 
-    runs = [
-        simulate(clean[i : i + 1], preset=preset, seed=[stable_seed(preset, "held-out", n)])
-        for i, n in enumerate(names)
-    ]
+    runs = _fixed_runs(clean, preset, names)
     return torch.cat([r.degraded for r in runs]), torch.cat([render_without_noise(r) for r in runs])
 
 
