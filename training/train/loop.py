@@ -14,7 +14,7 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.models import VARIANTS, DiRSystem, Variant, checkpoint_name, system_state
+from training.models import VARIANT_PARTS, VARIANTS, DiRSystem, Variant, checkpoint_name, system_state
 from training.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from training.train.config import StageConfig, TrainConfig, config_to_dict
 from training.train.data import StepBatches, center_crops, iterate_batches, load_store
@@ -162,7 +162,7 @@ def _init_denoise(system: DiRSystem, run_dir: Path, entry: Path | None) -> dict[
         ckpt = load_checkpoint(path)
         if ckpt["step"] < ckpt["steps"]:
             raise CheckpointError(f"stage2 in {run_dir} stopped at step {ckpt['step']}/{ckpt['steps']}")
-        for name in ("dirnet", "dfrnet", "decoder", "alignment"):
+        for name in VARIANT_PARTS["full"]:
             system.get_submodule(name).load_state_dict(ckpt["modules"][name])
         record = {"stage2_sha256": sha256_file(path)}
     system.get_submodule("denoiser").load_state_dict(system.get_submodule("dfrnet").state_dict())
