@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service import detection
 from service.batching import BatchPolicy
 from service.embedded import EmbeddedQueue
-from service.errors import BadInput, ModelStoreError, ServiceError, Unavailable
+from service.errors import BadInput, InferenceError, ModelStoreError, ServiceError, Unavailable
 from service.http import (
     b64_array,
     check_api_key,
@@ -153,6 +153,14 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
         restorer.default_mode = restorer.resolve_mode(settings.restore_mode)
     except BadInput as exc:
         raise ModelStoreError(f"DIR_RESTORE_MODE={settings.restore_mode}: {exc.message}") from exc
+    if settings.warmup and not settings.uses_redis:
+        try:
+            seconds = await asyncio.to_thread(model.warm_up, tiles)
+        except InferenceError as exc:
+            raise ModelStoreError(f"{model.ref} failed its start-up run: {exc.message}") from exc
+        log.info(
+            "warmed up %s: %d graph(s) x tiles %s px in %.1f s", model.ref, len(model.graphs), tiles, seconds
+        )
     await queue.start()
     detector, detector_error = await asyncio.to_thread(_load_detector, settings)
     log.info(

@@ -15,9 +15,10 @@ from prometheus_client import start_http_server
 from prometheus_client.multiprocess import mark_process_dead
 
 from service.app import create_app
+from service.errors import InferenceError
 from service.metrics import Metrics, multiprocess_dir
 from service.settings import Settings
-from service.store import RestoreModel, resolve_entry
+from service.store import RestoreModel, resolve_entry, tile_geometry
 from service.worker import Worker
 
 
@@ -60,6 +61,13 @@ def worker(argv: list[str] | None = None) -> None:
         parser.error("dir-worker needs a Redis queue: --queue redis://host:6379/0 or DIR_QUEUE")
     entry = resolve_entry(settings.model_store, settings.restore_model, "restore")
     model = RestoreModel.from_settings(entry, settings)
+    if settings.warmup:
+        _, sides, _ = tile_geometry(entry, settings)
+        try:
+            seconds = model.warm_up(sides)
+        except InferenceError as exc:
+            parser.error(f"{model.ref} failed its start-up run with tiles of {sides} px: {exc.message}")
+        logging.getLogger("dir.worker").info("warmed up %s in %.1f s", model.ref, seconds)
     metrics = Metrics()
     if args.metrics_port is not None and not multiprocess_dir():
         start_http_server(args.metrics_port, registry=metrics.registry)

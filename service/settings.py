@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         default=True,
         description="ONNX Runtime intra-op threads spin-wait between runs (lower latency, busier cores)",
     )
+    warmup: bool = Field(
+        default=True,
+        description="run every graph once per tile side at start-up, before serving, so that the first "
+        "requests do not pay for ONNX Runtime's first-run set-up (API process with the embedded queue, and "
+        "each dir-worker)",
+    )
     intra_op_threads: int = Field(
         default=0,
         ge=0,

@@ -6,6 +6,8 @@ Layout: ``<store>/<name>/<version>/manifest.json`` (schema in ``service.manifest
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,6 +309,14 @@ class RestoreModel:
             return ["restored"]
         raise InferenceError(f"{self.ref} has no graph {graph!r} (it has {list(self.graphs)})")
 
+    def _graph_session(self, graph: str) -> ort.InferenceSession | None:
+        """The session that runs the parts of ``graph``'s calls (None in a Redis API process)."""
+        return {
+            SERVE_GRAPH: self.session,
+            GUIDE_GRAPH: self.guide_session,
+            DENOISE_GRAPH: self.denoise_session,
+        }[graph]
+
     def parts(self, count: int, image: np.ndarray | None = None) -> list[tuple[int, int]]:
         """The ``[start, end)`` tile ranges one call of ``count`` tiles runs as, ``parallel`` at a time.
 
@@ -329,11 +339,7 @@ class RestoreModel:
         """Run one batch of ``graph``; the guide graph's features are summed over each tile's ``owned_window``
         right here. ORT failures and bad windows become ``InferenceError`` carrying the input shapes."""
         unknown = [o for o in outputs if o not in self.graph_outputs(graph)]
-        session = {
-            SERVE_GRAPH: self.session,
-            GUIDE_GRAPH: self.guide_session,
-            DENOISE_GRAPH: self.denoise_session,
-        }[graph]
+        session = self._graph_session(graph)
         if unknown:
             raise InferenceError(f"{self.ref} has no outputs {unknown} (it has {self.graph_outputs(graph)})")
         if session is None:
@@ -370,3 +376,40 @@ class RestoreModel:
             shapes = {name: a.shape for name, a in inputs.items()}
             raise InferenceError(f"{self.ref} failed on a batch of shapes {shapes}: {exc}") from exc
         return {name: np.asarray(v, dtype=np.float32) for name, v in zip(outputs, values, strict=True)}
+
+    def _warm_feed(self, graph: str, count: int, side: int) -> dict[str, np.ndarray]:
+        """Inputs of ``count`` mid-grey ``side``-px tiles for ``graph``: the image, plus the serving graph's
+        guide mean or the guide graph's owned window (one feature cell), shaped from the session's inputs."""
+        session = self._graph_session(graph)
+        assert session is not None
+        feed: dict[str, np.ndarray] = {self.input_name: np.full((count, 3, side, side), 128, np.uint8)}
+        for spec in session.get_inputs():
+            if spec.name != self.input_name:
+                width = spec.shape[1] if isinstance(spec.shape[1], int) else 1
+                feed[spec.name] = np.zeros((count, width), np.float32)
+        if graph == GUIDE_GRAPH:
+            feed[WINDOW_INPUT] = np.tile(np.array([[0, 1, 0, 1]], np.uint16), (count, 1))
+        return feed
+
+    def warm_up(self, sides: Sequence[int]) -> float:
+        """Run every graph once per tile side in ``sides`` the way served batches run; returns the seconds.
+
+        ONNX Runtime sizes a session's memory arena and prepares its kernels on the first run of each input
+        shape, and one session running several parts at once needs memory for each. Without this, the first
+        burst of requests after start-up pays for all of it (measured on dir-restore/3.2.0, 2 cores: a first
+        batch of seven 512-px denoise tiles took 1.5-1.6 s against 0.9 s once warm). Per graph and side:
+        one call of ``parallel`` parts of the largest part size that ``max_call_pixels`` allows (all parts
+        at once, on the parts' session), and, with parts, one single-tile call (the wide session).
+        """
+        if self.session is None:
+            return 0.0
+        started = time.perf_counter()
+        for graph in self.graphs:
+            outputs = [GUIDE_SUM] if graph == GUIDE_GRAPH else self.graph_outputs(graph)[:1]
+            for side in sides:
+                per_part = max(1, self.max_call_pixels // (self.parallel * side * side))
+                per_part = 1 if self.fixed_batch == 1 or not self.max_call_pixels else per_part
+                self.run(self._warm_feed(graph, self.parallel * per_part, side), outputs, graph)
+                if self.parallel > 1:
+                    self.run(self._warm_feed(graph, 1, side), outputs, graph)
+        return time.perf_counter() - started

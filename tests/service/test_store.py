@@ -14,7 +14,7 @@ import pytest
 
 from service.errors import InferenceError, ModelStoreError
 from service.manifest import GuideSpec, read_manifest, write_manifest
-from service.queue import GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT
+from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT
 from service.settings import Settings
 from service.store import RestoreModel, choose_graph, resolve_entry, verify_entry, version_key
 from tests.service.conftest import serve
@@ -307,3 +307,63 @@ def test_call_pixels_follow_the_base_tile(fixture_store: Path) -> None:
     )
     settings = Settings(intra_op_threads=1, max_batch=4, tile_size=128, parallel_runs=1)
     assert RestoreModel.from_settings(entry, settings).max_call_pixels == 4 * 128 * 128
+
+
+def test_warm_up_runs_every_graph_at_every_tile_side_as_batches_run(tmp_path: Path) -> None:
+    """Warm-up runs each graph per side once as the largest batch of parts runs (all parts at once, each of
+    the most tiles ``max_call_pixels`` allows) and once as a single tile on the wide session."""
+    entry = resolve_entry(build_entry(tmp_path).parents[1], "dir-restore", "restore")
+    model = RestoreModel.load(entry, None, 1, parallel=2, max_call_pixels=8 * 64 * 64)
+    assert set(model.graphs) == {SERVE_GRAPH, GUIDE_GRAPH, DENOISE_GRAPH}
+    calls: list[tuple[str, str, int, int]] = []
+    for graph in model.graphs:
+        for kind, session in (("part", model._graph_session(graph)), ("wide", model._wide[graph])):
+            run = session.run  # type: ignore[union-attr]
+
+            def recording(names: list[str], feed: dict[str, np.ndarray], *, g=graph, k=kind, r=run) -> Any:
+                calls.append((g, k, *feed["image"].shape[::3]))
+                return r(names, feed)
+
+            session.run = recording  # type: ignore[union-attr,method-assign]
+    assert model.warm_up((64, 128)) > 0
+    for graph in model.graphs:
+        mine = sorted((k, n, side) for g, k, n, side in calls if g == graph)
+        # 64 px: two parts of four tiles (8 x 64^2 px at once); 128 px: two parts of one tile.
+        assert mine == [("part", 1, 128), ("part", 1, 128), ("part", 4, 64), ("part", 4, 64),
+                        ("wide", 1, 64), ("wide", 1, 128)]  # fmt: skip
+
+
+def test_warm_up_without_parts_runs_one_call_per_graph_and_side(tmp_path: Path) -> None:
+    entry = resolve_entry(build_entry(tmp_path, denoise=False).parents[1], "dir-restore", "restore")
+    model = RestoreModel.load(entry, None, 1)
+    used: list[str] = []
+    for graph in model.graphs:
+        record_runs(model._graph_session(graph), graph, used)
+    model.warm_up((64,))
+    assert sorted(used) == sorted([GUIDE_GRAPH, SERVE_GRAPH])
+    assert RestoreModel(entry, None).warm_up((64,)) == 0.0
+
+
+async def test_app_warms_up_at_start_unless_told_not_to(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sides: list[tuple[int, ...]] = []
+    monkeypatch.setattr(RestoreModel, "warm_up", lambda self, s: sides.append(tuple(s)) or 0.0)
+    async with serve(make_settings(tile_sizes="64,128")):
+        pass
+    assert sides == [(64, 128)]
+    async with serve(make_settings(warmup=False)):
+        pass
+    assert sides == [(64, 128)]
+
+
+async def test_app_refuses_to_start_when_the_warm_up_fails(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(self: RestoreModel, sides: Any) -> float:
+        raise InferenceError("bad graph")
+
+    monkeypatch.setattr(RestoreModel, "warm_up", failing)
+    with pytest.raises(ModelStoreError, match="failed its start-up run: bad graph"):
+        async with serve(make_settings()):
+            pass
