@@ -153,7 +153,7 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
         restorer.default_mode = restorer.resolve_mode(settings.restore_mode)
     except BadInput as exc:
         raise ModelStoreError(f"DIR_RESTORE_MODE={settings.restore_mode}: {exc.message}") from exc
-    if settings.warmup and not settings.uses_redis:
+    if not settings.uses_redis and settings.warms_up(model.on_gpu):
         try:
             seconds = await asyncio.to_thread(model.warm_up, tiles)
         except InferenceError as exc:

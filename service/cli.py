@@ -61,7 +61,7 @@ def worker(argv: list[str] | None = None) -> None:
         parser.error("dir-worker needs a Redis queue: --queue redis://host:6379/0 or DIR_QUEUE")
     entry = resolve_entry(settings.model_store, settings.restore_model, "restore")
     model = RestoreModel.from_settings(entry, settings)
-    if settings.warmup:
+    if settings.warms_up(model.on_gpu):
         _, sides, _ = tile_geometry(entry, settings)
         try:
             seconds = model.warm_up(sides)

@@ -63,11 +63,11 @@ class Settings(BaseSettings):
         default=True,
         description="ONNX Runtime intra-op threads spin-wait between runs (lower latency, busier cores)",
     )
-    warmup: bool = Field(
-        default=True,
-        description="run every graph once per tile side at start-up, before serving, so that the first "
-        "requests do not pay for ONNX Runtime's first-run set-up (API process with the embedded queue, and "
-        "each dir-worker)",
+    warmup: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="run every graph once per tile side at start-up, before serving (API process with the "
+        "embedded queue, and each dir-worker): 'on', 'off', or 'auto' = on when the CUDA provider serves. "
+        "On a CPU it saves little and keeps every session's memory arena allocated (docs/SERVICE.md)",
     )
     intra_op_threads: int = Field(
         default=0,
@@ -168,6 +168,10 @@ class Settings(BaseSettings):
         more than ``max_batch`` (a call never holds more tiles; with batching off a tile keeps every core),
         and 1 on a GPU."""
         return self.parallel_runs or (1 if gpu else min(self.cores, self.max_batch))
+
+    def warms_up(self, gpu: bool) -> bool:
+        """Whether to run the start-up pass (``DIR_WARMUP``): ``on``, or ``auto`` on a GPU."""
+        return self.warmup == "on" or (self.warmup == "auto" and gpu)
 
     def run_threads(self, parallel: int) -> int:
         """Intra-op threads of each of ``parallel`` parts run at once: the setting, else an equal share of the

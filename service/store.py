@@ -309,6 +309,11 @@ class RestoreModel:
             return ["restored"]
         raise InferenceError(f"{self.ref} has no graph {graph!r} (it has {list(self.graphs)})")
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the serving session runs on the CUDA provider."""
+        return self.session is not None and "CUDAExecutionProvider" in self.session.get_providers()
+
     def _graph_session(self, graph: str) -> ort.InferenceSession | None:
         """The session that runs the parts of ``graph``'s calls (None in a Redis API process)."""
         return {

@@ -65,7 +65,12 @@ def test_dir_worker_requires_redis(fixture_store: Path) -> None:
 def test_dir_worker_warms_up_before_it_connects(fixture_store: Path) -> None:
     """The worker runs its start-up pass before it touches Redis: a tile side the model cannot run stops it
     with exit status 2 and a message naming the side (the unreachable queue is never reached)."""
-    env = {"DIR_QUEUE": "redis://127.0.0.1:1/0", "DIR_TILE_SIZES": "62", "DIR_INTRA_OP_THREADS": "1"}
+    env = {
+        "DIR_QUEUE": "redis://127.0.0.1:1/0",
+        "DIR_TILE_SIZES": "62",
+        "DIR_INTRA_OP_THREADS": "1",
+        "DIR_WARMUP": "on",
+    }
     proc = run_script("worker", "--model-store", str(fixture_store), env=env)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2, out.decode()

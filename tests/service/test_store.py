@@ -344,17 +344,19 @@ def test_warm_up_without_parts_runs_one_call_per_graph_and_side(tmp_path: Path) 
     assert RestoreModel(entry, None).warm_up((64,)) == 0.0
 
 
-async def test_app_warms_up_at_start_unless_told_not_to(
+async def test_app_warms_up_at_start_when_told_to(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sides: list[tuple[int, ...]] = []
     monkeypatch.setattr(RestoreModel, "warm_up", lambda self, s: sides.append(tuple(s)) or 0.0)
-    async with serve(make_settings(tile_sizes="64,128")):
+    async with serve(make_settings(tile_sizes="64,128", warmup="on")):
         pass
     assert sides == [(64, 128)]
-    async with serve(make_settings(warmup=False)):
-        pass
+    for setting in ("off", "auto"):  # auto: on with CUDA only, and these sessions run on the CPU
+        async with serve(make_settings(warmup=setting)):
+            pass
     assert sides == [(64, 128)]
+    assert Settings(warmup="auto").warms_up(gpu=True) and not Settings(warmup="off").warms_up(gpu=True)
 
 
 async def test_app_refuses_to_start_when_the_warm_up_fails(
@@ -365,5 +367,5 @@ async def test_app_refuses_to_start_when_the_warm_up_fails(
 
     monkeypatch.setattr(RestoreModel, "warm_up", failing)
     with pytest.raises(ModelStoreError, match="failed its start-up run: bad graph"):
-        async with serve(make_settings()):
+        async with serve(make_settings(warmup="on")):
             pass
