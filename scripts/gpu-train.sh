@@ -17,7 +17,8 @@
 #                                     # (train+ablation+lowlight) and the same on ablation+lowlight alone
 #   scripts/gpu-train.sh owed OUT     # what CPU-only sessions left for a GPU, in one sitting: the ISP at
 #                                     # 64 x 512^2, then side by side from the shipped entry, $BUDGET s each
-#                                     # (450 by default): the denoise stage (`denoise-gpu`, not in the paper)
+#                                     # (450 by default): the denoise stage (`denoise-gpu`, not in the paper,
+#                                     # continuing the entry's denoiser)
 #                                     # and `gpu` Stage II with loss.gamma_fit 1 (docs/TRAINING.md)
 #
 # Runs concurrently on one GPU (the small networks leave it mostly idle); each process fits its stage into

@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                 type=Path,
                 metavar="ENTRY",
                 help="take the full system from a model_store entry instead of the run's stage2.pt (the "
-                "config's model must match the entry's)",
+                "config's model must match the entry's); an entry with a trained denoiser (exported by "
+                "dir-export --denoiser) is continued, others start the denoiser from DfRNet",
             )
         if name == "ablation":
             s.add_argument(

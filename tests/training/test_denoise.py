@@ -17,7 +17,7 @@ from training.export.recover import system_from_entry
 from training.models import VARIANT_PARTS, DiRSystem, load_system
 from training.train.data import StepBatches
 from training.train.errors import CheckpointError
-from training.train.loop import train_stage
+from training.train.loop import _init_denoise, train_stage
 from training.train.objectives import DenoiseObjective
 
 __all__ = ["entry", "image_dir"]
@@ -110,3 +110,30 @@ def test_the_objective_needs_a_denoiser(image_dir: Path, tmp_path: Path) -> None
         DenoiseObjective(DiRSystem(cfg.model, "full"))
     with pytest.raises(CheckpointError, match="only the full variant"):
         DiRSystem(cfg.model, "r0_only", denoiser=True)
+
+
+def test_an_entry_with_a_trained_denoiser_is_continued(
+    entry: tuple[DiRSystem, Path], image_dir: Path, tmp_path: Path
+) -> None:
+    """``--init-from`` an entry exported with ``--denoiser`` starts from that denoiser, not from DfRNet; the
+    next export records the start and keeps the earlier denoise record under ``continued``."""
+    _, folder = entry
+    cfg = micro(image_dir, tmp_path / "run", denoise={"steps": 2, "warmup_steps": 1})
+    first = train_stage(cfg, "denoise", init_from=folder, progress=False)
+    assert torch.load(first, weights_only=True)["init_from"]["denoiser_from"] == "dfrnet"
+    trained_entry = tmp_path / "store" / "dir-restore" / "0.0.2"
+    assert export_main([str(folder), "--to", str(trained_entry), "--denoiser", str(first)]) == 0
+    shipped = system_from_entry(trained_entry)
+
+    again = micro(image_dir, tmp_path / "again", denoise={"steps": 2, "warmup_steps": 1})
+    start = DiRSystem(again.model, "full", denoiser=True)
+    assert _init_denoise(start, tmp_path / "again", trained_entry)["denoiser_from"] == "entry"
+    want, got = shipped.get_submodule("denoiser").state_dict(), start.get_submodule("denoiser").state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+    second = train_stage(again, "denoise", init_from=trained_entry, progress=False)
+    assert torch.load(second, weights_only=True)["init_from"]["denoiser_from"] == "entry"
+    continued = tmp_path / "store" / "dir-restore" / "0.0.3"
+    assert export_main([str(trained_entry), "--to", str(continued), "--denoiser", str(second)]) == 0
+    record = read_manifest(continued).training["denoise"]
+    assert record["denoiser_from"] == "entry" and record["continued"]["run"] == "run"

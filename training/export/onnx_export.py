@@ -23,7 +23,7 @@ from service.manifest import (
     sha256_file,
     write_manifest,
 )
-from training.models import DiRSystem, load_system
+from training.models import VARIANT_PARTS, DiRSystem, load_system
 from training.train.config import TrainConfig
 from training.train.errors import CheckpointError, ExportError
 
@@ -521,7 +521,10 @@ def export_entry(
     old = read_manifest(source)
     training = dict(old.training)
     if denoiser is not None:
-        system, training["denoise"] = _with_denoiser(system, denoiser, old.file_sha256(old.onnx_file))
+        system, record = _with_denoiser(system, denoiser, old.file_sha256(old.onnx_file))
+        if record["denoiser_from"] == "entry" and "denoise" in training:
+            record["continued"] = training["denoise"]
+        training["denoise"] = record
     training["rebuilt_from"] = {
         "entry": f"{old.name}/{old.version}",
         "model_onnx_sha256": old.file_sha256(old.onnx_file),
@@ -547,7 +550,7 @@ def _with_denoiser(
             "train it with dir-train denoise --init-from <this entry>"
         )
     trained = load_system(checkpoint, "full")
-    for part in system.parts:
+    for part in VARIANT_PARTS["full"]:
         for name, value in system.get_submodule(part).state_dict().items():
             if not torch.equal(value, trained.get_submodule(part).state_dict()[name]):
                 raise ExportError(
@@ -558,5 +561,6 @@ def _with_denoiser(
         "steps": ckpt["step"],
         "checkpoint_sha256": sha256_file(checkpoint),
         "config": ckpt["config"],
+        "denoiser_from": started.get("denoiser_from", "dfrnet"),
     }
     return trained, record

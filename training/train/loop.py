@@ -144,13 +144,21 @@ def init_from_entry(system: DiRSystem, entry_dir: Path) -> dict[str, Any]:
 
 def _init_denoise(system: DiRSystem, run_dir: Path, entry: Path | None) -> dict[str, Any]:
     """Load the full system of the denoise stage (from ``entry``, else the run's finished stage2.pt) and
-    start its denoiser from DfRNet; returns the provenance record kept in the checkpoint."""
+    start its denoiser: from the entry's trained denoiser when it has one (its ``denoise.onnx`` came from
+    ``dir-train denoise``: the stage continues it), else from DfRNet. Returns the provenance record kept in
+    the checkpoint, ``denoiser_from`` naming the start ("entry" or "dfrnet")."""
     if entry is not None:
+        from training.export.recover import system_from_entry
+
         record = init_from_entry(system, entry)
         if "alignment" not in record["parts"]:
             raise ConfigError(
                 f"--init-from {entry}: the config's alignment network does not match the entry's"
             )
+        source = system_from_entry(entry)
+        if source.has_denoiser:
+            system.get_submodule("denoiser").load_state_dict(source.get_submodule("denoiser").state_dict())
+            return {**record, "denoiser_from": "entry"}
     else:
         from service.manifest import sha256_file
 
@@ -166,7 +174,7 @@ def _init_denoise(system: DiRSystem, run_dir: Path, entry: Path | None) -> dict[
             system.get_submodule(name).load_state_dict(ckpt["modules"][name])
         record = {"stage2_sha256": sha256_file(path)}
     system.get_submodule("denoiser").load_state_dict(system.get_submodule("dfrnet").state_dict())
-    return record
+    return {**record, "denoiser_from": "dfrnet"}
 
 
 @torch.no_grad()
