@@ -67,3 +67,29 @@ def test_srgb_noise_is_clipped_and_off_is_identity() -> None:
     assert float(out[0].min()) == 0.0 and float(out[0].max()) > 0.1
     assert torch.equal(out[1], dark[1])
     assert add_srgb_noise(dark, [0.0, 0.0], [0.0, 0.0], []) is dark
+
+
+def test_noise_is_the_same_drawn_on_one_thread_or_several() -> None:
+    raw = torch.rand(5, 1, 40, 48, generator=torch.Generator().manual_seed(2))
+    srgb = torch.rand(5, 3, 40, 48, generator=torch.Generator().manual_seed(3))
+    seeds = [10, 11, 12, 13, 14]
+    sigma, lam = [0.1, 0.0, 0.2, 0.05, 0.0], [0.0, 0.03, 0.02, 0.0, 0.0]
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        gens = noise_generators(seeds, raw.device)
+        noisy = add_raw_noise(raw, [0.01] * 5, [1e-4] * 5, sigma, lam, gens)
+        return noisy, add_srgb_noise(srgb, sigma, lam, gens)
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = both()
+        torch.set_num_threads(3)
+        three = both()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, three, strict=True))
+    gens = noise_generators(seeds[2:3], raw.device)
+    alone = add_raw_noise(raw[2:3], [0.01], [1e-4], sigma[2:3], lam[2:3], gens)
+    assert torch.equal(alone, one[0][2:3])
+    assert torch.equal(add_srgb_noise(srgb[2:3], sigma[2:3], lam[2:3], gens), one[1][2:3])

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from PIL import Image
 
-from training.isp.ops import to_device
+from training.isp.ops import for_each_image, to_device
 
 
 def to_uint8(srgb: torch.Tensor) -> np.ndarray:
@@ -50,13 +49,7 @@ def jpeg_compress(srgb: torch.Tensor, quality: Sequence[int | None]) -> torch.Te
     def roundtrip(k: int) -> None:
         decoded[k] = jpeg_roundtrip_uint8(rgb[k], on[k][1])
 
-    workers = min(torch.get_num_threads(), len(on))
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(roundtrip, range(len(on))))
-    else:
-        for k in range(len(on)):
-            roundtrip(k)
+    for_each_image(roundtrip, len(on))
     images = torch.empty(len(on), c, h, w, dtype=torch.float32, device=srgb.device)
     torch.div(torch.from_numpy(decoded).to(srgb.device).permute(0, 3, 1, 2), 255.0, out=images)
     return images if len(on) == n else srgb.index_copy(0, index, images)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from training.isp.ops import per_image
+from training.isp.ops import for_each_image, per_image
 
 
 def noise_generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
@@ -31,18 +31,20 @@ def add_raw_noise(
     * Gaussian with variance ``shot * x + read + gaussian_sigma ** 2``: Brooks' heteroscedastic shot/read
       model plus the evaluation protocols' signal-independent Gaussian noise.
 
-    Image ``n``'s noise depends only on ``generators[n]``, so it does not depend on the rest of the batch.
+    Image ``n``'s noise depends only on ``generators[n]``, so it does not depend on the rest of the batch or
+    on the thread count: on the CPU the images draw on up to ``torch.get_num_threads()`` threads at once (one
+    generator's draws are serial).
     """
     z = torch.empty_like(raw)
-    for i, g in enumerate(generators):
-        z[i].normal_(generator=g)
-    x = raw
     lambdas = [float(v) for v in poisson_lambda]
-    if any(v > 0 for v in lambdas):
-        x = raw.clone()
-        for i, lam in enumerate(lambdas):
-            if lam > 0:
-                x[i] = torch.poisson(raw[i].clamp_min(0.0) / lam, generator=generators[i]) * lam
+    x = raw.clone() if any(v > 0 for v in lambdas) else raw
+
+    def draw(i: int) -> None:
+        z[i].normal_(generator=generators[i])
+        if lambdas[i] > 0:
+            x[i] = torch.poisson(raw[i].clamp_min(0.0) / lambdas[i], generator=generators[i]) * lambdas[i]
+
+    for_each_image(draw, len(generators), raw.device.type == "cpu")
     read_t, sigma_t = per_image(read, raw), per_image(gaussian_sigma, raw)
     if all(v == 0 for v in shot):
         # Signal-independent: one standard deviation per image (0 * x + read == read exactly).
@@ -63,9 +65,10 @@ def add_srgb_noise(
 
     Per image ``n``: Poisson ``x -> Poisson(x / lambda) * lambda`` when ``poisson_lambda[n] > 0``, then
     Gaussian noise of standard deviation ``gaussian_sigma[n]``, independent per pixel and
-    channel. Images whose sigma and lambda are both 0 pass through unchanged and consume no draws. When
-    any noise is added, the result goes into ``out`` if given (a contiguous tensor of ``srgb``'s shape other
-    than ``srgb``); with no noise at all, ``srgb`` itself is returned.
+    channel, drawn as in :func:`add_raw_noise`. Images whose sigma and lambda are both 0 pass through
+    unchanged and consume no draws. When any noise is added, the result goes into ``out`` if given (a
+    contiguous tensor of ``srgb``'s shape other than ``srgb``); with no noise at all, ``srgb`` itself is
+    returned.
     """
     sigmas = [float(v) for v in gaussian_sigma]
     lambdas = [float(v) for v in poisson_lambda]
@@ -75,9 +78,12 @@ def add_srgb_noise(
     z = torch.empty_like(srgb) if out is None else out
     if not all(s > 0 for s in sigmas):
         z.zero_()
-    for i, g in enumerate(generators):
+
+    def draw(i: int) -> None:
         if lambdas[i] > 0:
-            x[i] = torch.poisson(srgb[i].clamp_min(0.0) / lambdas[i], generator=g) * lambdas[i]
+            x[i] = torch.poisson(srgb[i].clamp_min(0.0) / lambdas[i], generator=generators[i]) * lambdas[i]
         if sigmas[i] > 0:
-            z[i].normal_(generator=g)
+            z[i].normal_(generator=generators[i])
+
+    for_each_image(draw, len(generators), srgb.device.type == "cpu")
     return z.mul_(per_image(sigmas, srgb)).add_(x).clamp_(0.0, 1.0)

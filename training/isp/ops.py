@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,22 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def for_each_image(work: Callable[[int], object], n: int, on_cpu: bool = True) -> None:
+    """Call ``work(i)`` for ``i`` in ``range(n)``, on up to ``torch.get_num_threads()`` threads on the CPU.
+
+    For serial per-image work (a draw from image ``i``'s own generator, a Pillow encode) that releases the
+    GIL. ``work(i)`` must touch only image ``i``'s data and state, so the results are the same whatever the
+    thread count. ``on_cpu=False`` (work queued on a GPU) runs the calls in order on this thread.
+    """
+    workers = min(torch.get_num_threads(), n) if on_cpu else 1
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, range(n)))
+    else:
+        for i in range(n):
+            work(i)
 
 
 def per_image(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
