@@ -382,7 +382,7 @@ class RestoreModel:
             raise InferenceError(f"{self.ref} failed on a batch of shapes {shapes}: {exc}") from exc
         return {name: np.asarray(v, dtype=np.float32) for name, v in zip(outputs, values, strict=True)}
 
-    def _warm_feed(self, graph: str, count: int, side: int) -> dict[str, np.ndarray]:
+    def grey_feed(self, graph: str, count: int, side: int) -> dict[str, np.ndarray]:
         """Inputs of ``count`` mid-grey ``side``-px tiles for ``graph``: the image, plus the serving graph's
         guide mean or the guide graph's owned window (one feature cell), shaped from the session's inputs."""
         session = self._graph_session(graph)
@@ -414,7 +414,7 @@ class RestoreModel:
             for side in sides:
                 per_part = max(1, self.max_call_pixels // (self.parallel * side * side))
                 per_part = 1 if self.fixed_batch == 1 or not self.max_call_pixels else per_part
-                self.run(self._warm_feed(graph, self.parallel * per_part, side), outputs, graph)
+                self.run(self.grey_feed(graph, self.parallel * per_part, side), outputs, graph)
                 if self.parallel > 1:
-                    self.run(self._warm_feed(graph, 1, side), outputs, graph)
+                    self.run(self.grey_feed(graph, 1, side), outputs, graph)
         return time.perf_counter() - started
