@@ -23,7 +23,6 @@ section of docs/BENCHMARKS.md unless ``--no-write``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.isp_throughput import cpu_model, write_section
+from benchmarks.isp_throughput import cpu_model, publish
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH
 from service.settings import DEFAULT_MODEL_STORE, Settings
 from service.store import RestoreModel, resolve_entry, tile_geometry
@@ -168,12 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         load_at_start=", ".join(f"{v:.2f}" for v in load),
     )
     command = "python -m benchmarks.batch_ceiling " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if not args.no_write:
-        write_section(markdown(result, command.strip()))
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(markdown(result, command.strip()))
+    publish(result, markdown(result, command.strip()), write=not args.no_write, as_json=args.json)
     return 0
 
 

@@ -219,6 +219,13 @@ def write_section(section: str, doc: Path = DOC) -> None:
     doc.write_text(text)
 
 
+def publish(result: dict[str, object], section: str, write: bool, as_json: bool) -> None:
+    """Write ``section`` into docs/BENCHMARKS.md when ``write``; print ``result`` as JSON or the section."""
+    if write:
+        write_section(section)
+    print(json.dumps(result, indent=2) if as_json else section)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: measure, print (JSON with ``--json``) and update docs/BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -245,12 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     all_threads = 0 if args.device.startswith("cuda") else args.all_threads
     result = run(args.batch, args.size, args.preset, args.repeats, args.device, args.threads, all_threads)
     command = "python benchmarks/isp_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if not args.no_write:
-        write_section(markdown(result, command.strip()))
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(markdown(result, command.strip()))
+    publish(result, markdown(result, command.strip()), write=not args.no_write, as_json=args.json)
     return 0
 
 
