@@ -104,3 +104,26 @@ def test_prior_warmup_ramps_to_one() -> None:
 def test_exponent_literals_without_a_dot_are_numbers() -> None:
     cfg = config_from_dict(yaml.safe_load("stage1: {lr: 1e-3, lr_min: 1e-5}"))
     assert cfg.stage1.lr == 1e-3 and cfg.stage1.lr_min == 1e-5
+
+
+def test_several_training_folders_hold_out_images_of_the_first(tmp_path: Path) -> None:
+    """``train_dir: a+b``: every image of both folders is read (COCO-style label .txt and config.yaml beside
+    them are allowed), the held-out images are the last of the first folder, and evaluation sets are
+    refused anywhere in the list."""
+    from PIL import Image
+
+    from training.train.data import load_store
+
+    for folder, names in (("a", ["1.png", "2.png", "3.png"]), ("b/images", ["x.jpg", "y.jpg"])):
+        (tmp_path / folder).mkdir(parents=True)
+        for name in names:
+            Image.new("RGB", (40, 40), (10, 20, 30)).save(tmp_path / folder / name)
+    (tmp_path / "b" / "config.yaml").write_text("names: []")
+    (tmp_path / "b" / "images" / "x.txt").write_text("0 0.5 0.5 0.1 0.1")
+    cfg = config_from_dict({"data": {"train_dir": f"{tmp_path / 'a'}+{tmp_path / 'b'}", "val_images": 1}})
+    assert cfg.data_paths() == [tmp_path / "a", tmp_path / "b"]
+    store = load_store(cfg.data_paths(), 1, 32)
+    assert [p.name for p in store.val_files] == ["3.png"]
+    assert sorted(p.name for p in store.train_files) == ["1.png", "2.png", "x.jpg", "y.jpg"]
+    with pytest.raises(ConfigError, match="evaluation set"):
+        config_from_dict({"data": {"train_dir": "bsds500_train+cset14"}})

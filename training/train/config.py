@@ -33,7 +33,8 @@ EVALUATION_SETS = frozenset(
 class DataConfig:
     """Where the clean training images come from and how batches are cut.
 
-    ``train_dir``: a dataset name under the shared data root (``bsds500_train``) or a folder path.
+    ``train_dir``: a dataset name under the shared data root (``bsds500_train``) or a folder path; several
+    joined by ``+`` (``bsds500_train+coco128_train``) train on all of them, held-out images from the first.
     The last ``val_images`` files (sorted by path) are held out for the PSNR measured during training.
     ``preset``: the ISP preset of the training batches, or a mixture ``"train+ablation"`` (each image's
     preset drawn uniformly from the names; repeat one to weight it). ``val_preset``: one preset for the
@@ -106,10 +107,18 @@ class TrainConfig:
     stage2: StageConfig = field(default_factory=StageConfig)
     denoise: StageConfig = field(default_factory=StageConfig)
 
+    def data_paths(self) -> list[Path]:
+        """The training folders of ``train_dir`` (``"a+b"`` names several), each a path if it names one,
+        else a shared dataset name. The held-out images come from the first."""
+        out = []
+        for name in self.data.train_dir.split("+"):
+            p = Path(name).expanduser()
+            out.append(p if (p.is_absolute() or len(p.parts) > 1 or p.exists()) else dataset_dir(name))
+        return out
+
     def data_path(self) -> Path:
-        """The training folder: ``train_dir`` as a path if it names one, else a shared dataset name."""
-        p = Path(self.data.train_dir).expanduser()
-        return p if (p.is_absolute() or len(p.parts) > 1 or p.exists()) else dataset_dir(self.data.train_dir)
+        """The first training folder (:meth:`data_paths`), the one the held-out images come from."""
+        return self.data_paths()[0]
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
@@ -199,8 +208,8 @@ def _validate(cfg: TrainConfig) -> None:
                 f"{key} {preset!r}: unknown preset(s) {unknown}; valid presets: {sorted(PRESETS)}"
                 + ("" if unknown else " (the held-out images use one preset, not a mixture)")
             )
-    if cfg.data_path().name in EVALUATION_SETS:
-        raise ConfigError(f"data.train_dir {cfg.data.train_dir!r} is an evaluation set; never train on it")
+    if any(p.name in EVALUATION_SETS for p in cfg.data_paths()):
+        raise ConfigError(f"data.train_dir {cfg.data.train_dir!r} names an evaluation set; never train on it")
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:

@@ -15,15 +15,16 @@ from torch import Tensor
 from training.train.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-# Provenance / documentation files that may sit next to images in a dataset folder.
-DOC_SUFFIXES = frozenset({".md", ".txt", ".rst"})
+# Provenance / documentation files that may sit next to images in a dataset folder (COCO-style sets keep
+# their labels as .txt and a config.yaml beside the images).
+DOC_SUFFIXES = frozenset({".md", ".txt", ".rst", ".yaml"})
 
 
 def list_images(folder: Path) -> list[Path]:
     """All image files under ``folder`` (recursive, sorted).
 
     Raises :class:`DataError` if the folder is missing, holds no images, or holds files that are neither
-    images nor documentation (``*.md``, ``*.txt``, ``*.rst``); hidden files are ignored.
+    images nor documentation (``*.md``, ``*.txt``, ``*.rst``, ``*.yaml``); hidden files are ignored.
     """
     if not folder.is_dir():
         raise DataError(f"training data folder {folder} does not exist")
@@ -58,18 +59,22 @@ class ImageStore:
     val_files: list[Path]
 
 
-def load_store(folder: Path, val_images: int, min_size: int) -> ImageStore:
-    """Decode every image under ``folder``; the last ``val_images`` (sorted by path) are held out.
+def load_store(folder: Path | list[Path], val_images: int, min_size: int) -> ImageStore:
+    """Decode every image under ``folder`` (or each of several folders); the last ``val_images`` of the
+    first folder (sorted by path) are held out, every other image trains.
 
     Images smaller than ``min_size`` on either side raise :class:`DataError`.
     """
-    files = list_images(folder)
-    if len(files) <= val_images:
-        raise DataError(f"{folder} has {len(files)} images; need more than data.val_images={val_images}")
+    folders = folder if isinstance(folder, list) else [folder]
+    first = list_images(folders[0])
+    if len(first) <= val_images:
+        raise DataError(f"{folders[0]} has {len(first)} images; need more than data.val_images={val_images}")
+    cut = len(first) - val_images
+    files = first[:cut] + [p for f in folders[1:] for p in list_images(f)] + first[cut:]
     images = [load_rgb(p) for p in files]
-    small = [p.name for p, im in zip(files, images, strict=True) if min(im.shape[1:]) < min_size]
+    small = [str(p) for p, im in zip(files, images, strict=True) if min(im.shape[1:]) < min_size]
     if small:
-        raise DataError(f"{len(small)} image(s) under {folder} are smaller than {min_size} px: {small[:5]}")
+        raise DataError(f"{len(small)} training image(s) are smaller than {min_size} px: {small[:5]}")
     cut = len(files) - val_images
     return ImageStore(images[:cut], images[cut:], files[:cut], files[cut:])
 

@@ -258,7 +258,7 @@ def train_stage(
         variant = "full"
     if variant is not None and variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}")
-    store = load_store(cfg.data_path(), cfg.data.val_images, max(cfg.data.patch_size, cfg.data.val_crop))
+    store = load_store(cfg.data_paths(), cfg.data.val_images, max(cfg.data.patch_size, cfg.data.val_crop))
     rank, world, device = _setup_distributed(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
