@@ -56,7 +56,7 @@ def check_ranges(preset: Preset, p: ISPParams) -> None:
         mix = np.asarray(p.cam2rgb) @ np.linalg.inv(ideal)
         assert np.abs(mix - np.eye(3)).max() <= 3 * preset.ccm_perturbation / (
             1 - 3 * preset.ccm_perturbation
-        )
+        ) + 1e-12
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

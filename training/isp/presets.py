@@ -151,6 +151,16 @@ PRESETS: dict[str, Preset] = {
         jpeg_quality=Draw(8, 95, prob=0.7),
         neutral_isp=0.2,
     ),
+    "mild": Preset(
+        name="mild",
+        description="a correctly rendered photo (no ISP errors) with real-like noise from none to moderate, "
+        "sometimes JPEG 70-98",
+        sensor_noise=0.7,
+        gaussian_sigma=Draw(0.002, 0.04, prob=0.5, log=True),
+        srgb_noise=0.5,
+        jpeg_quality=Draw(70, 98, prob=0.5),
+        neutral_isp=1.0,
+    ),
     "default-isp": Preset(
         name="default-isp",
         description="untuned default ISP (fixed gains, mean colour matrix, bilinear), sensor noise, JPEG 90",
