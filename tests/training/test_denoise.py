@@ -10,7 +10,7 @@ import torch
 
 from service.manifest import read_manifest, sha256_file
 from tests.training.test_init_from import entry
-from tests.training.test_resume import image_dir, micro
+from tests.training.test_resume import MICRO_MODEL, image_dir, micro
 from training.export.cli import main as export_main
 from training.export.onnx_export import export_run
 from training.export.recover import system_from_entry
@@ -137,3 +137,43 @@ def test_an_entry_with_a_trained_denoiser_is_continued(
     assert export_main([str(trained_entry), "--to", str(continued), "--denoiser", str(second)]) == 0
     record = read_manifest(continued).training["denoise"]
     assert record["denoiser_from"] == "entry" and record["continued"]["run"] == "run"
+
+
+def test_the_gated_decode_trains_exports_and_rebuilds(
+    entry: tuple[DiRSystem, Path], image_dir: Path, tmp_path: Path
+) -> None:
+    """``model.denoise_decode: gated``: the denoiser and the detail gate learn (the rest stays frozen), the
+    entry's denoise graph runs the gated decode (parity-checked by the export), the manifest says so, and
+    the rebuilt system holds the gate's weights."""
+    _, folder = entry
+    model = {**MICRO_MODEL, "denoise_decode": "gated", "gate_width": 4}
+    cfg = micro(image_dir, tmp_path / "run", model=model, denoise={"steps": 2, "warmup_steps": 1})
+    ckpt = train_stage(cfg, "denoise", init_from=folder, progress=False)
+    trained = load_system(ckpt)
+    assert trained.parts == (*VARIANT_PARTS["full"], "denoiser", "detail_gate")
+    gate = trained.get_submodule("detail_gate").state_dict()
+    assert any(bool(v.abs().sum() > 0) for k, v in gate.items() if k.startswith("body.4"))
+    target = tmp_path / "store" / "dir-restore" / "0.0.2"
+    assert export_main([str(folder), "--to", str(target), "--denoiser", str(ckpt)]) == 0
+    manifest = read_manifest(target)
+    assert manifest.extra["denoise"]["decode"] == "gated"
+    assert manifest.training["config"]["model"]["denoise_decode"] == "gated"
+    rebuilt = system_from_entry(target)
+    got = rebuilt.get_submodule("detail_gate").state_dict()
+    assert all(torch.equal(gate[k], got[k]) for k in gate)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.denoise(x), trained.denoise(x), atol=1e-6)
+
+
+def test_an_open_gate_over_an_untrained_denoiser_returns_the_input(image_dir: Path, tmp_path: Path) -> None:
+    """D*(den(x)) + m (x - D*(DfR(x))) with den = DfR and m = 1 is x itself, whatever D*'s own error."""
+    cfg = micro(image_dir, tmp_path, model={**MICRO_MODEL, "denoise_decode": "gated"})
+    system = DiRSystem(cfg.model, "full", denoiser=True).eval()
+    system.get_submodule("denoiser").load_state_dict(system.get_submodule("dfrnet").state_dict())
+    with torch.no_grad():
+        system.get_submodule("detail_gate").body[-1].bias.fill_(30.0)
+        x = torch.rand(2, 3, 32, 32)
+        assert torch.allclose(system.denoise_unclamped(x), x, atol=1e-5)
+        with pytest.raises(CheckpointError, match="unknown denoise_decode"):
+            DiRSystem(replace(cfg.model, denoise_decode="other"), "full", denoiser=True)

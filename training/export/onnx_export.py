@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,16 @@ GUIDE_FILE = "guide.onnx"
 #: The serving graph's second input: the spatial mean of the guide graph's output over the whole image.
 GUIDE_MEAN = "guide_mean"
 GUIDE_OUTPUT = "guide_features"
+#: The manifest's words for the denoise graph, by ``ModelConfig.denoise_decode`` (``dfrnet``: no denoiser).
+_DENOISE_DESCRIPTION = {
+    "dfrnet": "restored = D*(DfR(image))",
+    "image": "restored = D*(denoiser(image)), the denoiser trained (dir-train denoise) to give the input's "
+    "noise-free rendering",
+    "gated": "restored = D*(denoiser(image)) + m * (image - D*(DfR(image))), the denoiser and the per-pixel "
+    "detail gate m trained (dir-train denoise) to give the input's noise-free rendering with the detail D* "
+    "cannot reproduce kept",
+}
+
 #: The colour-keeping graph (manifest ``extra.denoise``): image -> restored = D*(DfR(image)), no alignment.
 DENOISE_FILE = "denoise.onnx"
 #: Serving tiles written to the manifest (``dir-export --tile-size/--tile-overlap`` override). Images smaller
@@ -387,12 +397,10 @@ def export_system(
                 "inputs": ["image"],
                 "outputs": ["restored"],
                 "encoder": "denoiser" if system.has_denoiser else "dfrnet",
-                "description": (
-                    "restored = D*(denoiser(image)), the denoiser trained (dir-train denoise) to give the "
-                    "input's noise-free rendering"
-                    if system.has_denoiser
-                    else "restored = D*(DfR(image))"
-                )
+                "decode": system.cfg.denoise_decode if system.has_denoiser else "image",
+                "description": _DENOISE_DESCRIPTION[
+                    system.cfg.denoise_decode if system.has_denoiser else "dfrnet"
+                ]
                 + ": noise and compression artefacts removed, the camera's colour and tone kept (no "
                 "alignment network, no global pooling, one pass)",
             },
@@ -525,6 +533,8 @@ def export_entry(
         if record["denoiser_from"] == "entry" and "denoise" in training:
             record["continued"] = training["denoise"]
         training["denoise"] = record
+        # The denoise stage's model config (its decode) is the one the new entry is rebuilt from.
+        training["config"] = {**training["config"], "model": asdict(system.cfg)}
     training["rebuilt_from"] = {
         "entry": f"{old.name}/{old.version}",
         "model_onnx_sha256": old.file_sha256(old.onnx_file),

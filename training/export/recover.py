@@ -90,17 +90,21 @@ def system_from_entry(entry_dir: str | Path, device: str | torch.device = "cpu")
 
 
 def _add_denoiser(system: DiRSystem, denoise_graph: Path) -> DiRSystem:
-    """A copy of ``system`` with the denoiser whose weights are ``denoise_graph``'s ``system.denoiser.*``."""
+    """A copy of ``system`` with the denoise parts (denoiser, and the gated decode's detail gate) whose
+    weights are ``denoise_graph``'s ``system.<part>.*``."""
     out = DiRSystem(system.cfg, "full", denoiser=True)
     for part in system.parts:
         out.get_submodule(part).load_state_dict(system.get_submodule(part).state_dict())
     weights = _initializers(denoise_graph)
-    prefix = _PREFIX + "denoiser."
-    sub = {k[len(prefix) :]: torch.from_numpy(v.copy()) for k, v in weights.items() if k.startswith(prefix)}
-    try:
-        out.get_submodule("denoiser").load_state_dict(sub, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{denoise_graph}: its denoiser weights do not fit the model config: {exc}"
-        ) from exc
+    for part in out.parts[len(system.parts) :]:
+        prefix = f"{_PREFIX}{part}."
+        sub = {
+            k[len(prefix) :]: torch.from_numpy(v.copy()) for k, v in weights.items() if k.startswith(prefix)
+        }
+        try:
+            out.get_submodule(part).load_state_dict(sub, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{denoise_graph}: its {part} weights do not fit the model config: {exc}"
+            ) from exc
     return out

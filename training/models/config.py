@@ -13,6 +13,9 @@ class ModelConfig:
     ``enc_res_blocks`` residual blocks at 1/4 resolution; the latent is spatial,
     ``latent_channels`` x H/4 x W/4. ``align_residual``: A3's output is added to A's guide (the pilot DfR,
     which already lives in the DfR space of r*), so A learns a correction; ``False`` is Fig. 3 literally.
+    ``denoise_decode`` (the ``denoise`` mode, not in the paper): ``image`` decodes the denoiser's latent,
+    D*(den(x)); ``gated`` adds back the detail D* cannot reproduce, D*(den(x)) + m * (x - D*(DfR(x))), with a
+    per-pixel gate m in [0, 1] learnt beside the denoiser (:class:`training.models.networks.DetailGate`).
     """
 
     latent_channels: int = 16
@@ -27,6 +30,8 @@ class ModelConfig:
     align_residual: bool = True
     disc_width: int = 32
     logvar_clamp: float = 10.0
+    denoise_decode: str = "image"
+    gate_width: int = 16
 
     @property
     def downsample(self) -> int:

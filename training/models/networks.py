@@ -105,6 +105,34 @@ class Decoder(nn.Module):
         return self.body(r) + 0.5
 
 
+class DetailGate(nn.Module):
+    """The ``gated`` denoise decode's gate: per-pixel weight m of the detail D* cannot reproduce.
+
+    Input: the degraded image x, the decoded denoiser latent D*(den(x)) and the auto-encoded input
+    D*(DfR(x)), each (N, 3, H, W) sRGB; three 3x3 convolutions at full resolution -> m (N, 1, H, W) in
+    [0, 1]. Starts at m = 0.5 everywhere (last convolution zero).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        w = cfg.gate_width
+        self.body = nn.Sequential(
+            nn.Conv2d(9, w, 3, padding=1),
+            _act(),
+            nn.Conv2d(w, w, 3, padding=1),
+            _act(),
+            nn.Conv2d(w, 1, 3, padding=1),
+        )
+        last = self.body[-1]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, image: Tensor, decoded: Tensor, autoencoded: Tensor) -> Tensor:
+        """Three (N, 3, H, W) sRGB images -> gate (N, 1, H, W) in [0, 1]."""
+        return torch.sigmoid(self.body(torch.cat([image, decoded, autoencoded], dim=1)))
+
+
 class Discriminator(nn.Module):
     """F(r, x) of the Jensen-Shannon MI bound (Eq. 1): one score per latent location.
 

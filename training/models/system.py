@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from training.models.alignment import AlignmentNet
 from training.models.config import ModelConfig
-from training.models.networks import Decoder, Discriminator, GaussianEncoder, PlainEncoder
+from training.models.networks import Decoder, DetailGate, Discriminator, GaussianEncoder, PlainEncoder
 from training.train.errors import CheckpointError
 
 Variant = Literal["full", "no_pilot", "r0_only", "autoencoder"]
@@ -28,7 +28,12 @@ MODEL_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "alignment": AlignmentNet,
     "ae_encoder": PlainEncoder,
     "denoiser": lambda c: GaussianEncoder(c, in_channels=3),
+    "detail_gate": DetailGate,
 }
+
+#: How the ``denoise`` mode decodes (``ModelConfig.denoise_decode``), and the trained parts of each.
+DENOISE_DECODES = ("image", "gated")
+DENOISE_PARTS: dict[str, tuple[str, ...]] = {"image": ("denoiser",), "gated": ("denoiser", "detail_gate")}
 
 # Which networks each variant's restoration path holds (the names of DiRSystem's submodules).
 VARIANT_PARTS: dict[Variant, tuple[str, ...]] = {
@@ -69,7 +74,8 @@ class DiRSystem(nn.Module):
     ``autoencoder``: a plain encoder/decoder of equal size. All latents are (N, C, H/4, W/4).
 
     ``denoiser=True`` (full only) adds the ``denoise`` mode's encoder, a DfRNet-shaped encoder trained by
-    ``dir-train denoise`` so that D*(its mean) is the input's noise-free rendering (:meth:`denoise`).
+    ``dir-train denoise`` so that D*(its mean) is the input's noise-free rendering (:meth:`denoise`), and,
+    when ``cfg.denoise_decode`` is ``gated``, its ``detail_gate``.
     """
 
     def __init__(self, cfg: ModelConfig, variant: Variant = "full", denoiser: bool = False) -> None:
@@ -82,13 +88,22 @@ class DiRSystem(nn.Module):
         self.variant: Variant = variant
         for name in VARIANT_PARTS[variant]:
             self.add_module(name, build_model(name, cfg))
+        if cfg.denoise_decode not in DENOISE_DECODES:
+            raise CheckpointError(
+                f"unknown denoise_decode {cfg.denoise_decode!r}; choose one of {DENOISE_DECODES}"
+            )
         if denoiser:
             self.add_module("denoiser", build_model("denoiser", cfg))
+            if cfg.denoise_decode == "gated":
+                self.add_module("detail_gate", build_model("detail_gate", cfg))
 
     @property
     def parts(self) -> tuple[str, ...]:
-        """Names of the networks this system holds: its variant's, then ``denoiser`` when it has one."""
-        return VARIANT_PARTS[self.variant] + (("denoiser",) if self.has_denoiser else ())
+        """Names of the networks this system holds: its variant's, then the denoise mode's (``denoiser``
+        and, for the gated decode, ``detail_gate``) when it has them."""
+        return VARIANT_PARTS[self.variant] + (
+            DENOISE_PARTS[self.cfg.denoise_decode] if self.has_denoiser else ()
+        )
 
     @property
     def has_denoiser(self) -> bool:
@@ -111,10 +126,27 @@ class DiRSystem(nn.Module):
         """The ``denoise`` mode: image (N, 3, H, W) float32 sRGB [0, 1], H, W multiples of 4 -> (N, 3, H, W)
         in [0, 1], noise and JPEG artefacts removed, the camera's colour and tone kept.
 
-        D*(mean of the denoiser(image)) when the system has a denoiser, else D*(mean of DfRNet(image)).
+        D*(mean of the denoiser(image)) when the system has a denoiser, else D*(mean of DfRNet(image));
+        with the ``gated`` decode, :meth:`denoise_unclamped`'s detail is added back first.
         """
-        encoder = "denoiser" if self.has_denoiser else "dfrnet"
-        return self.get_submodule("decoder")(self.get_submodule(encoder)(image)[0]).clamp(0.0, 1.0)
+        return self.denoise_unclamped(image).clamp(0.0, 1.0)
+
+    def denoise_unclamped(self, image: Tensor) -> Tensor:
+        """:meth:`denoise` before the clamp (the training target's scale): (N, 3, H, W) sRGB, unbounded.
+
+        ``gated``: D*(den(x)) + m * (x - D*(DfR(x))), m = detail_gate(x, D*(den(x)), D*(DfR(x))): the detail
+        of x that the auto-encoder D*(DfR(.)) loses comes back where the gate lets it through, so an input
+        with no noise can come back unchanged whatever D*'s own reconstruction error.
+        """
+        decoder = self.get_submodule("decoder")
+        if not self.has_denoiser:
+            return cast(Tensor, decoder(self.get_submodule("dfrnet")(image)[0]))
+        decoded = cast(Tensor, decoder(self.get_submodule("denoiser")(image)[0]))
+        if self.cfg.denoise_decode == "image":
+            return decoded
+        autoencoded = decoder(self.get_submodule("dfrnet")(image)[0])
+        gate = self.get_submodule("detail_gate")(image, decoded, autoencoded)
+        return decoded + gate * (image - autoencoded)
 
     @property
     def size_multiple(self) -> int:

@@ -130,7 +130,8 @@ class DenoiseObjective(_SystemObjective):
     D*(mean of denoiser(x)) equals x's noise-free rendering (same camera and ISP, no noise, no JPEG).
 
     Everything else (DiRNet, DfRNet, A, D*) stays frozen, so the ``full`` mode is unchanged. The denoiser
-    starts from DfRNet's weights (D*(DfR(x)) is the untrained ``denoise`` mode). Loss: L1 on the image.
+    starts from DfRNet's weights (D*(DfR(x)) is the untrained ``denoise`` mode); with the ``gated`` decode
+    the detail gate trains beside it (:meth:`DiRSystem.denoise_unclamped`). Loss: L1 on the image.
     """
 
     def __init__(self, system: DiRSystem) -> None:
@@ -142,6 +143,5 @@ class DenoiseObjective(_SystemObjective):
 
     def forward(self, x: Tensor, rendered: Tensor) -> dict[str, Tensor]:
         """x: degraded (N, 3, H, W) sRGB [0, 1]; rendered: its noise-free rendering, same shape -> losses."""
-        mu = self.system.get_submodule("denoiser")(x)[0]
-        l1 = (self.system.get_submodule("decoder")(mu) - rendered).abs().mean()
+        l1 = (self.system.denoise_unclamped(x) - rendered).abs().mean()
         return {"loss": l1, "image_l1": l1}
