@@ -57,9 +57,9 @@ def test_real_pairs_and_noref(dataset: Callable[[str], Path]) -> None:
 
 
 def test_unknown_protocol_lists_valid_names() -> None:
-    with pytest.raises(UnknownNameError, match="valid protocols: ablation, lowlight, real"):
+    with pytest.raises(UnknownNameError, match="valid protocols: ablation, lowlight, clean, real"):
         get_protocol("table9")
-    assert protocol_names() == ["ablation", "lowlight", "real"]
+    assert protocol_names() == ["ablation", "lowlight", "clean", "real"]
 
 
 def test_wrong_dataset_kind_is_refused() -> None:

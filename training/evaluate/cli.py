@@ -1,8 +1,9 @@
 """``dir-eval``: score restoration methods on the named protocols and write JSON / Markdown / figures.
 
-Example (the issue's command)::
+Examples::
 
     dir-eval --protocol ablation --datasets cset14,bsd100 --methods all --json OUT.json --report OUT.md
+    dir-eval scorecard runs/denoise-gated      # a candidate beside the shipped entry on every protocol
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from training.evaluate import scorecard
 from training.evaluate.detect import DetectRun, run_detect
 from training.evaluate.errors import EvaluationError, UnknownNameError
 from training.evaluate.methods import MethodContext, method_names, resolve_methods
@@ -115,7 +117,11 @@ def _provenance(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 on an evaluation error, with its message on stderr)."""
+    """Entry point; returns the exit status (2 on an evaluation error, with its message on stderr).
+    ``dir-eval scorecard ...`` runs :func:`training.evaluate.scorecard.main`."""
+    words = list(argv if argv is not None else sys.argv[1:])
+    if words[:1] == ["scorecard"]:
+        return scorecard.main(words[1:])
     args = build_parser().parse_args(argv)
     command = "dir-eval " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     ctx = MethodContext(run_dir=args.run, model_store=args.model_store)

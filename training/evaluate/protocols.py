@@ -143,6 +143,19 @@ def real_samples(dataset: str, limit: int | None = None) -> list[Sample]:
     return samples
 
 
+def clean_samples(dataset: str, limit: int | None = None) -> list[Sample]:
+    """The clean images of ``dataset`` as their own input and reference (clean-input fidelity: a restorer
+    should hand a clean photo back unchanged)."""
+    spec = get_dataset(dataset)
+    if spec.kind != "clean":
+        raise ProtocolError(f"protocol 'clean' needs clean images; dataset {dataset!r} is {spec.kind!r}")
+    samples = []
+    for path in dataset_files(dataset, limit):
+        image = load_rgb(path)
+        samples.append(Sample(dataset, path.stem, image, image))
+    return samples
+
+
 @dataclass(frozen=True)
 class ProtocolSpec:
     """A named protocol: default datasets and how to build one dataset's samples."""
@@ -172,6 +185,13 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             ("cset14", "bsd100"),
             lambda ds, limit: synthetic_samples("lowlight", ds, limit),
             "Table 4 (noise levels only; the paper reports segmentation there, no PSNR)",
+        ),
+        ProtocolSpec(
+            "clean",
+            "clean-input fidelity: each clean image is its own input and reference (nothing to remove)",
+            ("cset14", "bsd100"),
+            clean_samples,
+            "none (a do-no-harm check of ours)",
         ),
         ProtocolSpec(
             "real",

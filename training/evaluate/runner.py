@@ -26,7 +26,7 @@ NoReferenceScore = Callable[[torch.Tensor], float]
 """(1, 3, H, W) sRGB [0, 1] -> a no-reference quality score (lower is better)."""
 
 FIGURE_CROP = 160
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bump when a cached method's code changes so its old scores are not reused."""
 CACHED_FAMILIES = ("reference", "peer")
 
