@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from training.models.config import ModelConfig
+from training.models.networks import ResBlock
 
 _SLOPE = 0.2
 
@@ -44,10 +45,23 @@ class GuidedLayer(nn.Module):
     over the whole input, so a tile of an image needs the image's pool (``pooled``) to match the whole image.
     """
 
-    def __init__(self, width: int, guide_channels: int, kernel: int) -> None:
+    def __init__(self, width: int, guide_channels: int, kernel: int, global_path: bool = False) -> None:
         super().__init__()
         self.width = width
         self.kernel = kernel
+        # v2's global path: an MLP on the pooled guide statistics predicts the kernels and a per-channel
+        # scale and shift (FiLM) of the layer's output, so global exposure, white balance and tone can act
+        # on every channel; it starts as the identity (zero last layers).
+        self.film: nn.Module | None = None
+        if global_path:
+            self.hidden: nn.Module = nn.Sequential(
+                nn.Linear(width, width), nn.LeakyReLU(_SLOPE, inplace=True)
+            )
+            self.film = nn.Linear(width, 2 * width)
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+        else:
+            self.hidden = nn.Identity()
         self.guide = nn.Sequential(
             nn.Conv2d(guide_channels, width, 3, padding=1),
             nn.LeakyReLU(_SLOPE, inplace=True),
@@ -70,11 +84,14 @@ class GuidedLayer(nn.Module):
         of g's mean over this input (a tile passes its whole image's mean); None: g's own mean.
         """
         g = self.guide(guide)
-        pool = g.mean(dim=(2, 3)) if pooled is None else pooled
+        pool = self.hidden(g.mean(dim=(2, 3)) if pooled is None else pooled)
         kernels = self.fc(pool).reshape(-1, self.width, self.kernel, self.kernel)
         f_k = dynamic_depthwise_conv(features, kernels)
         f_a = features * torch.sigmoid(self.attention(torch.cat([features, g], dim=1)))
-        return f_k + f_a
+        if self.film is None:
+            return f_k + f_a
+        scale, shift = self.film(pool)[:, :, None, None].chunk(2, dim=1)
+        return (f_k + f_a) * (1.0 + scale) + shift
 
 
 class AlignmentNet(nn.Module):
@@ -130,3 +147,58 @@ class AlignmentNet(nn.Module):
             x = self.a2_act(layer(x, guide, pooled))
         out = self.a3(x)
         return guide + out if self.residual else out
+
+
+class ContextLevel(nn.Module):
+    """One internal down/up level of A v2: x + up(blocks(down(x))), the blocks at half the latent
+    resolution (rounded up), for context. (N, F, h, w) -> (N, F, h, w) for any h, w (no parity needed)."""
+
+    def __init__(self, width: int, blocks: int) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(width, width, 3, stride=2, padding=1), nn.LeakyReLU(_SLOPE))
+        self.blocks = nn.Sequential(*[ResBlock(width) for _ in range(blocks)])
+        self.up = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, F, h, w) -> (N, F, h, w)."""
+        low = self.blocks(self.down(x))
+        return x + self.up(nn.functional.interpolate(low, size=x.shape[-2:], mode="nearest"))
+
+
+class AlignmentNetV2(AlignmentNet):
+    """A v2 (``align_arch: v2``, docs/DECISIONS.md): Fig. 3's A1 / A2 / A3 with 4 / 2 / 4 stages, each A1 and
+    A3 stage a residual block of width ``align_width``; the last two stages of A1 and the first two of A3 run
+    inside one down/up level (:class:`ContextLevel`); A2's guided layers have the global path (an MLP on the
+    pooled guide statistics predicting the G-Conv kernels and a FiLM scale and shift). Same interface and
+    two-pass tiling as :class:`AlignmentNet`; r+ = guide + A3(...) (always residual).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        nn.Module.__init__(self)
+        c, f = cfg.latent_channels, cfg.align_width
+        if cfg.align_m1 < 2 or cfg.align_m3 < 2:
+            raise ValueError("A v2 needs at least 2 stages in A1 and in A3 (two run in the context level)")
+        self.a1 = nn.Sequential(
+            nn.Conv2d(c, f, 3, padding=1),
+            nn.LeakyReLU(_SLOPE, inplace=True),
+            *[ResBlock(f) for _ in range(cfg.align_m1 - 2)],
+            ContextLevel(f, 2),
+        )
+        self.a2 = nn.ModuleList(
+            [GuidedLayer(f, c, cfg.gconv_kernel, global_path=True) for _ in range(cfg.align_m2)]
+        )
+        self.a2_act = nn.LeakyReLU(_SLOPE, inplace=False)
+        out = nn.Conv2d(f, c, 3, padding=1, bias=False)
+        nn.init.zeros_(out.weight)
+        self.a3 = nn.Sequential(ContextLevel(f, 2), *[ResBlock(f) for _ in range(cfg.align_m3 - 2)], out)
+        self.residual = True
+
+
+def build_alignment(cfg: ModelConfig) -> AlignmentNet:
+    """The alignment network of ``cfg.align_arch``: ``v1`` (:class:`AlignmentNet`) or ``v2``
+    (:class:`AlignmentNetV2`)."""
+    if cfg.align_arch == "v1":
+        return AlignmentNet(cfg)
+    if cfg.align_arch == "v2":
+        return AlignmentNetV2(cfg)
+    raise ValueError(f"unknown align_arch {cfg.align_arch!r}; choose v1 or v2")

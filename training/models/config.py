@@ -13,6 +13,8 @@ class ModelConfig:
     ``enc_res_blocks`` residual blocks at 1/4 resolution; the latent is spatial,
     ``latent_channels`` x H/4 x W/4. ``align_residual``: A3's output is added to A's guide (the pilot DfR,
     which already lives in the DfR space of r*), so A learns a correction; ``False`` is Fig. 3 literally.
+    ``align_arch``: ``v1`` (the shipped A: plain 3x3 convolutions) or ``v2`` (residual stages, one
+    internal down/up level and a global path; :class:`training.models.alignment.AlignmentNetV2`).
     ``denoise_decode`` (the ``denoise`` mode, not in the paper): ``image`` decodes the denoiser's latent,
     D*(den(x)); ``gated`` adds back the detail D* cannot reproduce, D*(den(x)) + m * (x - D*(DfR(x))), with a
     per-pixel gate m in [0, 1] learnt beside the denoiser (:class:`training.models.networks.DetailGate`).
@@ -31,6 +33,7 @@ class ModelConfig:
     disc_width: int = 32
     logvar_clamp: float = 10.0
     denoise_decode: str = "image"
+    align_arch: str = "v1"
     gate_width: int = 16
 
     @property

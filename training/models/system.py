@@ -10,7 +10,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-from training.models.alignment import AlignmentNet
+from training.models.alignment import AlignmentNet, build_alignment
 from training.models.config import ModelConfig
 from training.models.networks import Decoder, DetailGate, Discriminator, GaussianEncoder, PlainEncoder
 from training.train.errors import CheckpointError
@@ -25,7 +25,7 @@ MODEL_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "dfrnet": lambda c: GaussianEncoder(c, in_channels=3),
     "decoder": Decoder,
     "discriminator": Discriminator,
-    "alignment": AlignmentNet,
+    "alignment": build_alignment,
     "ae_encoder": PlainEncoder,
     "denoiser": lambda c: GaussianEncoder(c, in_channels=3),
     "detail_gate": DetailGate,

@@ -179,6 +179,17 @@ def _validate(cfg: TrainConfig) -> None:
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key} must be > 0, got {v}")
+    choices = {"model.align_arch": ("v1", "v2"), "model.denoise_decode": ("image", "gated")}
+    for key, value in {
+        "model.align_arch": cfg.model.align_arch,
+        "model.denoise_decode": cfg.model.denoise_decode,
+    }.items():
+        if value not in choices[key]:
+            raise ConfigError(f"{key} must be one of {choices[key]}, got {value!r}")
+    if cfg.model.align_arch == "v2" and min(cfg.model.align_m1, cfg.model.align_m3) < 2:
+        raise ConfigError(
+            "model.align_arch v2 needs align_m1 and align_m3 >= 2 (two stages run in its context level)"
+        )
     m = cfg.model.downsample
     for key, v in {"data.patch_size": cfg.data.patch_size, "data.val_crop": cfg.data.val_crop}.items():
         if v % m:
