@@ -54,9 +54,10 @@ def check_ranges(preset: Preset, p: ISPParams) -> None:
         assert inside(p.wb_blue_gain / p.blue_gain, preset.wb_error, 1.0)
         ideal = np.linalg.inv(np.asarray(p.rgb2cam))
         mix = np.asarray(p.cam2rgb) @ np.linalg.inv(ideal)
-        assert np.abs(mix - np.eye(3)).max() <= 3 * preset.ccm_perturbation / (
-            1 - 3 * preset.ccm_perturbation
-        ) + 1e-12
+        assert (
+            np.abs(mix - np.eye(3)).max()
+            <= 3 * preset.ccm_perturbation / (1 - 3 * preset.ccm_perturbation) + 1e-12
+        )
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,13 +75,24 @@ def test_export_with_the_denoiser_changes_only_the_denoise_graph(
     rebuilt, trained = system_from_entry(target), load_system(ckpt)
     want, got = trained.get_submodule("denoiser").state_dict(), rebuilt.get_submodule("denoiser").state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want)
-    # Another entry (Stage II moved its A): the denoise.pt did not start from it.
+    # Another entry whose Stage II moved A but shares DfRNet and D*: the denoise graph fits it.
     other_cfg = micro(image_dir, tmp_path / "other-run")
     train_stage(other_cfg, "stage2", init_from=folder, progress=False, steps=1)
     other = export_run(tmp_path / "other-run", tmp_path / "other" / "0.0.3", "0.0.3").entry_dir
+    assert export_main([str(other), "--to", str(tmp_path / "moved-a"), "--denoiser", str(ckpt)]) == 0
+    moved = read_manifest(tmp_path / "moved-a")
+    assert moved.training["denoise"]["same_entry"] is False
+    assert sha256_file(tmp_path / "moved-a" / "model.onnx") == sha256_file(other / "model.onnx")
+    # An entry with another DfRNet: the denoise.pt did not start from it.
+    shutil.copytree(tmp_path / "other-run", tmp_path / "fresh-run")
+    stage2 = torch.load(tmp_path / "fresh-run" / "stage2.pt", weights_only=True)
+    for value in stage2["modules"]["dfrnet"].values():
+        value.add_(0.01)
+    torch.save(stage2, tmp_path / "fresh-run" / "stage2.pt")
+    unrelated = export_run(tmp_path / "fresh-run", tmp_path / "fresh" / "0.0.4", "0.0.4").entry_dir
     capsys.readouterr()
-    assert export_main([str(other), "--to", str(tmp_path / "again"), "--denoiser", str(ckpt)]) == 2
-    assert "was not trained from this entry" in capsys.readouterr().err
+    assert export_main([str(unrelated), "--to", str(tmp_path / "again"), "--denoiser", str(ckpt)]) == 2
+    assert "was not trained from this entry's dfrnet" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         export_main([str(tmp_path / "run"), "--to", str(tmp_path / "x"), "--denoiser", str(ckpt)])
     assert "--denoiser goes with an entry SOURCE" in capsys.readouterr().err
@@ -164,6 +176,11 @@ def test_the_gated_decode_trains_exports_and_rebuilds(
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(rebuilt.denoise(x), trained.denoise(x), atol=1e-6)
+    # The next denoise stage from this entry continues its gate as well as its denoiser.
+    again = DiRSystem(cfg.model, "full", denoiser=True)
+    assert _init_denoise(again, tmp_path / "again", target)["denoiser_from"] == "entry"
+    started = again.get_submodule("detail_gate").state_dict()
+    assert all(torch.equal(gate[k], started[k]) for k in gate)
 
 
 def test_an_open_gate_over_an_untrained_denoiser_returns_the_input(image_dir: Path, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,9 @@ GUIDE_FILE = "guide.onnx"
 #: The serving graph's second input: the spatial mean of the guide graph's output over the whole image.
 GUIDE_MEAN = "guide_mean"
 GUIDE_OUTPUT = "guide_features"
+#: The networks the denoise graph runs besides the trained denoise parts (frozen, shared with ``full``).
+DENOISE_GRAPH_PARTS = ("dfrnet", "decoder")
+
 #: The manifest's words for the denoise graph, by ``ModelConfig.denoise_decode`` (``dfrnet``: no denoiser).
 _DENOISE_DESCRIPTION = {
     "dfrnet": "restored = D*(DfR(image))",
@@ -547,30 +550,36 @@ def export_entry(
 def _with_denoiser(
     system: DiRSystem, checkpoint: Path, model_sha256: str | None
 ) -> tuple[DiRSystem, dict[str, Any]]:
-    """``system`` with the denoiser of a denoise.pt started from the entry whose model.onnx has
-    ``model_sha256``; returns it and the provenance record. The checkpoint's other parts must equal
-    ``system``'s (they were frozen), which is checked."""
+    """``system`` with the denoise parts (denoiser, detail gate) of a denoise.pt; returns it and the
+    provenance record. The denoise graph also runs the frozen DfRNet and D*, so those must equal the entry's
+    (checked): a denoise.pt trained from an entry with the same Stage I parts but another alignment network
+    fits too (``same_entry`` in the record says whether it started from this entry's model.onnx, whose
+    sha256 is ``model_sha256``)."""
     if not checkpoint.is_file() or checkpoint.name != "denoise.pt":
         raise CheckpointError(f"--denoiser wants a denoise.pt written by dir-train denoise, got {checkpoint}")
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     started = ckpt.get("init_from") or {}
-    if started.get("model_onnx_sha256") != model_sha256:
-        raise ExportError(
-            f"{checkpoint} was not trained from this entry (its init_from is {started.get('entry')!r}); "
-            "train it with dir-train denoise --init-from <this entry>"
-        )
     trained = load_system(checkpoint, "full")
-    for part in VARIANT_PARTS["full"]:
+    for part in DENOISE_GRAPH_PARTS:
         for name, value in system.get_submodule(part).state_dict().items():
             if not torch.equal(value, trained.get_submodule(part).state_dict()[name]):
                 raise ExportError(
-                    f"{checkpoint}: {part}.{name} differs from the entry's (it must stay frozen)"
+                    f"{checkpoint} was not trained from this entry's {part} ({part}.{name} differs; its "
+                    f"init_from is {started.get('entry')!r}): train it with dir-train denoise --init-from "
+                    "<this entry>"
                 )
+    # The entry's networks and architecture, the checkpoint's denoise parts and decode.
+    cfg = replace(system.cfg, denoise_decode=trained.cfg.denoise_decode, gate_width=trained.cfg.gate_width)
+    combined = DiRSystem(cfg, "full", denoiser=True)
+    for part in combined.parts:
+        source = system if part in VARIANT_PARTS["full"] else trained
+        combined.get_submodule(part).load_state_dict(source.get_submodule(part).state_dict())
     record = {
         "run": checkpoint.parent.name,
         "steps": ckpt["step"],
         "checkpoint_sha256": sha256_file(checkpoint),
         "config": ckpt["config"],
         "denoiser_from": started.get("denoiser_from", "dfrnet"),
+        "same_entry": started.get("model_onnx_sha256") == model_sha256,
     }
-    return trained, record
+    return combined.eval(), record

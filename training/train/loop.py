@@ -157,7 +157,9 @@ def _init_denoise(system: DiRSystem, run_dir: Path, entry: Path | None) -> dict[
             )
         source = system_from_entry(entry)
         if source.has_denoiser:
-            system.get_submodule("denoiser").load_state_dict(source.get_submodule("denoiser").state_dict())
+            # The entry's trained denoise parts continue (a detail gate only where both decode gated).
+            for part in set(source.parts[len(VARIANT_PARTS["full"]) :]) & set(system.parts):
+                system.get_submodule(part).load_state_dict(source.get_submodule(part).state_dict())
             return {**record, "denoiser_from": "entry"}
     else:
         from service.manifest import sha256_file
