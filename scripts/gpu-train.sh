@@ -15,18 +15,19 @@
 #   scripts/gpu-train.sh mixed OUT    # the ISP at 64 x 512^2, then two Stage II runs side by side from the
 #                                     # shipped entry, $BUDGET s each (300 by default): the `mixed` config
 #                                     # (train+ablation+lowlight) and the same on ablation+lowlight alone
-#   scripts/gpu-train.sh owed OUT     # what CPU-only sessions left for a GPU, in one sitting: the ISP at
-#                                     # 64 x 512^2, then side by side from the shipped entry, $BUDGET s each
-#                                     # (450 by default): the denoise stage (`denoise-gpu`, not in the paper,
-#                                     # continuing the entry's denoiser)
-#                                     # and `gpu` Stage II with loss.gamma_fit 1 (docs/TRAINING.md)
+#   scripts/gpu-train.sh quality OUT  # issue 20's sitting, side by side from the shipped entry, $BUDGET s
+#                                     # each (450 by default): the gated denoise stage (`denoise-gpu`,
+#                                     # continuing the entry's denoiser and gate) and Stage II with A v2
+#                                     # (`align-v2-gpu`, a fresh A of width 128 on the entry's frozen Stage I);
+#                                     # both on BSDS500 + COCO128 train images (copy both folders into the
+#                                     # carried data root, DIR_DATA_ROOT)
 #
 # Runs concurrently on one GPU (the small networks leave it mostly idle); each process fits its stage into
 # its --time-limit and records the steps it ran. Weights come back under OUT without optimiser state
 # (`paper` in fp16) so they fit the transfer limits of the machine they ran on.
 set -u
-phase=${1:?usage: scripts/gpu-train.sh isp|stage1|stage2|continue|mixed|owed OUT}
-out=${2:?usage: scripts/gpu-train.sh isp|stage1|stage2|continue|mixed|owed OUT}
+phase=${1:?usage: scripts/gpu-train.sh isp|stage1|stage2|continue|mixed|quality OUT}
+out=${2:?usage: scripts/gpu-train.sh isp|stage1|stage2|continue|mixed|quality OUT}
 mkdir -p "$out" runs
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
 py=${PYTHON:-python3}
@@ -58,7 +59,7 @@ finish_pair() {  # finish_pair A B: bring back runs/gpu-A and runs/gpu-B (Stage 
 }
 
 entry=$(ls -d model_store/dir-restore/*/ | sort -V | tail -n 1)
-if [ "$phase" = continue ] || [ "$phase" = mixed ] || [ "$phase" = owed ]; then
+if [ "$phase" = continue ] || [ "$phase" = mixed ] || [ "$phase" = quality ]; then
   # --init-from reads a model_store entry, whose manifest reader needs pydantic (not on every GPU image).
   "$py" -c "import pydantic, pydantic_core" 2>/dev/null || {
     echo "phase $phase needs pydantic and pydantic_core (install the wheels first, e.g. pip --target)" >&2
@@ -120,18 +121,18 @@ elif [ "$phase" = mixed ]; then
     --time-limit "$budget" > runs/gpu-mixed-eval.log 2>&1 &
   wait
   finish_pair mixed mixed-eval
-elif [ "$phase" = owed ]; then
+elif [ "$phase" = quality ]; then
   budget=${BUDGET:-450}
-  isp_64x512
-  sed -e 's/^name: gpu$/name: gpu-fit/' -e 's/^  kl_warmup_steps: 500$/  kl_warmup_steps: 500\n  gamma_fit: 1.0/' \
-    training/configs/gpu.yaml > runs/gpu-fit.yaml
   train denoise --config denoise-gpu --run-dir runs/gpu-denoise --init-from "$entry" --time-limit "$budget" \
     > runs/gpu-denoise.log 2>&1 &
-  train stage2 --config runs/gpu-fit.yaml --run-dir runs/gpu-fit --init-from "$entry" --time-limit "$budget" \
-    --workers 7 > runs/gpu-fit.log 2>&1 &
+  train stage2 --config align-v2-gpu --run-dir runs/gpu-align-v2 --init-from "$entry" --time-limit "$budget" \
+    > runs/gpu-align-v2.log 2>&1 &
   wait
   strip runs/gpu-denoise/denoise.pt "$out/gpu-denoise.pt" float32
-  finish_pair fit
+  # A v2 makes the full system about 22 MB in float32: it comes back in float16 pieces under 16 MB.
+  strip runs/gpu-align-v2/stage2.pt runs/gpu-align-v2.fp16.pt float16 \
+    && split -b 15M -d runs/gpu-align-v2.fp16.pt "$out/gpu-align-v2-stage2.fp16.pt."
+  tar czf "$out/logs.tar.gz" runs/*.log runs/gpu-*/metrics-*.jsonl runs/gpu-*/config.yaml
 else
   echo "unknown phase $phase" >&2
   exit 2
