@@ -44,9 +44,9 @@ _DENOISE_DESCRIPTION = {
     "dfrnet": "restored = D*(DfR(image))",
     "image": "restored = D*(denoiser(image)), the denoiser trained (dir-train denoise) to give the input's "
     "noise-free rendering",
-    "gated": "restored = D*(denoiser(image)) + m * (image - D*(DfR(image))), the denoiser and the per-pixel "
-    "detail gate m trained (dir-train denoise) to give the input's noise-free rendering with the detail D* "
-    "cannot reproduce kept",
+    "gated": "restored = D*(denoiser(image)) + m * (image - D*(denoiser(image))), the denoiser and the "
+    "per-pixel gate m trained (dir-train denoise) to give the input's noise-free rendering, keeping the "
+    "input's own pixels where they are already clean",
 }
 
 #: The colour-keeping graph (manifest ``extra.denoise``): image -> restored = D*(DfR(image)), no alignment.

@@ -16,8 +16,8 @@ class ModelConfig:
     ``align_arch``: ``v1`` (the shipped A: plain 3x3 convolutions) or ``v2`` (residual stages, one
     internal down/up level and a global path; :class:`training.models.alignment.AlignmentNetV2`).
     ``denoise_decode`` (the ``denoise`` mode, not in the paper): ``image`` decodes the denoiser's latent,
-    D*(den(x)); ``gated`` adds back the detail D* cannot reproduce, D*(den(x)) + m * (x - D*(DfR(x))), with a
-    per-pixel gate m in [0, 1] learnt beside the denoiser (:class:`training.models.networks.DetailGate`).
+    D*(den(x)); ``gated`` blends it with the input, D*(den(x)) + m * (x - D*(den(x))), with a per-pixel gate
+    m in [0, 1] learnt beside the denoiser (:class:`training.models.networks.DetailGate`).
     """
 
     latent_channels: int = 16

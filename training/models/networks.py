@@ -12,6 +12,7 @@ from training.models.config import ModelConfig
 
 _SLOPE = 0.2
 _LOGVAR_INIT = -4.0
+_GATE_BIAS_INIT = -2.0
 
 
 def _act() -> nn.Module:
@@ -106,11 +107,11 @@ class Decoder(nn.Module):
 
 
 class DetailGate(nn.Module):
-    """The ``gated`` denoise decode's gate: per-pixel weight m of the detail D* cannot reproduce.
+    """The ``gated`` denoise decode's gate: per-pixel weight m of the input against its decoded denoising.
 
-    Input: the degraded image x, the decoded denoiser latent D*(den(x)) and the auto-encoded input
-    D*(DfR(x)), each (N, 3, H, W) sRGB; three 3x3 convolutions at full resolution -> m (N, 1, H, W) in
-    [0, 1]. Starts at m = 0.5 everywhere (last convolution zero).
+    Input: the degraded image x and the decoded denoiser latent D*(den(x)), each (N, 3, H, W) sRGB, and
+    their difference; three 3x3 convolutions at full resolution -> m (N, 1, H, W) in [0, 1]. Starts at
+    m = sigmoid(-2) = 0.12 everywhere (last convolution zero, bias -2): close to the plain decode.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -126,11 +127,11 @@ class DetailGate(nn.Module):
         last = self.body[-1]
         assert isinstance(last, nn.Conv2d) and last.bias is not None
         nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        nn.init.constant_(last.bias, _GATE_BIAS_INIT)
 
-    def forward(self, image: Tensor, decoded: Tensor, autoencoded: Tensor) -> Tensor:
-        """Three (N, 3, H, W) sRGB images -> gate (N, 1, H, W) in [0, 1]."""
-        return torch.sigmoid(self.body(torch.cat([image, decoded, autoencoded], dim=1)))
+    def forward(self, image: Tensor, decoded: Tensor) -> Tensor:
+        """Two (N, 3, H, W) sRGB images -> gate (N, 1, H, W) in [0, 1]."""
+        return torch.sigmoid(self.body(torch.cat([image, decoded, image - decoded], dim=1)))
 
 
 class Discriminator(nn.Module):

@@ -127,16 +127,16 @@ class DiRSystem(nn.Module):
         in [0, 1], noise and JPEG artefacts removed, the camera's colour and tone kept.
 
         D*(mean of the denoiser(image)) when the system has a denoiser, else D*(mean of DfRNet(image));
-        with the ``gated`` decode, :meth:`denoise_unclamped`'s detail is added back first.
+        with the ``gated`` decode, blended per pixel with the input first (:meth:`denoise_unclamped`).
         """
         return self.denoise_unclamped(image).clamp(0.0, 1.0)
 
     def denoise_unclamped(self, image: Tensor) -> Tensor:
         """:meth:`denoise` before the clamp (the training target's scale): (N, 3, H, W) sRGB, unbounded.
 
-        ``gated``: D*(den(x)) + m * (x - D*(DfR(x))), m = detail_gate(x, D*(den(x)), D*(DfR(x))): the detail
-        of x that the auto-encoder D*(DfR(.)) loses comes back where the gate lets it through, so an input
-        with no noise can come back unchanged whatever D*'s own reconstruction error.
+        ``gated``: D*(den(x)) + m * (x - D*(den(x))), m = detail_gate(x, D*(den(x))) in [0, 1]: where the
+        gate opens the input's own pixels stay (texture D* cannot reproduce, a clean photo unchanged
+        whatever D*'s reconstruction error); where it closes the decoded denoising replaces them.
         """
         decoder = self.get_submodule("decoder")
         if not self.has_denoiser:
@@ -144,9 +144,8 @@ class DiRSystem(nn.Module):
         decoded = cast(Tensor, decoder(self.get_submodule("denoiser")(image)[0]))
         if self.cfg.denoise_decode == "image":
             return decoded
-        autoencoded = decoder(self.get_submodule("dfrnet")(image)[0])
-        gate = self.get_submodule("detail_gate")(image, decoded, autoencoded)
-        return decoded + gate * (image - autoencoded)
+        gate = self.get_submodule("detail_gate")(image, decoded)
+        return decoded + gate * (image - decoded)
 
     @property
     def size_multiple(self) -> int:

@@ -131,7 +131,7 @@ class DenoiseObjective(_SystemObjective):
 
     Everything else (DiRNet, DfRNet, A, D*) stays frozen, so the ``full`` mode is unchanged. The denoiser
     starts from DfRNet's weights (D*(DfR(x)) is the untrained ``denoise`` mode); with the ``gated`` decode
-    the detail gate trains beside it (:meth:`DiRSystem.denoise_unclamped`). Loss: L1 on the image.
+    the gate trains beside it (:meth:`DiRSystem.denoise_unclamped`). Loss: L1 on the image.
     """
 
     def __init__(self, system: DiRSystem) -> None:
