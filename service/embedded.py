@@ -2,14 +2,17 @@
 
 One lane per graph of the model (the serving graph, and the guide graph of two-pass entries) and tile
 shape (the service picks each image's tile side): tiles wait in a lane per request; a single task applies
-``BatchPolicy`` to each lane with the injected clock, runs the ready batch whose oldest tile waited longest
-in a worker thread (ONNX Runtime releases the GIL) and hands outputs back per request. A batch holds tiles
-of one lane only; the queue bound counts a graph's tiles over all its lanes.
+``BatchPolicy`` to each lane with the injected clock, runs one ready batch at a time in a worker thread
+(ONNX Runtime releases the GIL) and hands outputs back per request. A batch holds tiles of one lane only;
+the queue bound counts a graph's tiles over all its lanes.
 
-Fair scheduling: a batch is filled tile by tile from the request that has had the fewest tiles run so far
-(ties: the earliest), so a small request's tiles go into the next batch even behind a request of thousands
-of tiles, which still gets every slot the small ones leave. A request that is cancelled (its client went
-away) or whose deadline passes has its waiting tiles removed at once; a batch already running finishes.
+Fair scheduling (least tiles served first): of the ready lanes, the one holding the request with the fewest
+tiles run so far goes next (ties: the oldest tile), and its batch is filled tile by tile from the request
+with the fewest tiles run so far (ties: the earliest). A small request's tiles thus go into the next batch
+even behind a request of thousands of tiles, which still gets every slot the small ones leave.
+
+A request that is cancelled (its client went away) or whose deadline passes has its waiting tiles removed
+at once; a batch already running finishes.
 """
 
 from __future__ import annotations
@@ -77,6 +80,10 @@ class _LaneQueue:
         """Queue ``tiles`` of ``request``."""
         self.waiting.setdefault(request, deque()).extend(tiles)
         self.size += len(tiles)
+
+    def least_served(self) -> int:
+        """The fewest tiles served to any waiting request (the lane's fair-scheduling priority)."""
+        return min((request.served for request in self.waiting), default=0)
 
     def oldest(self) -> float | None:
         """When the longest-waiting tile was queued (None: empty)."""
@@ -208,13 +215,13 @@ class EmbeddedQueue:
     async def _loop(self) -> None:
         while True:
             now = self._clock()
-            ready: list[tuple[float, Lane, int]] = []
+            ready: list[tuple[int, float, Lane, int]] = []
             waits: list[float] = []
             for key, lane in self._lanes.items():
                 oldest = lane.oldest()
                 decision = self._policy.decide(now, len(lane), oldest)
                 if decision.take and oldest is not None:
-                    ready.append((oldest, key, decision.take))
+                    ready.append((lane.least_served(), oldest, key, decision.take))
                 elif decision.wait_s is not None:
                     waits.append(decision.wait_s)
             if not ready:
@@ -222,7 +229,7 @@ class EmbeddedQueue:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(waits, default=None))
                 continue
-            _, key, take = min(ready)
+            _, _, key, take = min(ready)
             batch = self._lanes[key].take(take)
             self._set_depth(key[0])
             await self._run(key[0], batch)

@@ -289,18 +289,20 @@ class Worker:
 
     @property
     def reclaim_interval_s(self) -> float:
-        """Seconds between reclaim checks: at most 1 s, half the claim idle time, half the heartbeat TTL."""
-        return min(1.0, self.settings.claim_idle_ms / 2000.0, self.settings.heartbeat_ttl_ms / 2000.0)
+        """Seconds between reclaim checks: at most 1 s, half the claim idle time, a quarter of the heartbeat
+        TTL (a dead worker's jobs are claimed at most a TTL and a half after its last beat)."""
+        return min(1.0, self.settings.claim_idle_ms / 2000.0, self.settings.heartbeat_ttl_ms / 4000.0)
 
     def read_batch(self, block_ms: int) -> list[Entry]:
-        """Reclaimed jobs first, then new ones, filled per the batching policy (max batch, max delay) applied
-        to the tiles of the fullest graph. The last job read may take a graph past the max batch; its tiles
-        then run in the next model call of the same step."""
+        """Reclaimed jobs first, then new ones (blocking up to ``block_ms``, but no longer than the reclaim
+        interval), filled per the batching policy (max batch, max delay) applied to the tiles of the fullest
+        graph. The last job read may take a graph past the max batch; its tiles then run in the next model
+        call of the same step."""
         entries: list[Entry] = []
         if self.clock() - self._last_claim >= self.reclaim_interval_s:
             entries = self.reclaim()
         if not entries:
-            entries = self._read(block_ms)
+            entries = self._read(min(block_ms, int(self.reclaim_interval_s * 1000)))
         while entries:
             oldest = min(_enqueued(fields, self.clock()) for _, _, fields in entries)
             fullest = max(sum(job_tiles(e[2]) for e in entries if e[0] == graph) for graph in self.streams)
@@ -446,6 +448,7 @@ class Worker:
             while not stop.is_set():
                 try:
                     self.ensure_group()
+                    self.beat()  # live again at once after an outage (Redis restarted without its keys)
                     backoff = 0.1
                     while not stop.is_set():
                         self.step()
