@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import logging
 import time
@@ -249,12 +248,14 @@ async def _infer(
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (gone, work):
-            if not task.done():
-                task.cancel()
-    if not work.done() or work.cancelled():
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
+        gone.cancel()
+        if not work.done():
+            # Cancel it and let its clean-up (tiles dropped, Redis jobs cancelled) finish: asyncio.wait does
+            # not pass on a cancellation of this task (anyio cancels it at every await), so the work is
+            # cancelled once and its clean-up is not cut short.
+            work.cancel()
+            await asyncio.wait({work})
+    if work.cancelled():
         raise ClientClosed("the client disconnected before the response; its remaining tiles were dropped")
     return work.result()
 

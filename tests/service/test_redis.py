@@ -403,6 +403,40 @@ async def test_redis_outage_is_503_then_recovers_without_restart(
     assert ready.status_code == 200, ready.text
 
 
+async def test_cancelled_request_jobs_are_dropped_unrun(
+    redis_settings: Callable[..., Settings], prefix: str, small_png: bytes
+) -> None:
+    """A request cancelled while its jobs wait (its client went away) sets its cancel key; a worker then
+    acknowledges and deletes those jobs without computing them and without answering."""
+    settings = redis_settings()
+    probe = redis.Redis.from_url(settings.queue)
+    async with serve(settings) as client:  # no worker yet: the jobs wait
+        request = asyncio.create_task(client.post("/v1/restore", content=small_png))
+        while not probe.xlen(stream_key(prefix, GUIDE)):
+            await asyncio.sleep(0.01)
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        for _ in range(500):  # the cancelled request's clean-up runs on in the background
+            if list(probe.scan_iter(f"{prefix}:cancel:*")):
+                break
+            await asyncio.sleep(0.01)
+    assert len(list(probe.scan_iter(f"{prefix}:cancel:*"))) == 1
+    model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
+    metrics = Metrics()
+    worker = Worker(probe, model, settings, metrics, consumer="after-cancel")
+    for _ in range(100):
+        if not probe.xlen(stream_key(prefix, GUIDE)):
+            break
+        worker.step(block_ms=10)
+    worker.flush()
+    assert probe.xlen(stream_key(prefix, GUIDE)) == 0
+    assert int(probe.get(tiles_key(prefix, GUIDE))) == 0  # type: ignore[arg-type]
+    assert metrics.batch_size.labels(GUIDE)._sum.get() == 0  # type: ignore[attr-defined]
+    assert not list(probe.scan_iter(f"{prefix}:res:*"))
+    probe.close()
+
+
 def test_worker_splits_jobs_into_model_calls_of_at_most_max_batch(
     redis_settings: Callable[..., Settings], prefix: str, dataset: Callable[[str], Path]
 ) -> None:
