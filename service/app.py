@@ -27,8 +27,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import detection
 from service.batching import BatchPolicy
+from service.deadline import Deadline
 from service.embedded import EmbeddedQueue
-from service.errors import BadInput, InferenceError, ModelStoreError, ServiceError, Unavailable
+from service.errors import (
+    BadInput,
+    ClientClosed,
+    InferenceError,
+    ModelStoreError,
+    ServiceError,
+    Unavailable,
+)
 from service.http import (
     b64_array,
     check_api_key,
@@ -40,7 +48,7 @@ from service.http import (
 )
 from service.imaging import OUTPUT_MEDIA, DecodedImage, decode_image, encode_image, to_uint8
 from service.metrics import Metrics
-from service.pipeline import Restorer
+from service.pipeline import Inference, Restorer
 from service.queue import TileQueue
 from service.redis_queue import RedisQueue
 from service.schemas import (
@@ -108,9 +116,10 @@ class ServiceState:
     detector: detection.Detector | None
     detector_error: str
 
-    def remaining(self, started: float) -> float:
-        """Seconds left of the request deadline for a request that arrived at ``started`` (perf_counter)."""
-        return max(self.settings.request_timeout_s - (time.perf_counter() - started), 1e-3)
+    def deadline(self, started: float) -> Deadline:
+        """The deadline of a request that arrived at ``started`` (perf_counter): ``DIR_REQUEST_TIMEOUT_S``
+        later. It covers reading the body, decoding, tiling, both passes and stitching."""
+        return Deadline.after(self.settings.request_timeout_s, time.perf_counter() - started)
 
 
 def _load_detector(settings: Settings) -> tuple[detection.Detector | None, str]:
@@ -210,11 +219,45 @@ def _timing_headers(
     }
 
 
-async def _decode(request: Request, state: ServiceState) -> tuple[DecodedImage, float]:
-    data = await read_image_body(request, state.settings.max_body_bytes)
+async def _decode(request: Request, state: ServiceState, deadline: Deadline) -> tuple[DecodedImage, float]:
+    data = await deadline.run(read_image_body(request, state.settings.max_body_bytes), "reading the body")
     started = time.perf_counter()
-    image = await asyncio.to_thread(decode_image, data, state.settings.max_pixels)
+    decoding = asyncio.to_thread(decode_image, data, state.settings.max_pixels)
+    image = await deadline.run(decoding, "decoding")
     return image, time.perf_counter() - started
+
+
+async def _client_gone(request: Request) -> None:
+    """Return once the client has disconnected (call after the body was read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _infer(
+    request: Request,
+    state: ServiceState,
+    image: DecodedImage,
+    outputs: list[str],
+    deadline: Deadline,
+    mode: str = "full",
+) -> Inference:
+    """``Restorer.infer`` cancelled as soon as the client disconnects: its waiting tiles are dropped (embedded
+    queue) or its jobs cancelled (Redis), so a departed client's work does not hold the model."""
+    work = asyncio.ensure_future(state.restorer.infer(image, outputs, deadline, mode))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            # Cancel it and let its clean-up (tiles dropped, Redis jobs cancelled) finish: asyncio.wait does
+            # not pass on a cancellation of this task (anyio cancels it at every await), so the work is
+            # cancelled once and its clean-up is not cut short.
+            work.cancel()
+            await asyncio.wait({work})
+    if work.cancelled():
+        raise ClientClosed("the client disconnected before the response; its remaining tiles were dropped")
+    return work.result()
 
 
 def _png_b64(pixels_u8: np.ndarray) -> str:
@@ -391,8 +434,9 @@ def _install_routes(app: FastAPI) -> None:
         fmt = image_format(format, request.headers.get("accept", ""))
         run_mode = mode or state.restorer.default_mode
         state.restorer.check_mode(run_mode)
-        image, decode_s = await _decode(request, state)
-        result = await state.restorer.infer(image, ["restored"], state.remaining(started), run_mode)
+        deadline = state.deadline(started)
+        image, decode_s = await _decode(request, state, deadline)
+        result = await _infer(request, state, image, ["restored"], deadline, run_mode)
         body = await asyncio.to_thread(encode_image, result.restored_hwc(), fmt, quality)
         headers = _timing_headers(
             state, decode_s, result.queue_wait_s, result.compute_s, time.perf_counter() - started
@@ -435,8 +479,9 @@ def _install_routes(app: FastAPI) -> None:
             raise BadInput(
                 f"format=npy carries one array, {len(names)} requested ({names}); use safetensors or json"
             )
-        image, decode_s = await _decode(request, state)
-        result = await state.restorer.infer(image, names, state.remaining(started))
+        deadline = state.deadline(started)
+        image, decode_s = await _decode(request, state, deadline)
+        result = await _infer(request, state, image, names, deadline)
         headers = _timing_headers(
             state, decode_s, result.queue_wait_s, result.compute_s, time.perf_counter() - started
         )
@@ -497,8 +542,9 @@ def _install_routes(app: FastAPI) -> None:
         if detector is None:
             raise Unavailable(state.detector_error)
         state.restorer.check_mode(run_mode)
-        image, decode_s = await _decode(request, state)
-        result = await state.restorer.infer(image, ["restored"], state.remaining(started), run_mode)
+        deadline = state.deadline(started)
+        image, decode_s = await _decode(request, state, deadline)
+        result = await _infer(request, state, image, ["restored"], deadline, run_mode)
         restored = to_uint8(result.restored_hwc())
         detect_started = time.perf_counter()
         found = await asyncio.to_thread(detector.detect, restored, conf, iou)

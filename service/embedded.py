@@ -1,10 +1,18 @@
 """The embedded backend: an asyncio batcher inside the API process (the default; no Redis needed).
 
 One lane per graph of the model (the serving graph, and the guide graph of two-pass entries) and tile
-shape (the service picks each image's tile side): tiles wait in a deque per lane; a single task applies
-``BatchPolicy`` to each lane with the injected clock, runs the ready batch whose oldest tile waited longest
-in a worker thread (ONNX Runtime releases the GIL) and hands outputs back per request. A batch holds tiles
-of one lane only; the queue bound counts a graph's tiles over all its lanes.
+shape (the service picks each image's tile side): tiles wait in a lane per request; a single task applies
+``BatchPolicy`` to each lane with the injected clock, runs one ready batch at a time in a worker thread
+(ONNX Runtime releases the GIL) and hands outputs back per request. A batch holds tiles of one lane only;
+the queue bound counts a graph's tiles over all its lanes.
+
+Fair scheduling (least tiles served first): of the ready lanes, the one holding the request with the fewest
+tiles run so far goes next (ties: the oldest tile), and its batch is filled tile by tile from the request
+with the fewest tiles run so far (ties: the earliest). A small request's tiles thus go into the next batch
+even behind a request of thousands of tiles, which still gets every slot the small ones leave.
+
+A request that is cancelled (its client went away) or whose deadline passes has its waiting tiles removed
+at once; a batch already running finishes.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.batching import BatchPolicy
+from service.deadline import Deadline
 from service.errors import DeadlineExceeded, InferenceError, QueueFull, ServiceError
 from service.metrics import Metrics
 from service.queue import SERVE_GRAPH, TileResult, lane_ref
@@ -30,18 +39,22 @@ Runner = Callable[[dict[str, np.ndarray], list[str], str], dict[str, np.ndarray]
 Lane = tuple[str, tuple[tuple[str, tuple[int, ...]], ...]]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
-    """One submitted request: its tiles' outputs are filled in as batches complete."""
+    """One submitted request: its tiles' outputs are filled in as batches complete. ``deadline`` is on the
+    queue's clock; ``budget`` names the configured deadline in messages; ``served`` counts tiles taken into
+    batches (the fair-scheduling key)."""
 
     count: int
     outputs: list[str]
     deadline: float
+    budget: Deadline
     future: asyncio.Future[TileResult]
     results: dict[str, list[np.ndarray | None]] = field(default_factory=dict)
     remaining: int = 0
     queue_wait_s: float = 0.0
     compute_s: float = 0.0
+    served: int = 0
 
 
 @dataclass
@@ -50,6 +63,52 @@ class _Tile:
     index: int
     inputs: dict[str, np.ndarray]
     enqueued: float
+
+
+class _LaneQueue:
+    """The tiles waiting in one lane, per request in arrival order; batches are filled fairly (fewest tiles
+    served first)."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[_Request, deque[_Tile]] = {}
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, request: _Request, tiles: list[_Tile]) -> None:
+        """Queue ``tiles`` of ``request``."""
+        self.waiting.setdefault(request, deque()).extend(tiles)
+        self.size += len(tiles)
+
+    def least_served(self) -> int:
+        """The fewest tiles served to any waiting request (the lane's fair-scheduling priority)."""
+        return min((request.served for request in self.waiting), default=0)
+
+    def oldest(self) -> float | None:
+        """When the longest-waiting tile was queued (None: empty)."""
+        return min((tiles[0].enqueued for tiles in self.waiting.values()), default=None)
+
+    def take(self, count: int) -> list[_Tile]:
+        """Up to ``count`` tiles, each from the request with the fewest tiles served so far (ties: the one
+        that arrived first)."""
+        batch: list[_Tile] = []
+        while len(batch) < count and self.waiting:
+            request = min(self.waiting, key=lambda r: r.served)  # min keeps the first (earliest) of ties
+            tiles = self.waiting[request]
+            batch.append(tiles.popleft())
+            request.served += 1
+            if not tiles:
+                del self.waiting[request]
+        self.size -= len(batch)
+        return batch
+
+    def drop(self, request: _Request) -> int:
+        """Remove ``request``'s waiting tiles; returns how many."""
+        tiles = self.waiting.pop(request, None)
+        dropped = len(tiles) if tiles else 0
+        self.size -= dropped
+        return dropped
 
 
 class EmbeddedQueue:
@@ -68,7 +127,7 @@ class EmbeddedQueue:
         self._policy = policy
         self._metrics = metrics
         self._clock = clock
-        self._lanes: dict[Lane, deque[_Tile]] = {}
+        self._lanes: dict[Lane, _LaneQueue] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -95,10 +154,10 @@ class EmbeddedQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for lane in self._lanes.values():
-            while lane:
-                tile = lane.popleft()
-                if not tile.request.future.done():
-                    tile.request.future.set_exception(DeadlineExceeded("service shutting down"))
+            for request in list(lane.waiting):
+                lane.drop(request)
+                if not request.future.done():
+                    request.future.set_exception(DeadlineExceeded("service shutting down"))
 
     async def ping(self) -> None:
         """Always reachable while the batcher task runs."""
@@ -111,11 +170,14 @@ class EmbeddedQueue:
         self,
         inputs: dict[str, np.ndarray],
         outputs: list[str],
-        timeout_s: float,
+        deadline: Deadline | float,
         graph: str = SERVE_GRAPH,
     ) -> TileResult:
         """Queue one request's tiles for ``graph`` (inputs ``(n, ...)`` each) and wait for their outputs
-        ``(n, ...)`` (``(n, C, T/s, T/s)``; ``guide_sum`` ``(n, K)``)."""
+        ``(n, ...)`` (``(n, C, T/s, T/s)``; ``guide_sum`` ``(n, K)``) until ``deadline`` (or that many
+        seconds). When the deadline passes or the caller is cancelled, the tiles still waiting are dropped."""
+        budget = Deadline.of(deadline)
+        budget.check("its tiles were being queued")
         count = len(next(iter(inputs.values())))
         depth = self.graph_depth(graph)
         if not self._policy.admit(depth, count):
@@ -124,32 +186,42 @@ class EmbeddedQueue:
                 f"exceed the bound {self._policy.bound}"
             )
         shapes = tuple(sorted((name, tuple(array.shape[1:])) for name, array in inputs.items()))
-        lane = self._lanes.setdefault((graph, shapes), deque())
+        lane = self._lanes.setdefault((graph, shapes), _LaneQueue())
         now = self._clock()
         future: asyncio.Future[TileResult] = asyncio.get_running_loop().create_future()
         request = _Request(
-            count, outputs, now + timeout_s, future, {o: [None] * count for o in outputs}, count
+            count,
+            outputs,
+            now + budget.remaining(),
+            budget,
+            future,
+            {o: [None] * count for o in outputs},
+            count,
         )
-        lane.extend(
-            _Tile(request, i, {name: array[i] for name, array in inputs.items()}, now) for i in range(count)
+        lane.add(
+            request,
+            [_Tile(request, i, {n: a[i] for n, a in inputs.items()}, now) for i in range(count)],
         )
         self._set_depth(graph)
         self._wake.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError as exc:
-            future.cancel()
-            raise DeadlineExceeded(f"request not finished within its {timeout_s:.3g} s deadline") from exc
+            return await budget.run(asyncio.shield(future), "its tiles were queued or computing")
+        finally:
+            if not future.done():
+                future.cancel()
+            if lane.drop(request):
+                self._set_depth(graph)
 
     async def _loop(self) -> None:
         while True:
             now = self._clock()
-            ready: list[tuple[float, Lane, int]] = []
+            ready: list[tuple[int, float, Lane, int]] = []
             waits: list[float] = []
             for key, lane in self._lanes.items():
-                decision = self._policy.decide(now, len(lane), lane[0].enqueued if lane else None)
-                if decision.take:
-                    ready.append((lane[0].enqueued, key, decision.take))
+                oldest = lane.oldest()
+                decision = self._policy.decide(now, len(lane), oldest)
+                if decision.take and oldest is not None:
+                    ready.append((lane.least_served(), oldest, key, decision.take))
                 elif decision.wait_s is not None:
                     waits.append(decision.wait_s)
             if not ready:
@@ -157,8 +229,8 @@ class EmbeddedQueue:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(waits, default=None))
                 continue
-            _, key, take = min(ready)
-            batch = [self._lanes[key].popleft() for _ in range(take)]
+            _, _, key, take = min(ready)
+            batch = self._lanes[key].take(take)
             self._set_depth(key[0])
             await self._run(key[0], batch)
 
@@ -169,7 +241,7 @@ class EmbeddedQueue:
             if tile.request.future.done():
                 continue
             if self._policy.expired(now, tile.request.deadline):
-                tile.request.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                tile.request.future.set_exception(tile.request.budget.exceeded("its tiles were queued"))
                 continue
             live.append(tile)
         if not live:

@@ -77,6 +77,15 @@ class DeadlineExceeded(ServiceError):  # noqa: N818 (HTTP-status names, as in ht
     reason = "deadline"
 
 
+class ClientClosed(ServiceError):  # noqa: N818 (HTTP-status names, as in httpx)
+    """The client disconnected before its response was ready; its remaining work was dropped. Nobody reads
+    the answer; the status (nginx's 499) labels logs and metrics."""
+
+    status = 499
+    code = "client_closed_request"
+    reason = "client_closed"
+
+
 class Unavailable(ServiceError):  # noqa: N818 (HTTP-status names, as in httpx)
     """A dependency is down (Redis unreachable, model not loaded, no detector installed)."""
 

@@ -14,7 +14,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-REJECT_REASONS = ("queue_full", "deadline", "too_large", "bad_input", "unauthorized")
+REJECT_REASONS = ("queue_full", "deadline", "too_large", "bad_input", "unauthorized", "client_closed")
 
 
 def multiprocess_dir() -> str | None:

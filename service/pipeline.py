@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import BadInput, DeadlineExceeded
+from service.deadline import Deadline
+from service.errors import BadInput
 from service.imaging import DecodedImage
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT, TileQueue
 from service.store import RestoreModel
@@ -104,13 +105,15 @@ class Restorer:
             )
 
     async def infer(
-        self, image: DecodedImage, outputs: list[str], timeout_s: float, mode: str = "full"
+        self, image: DecodedImage, outputs: list[str], deadline: Deadline | float, mode: str = "full"
     ) -> Inference:
         """Run ``image`` (in two passes for a two-pass entry in mode ``full``) and return the stitched
-        ``outputs``; mode ``denoise`` offers ``restored`` alone.
+        ``outputs``; mode ``denoise`` offers ``restored`` alone. ``deadline`` (or that many seconds from now)
+        covers tiling, both passes and stitching: past it, ``DeadlineExceeded``.
 
         ``Inference.queue_wait_s`` and ``compute_s`` add up both passes.
         """
+        deadline = Deadline.of(deadline)
         self.check_mode(mode)
         if mode == "denoise":
             if outputs != ["restored"]:
@@ -119,21 +122,19 @@ class Restorer:
             self.check_outputs(outputs)
         started = time.perf_counter()
         grid = self.plan(image.height, image.width)
-        tiles = await asyncio.to_thread(extract_tiles, image.pixels, grid)
+        tiles = await deadline.run(asyncio.to_thread(extract_tiles, image.pixels, grid), "tiling")
         inputs = {self.model.input_name: tiles}
         wait_s = compute_s = 0.0
         graph = DENOISE_GRAPH if mode == "denoise" else SERVE_GRAPH
         if self.model.guide is not None and graph == SERVE_GRAPH:
-            mean_input, guide_mean, wait_s, compute_s = await self._guide_mean(tiles, grid, timeout_s)
+            mean_input, guide_mean, wait_s, compute_s = await self._guide_mean(tiles, grid, deadline)
             inputs[mean_input] = np.broadcast_to(guide_mean, (grid.count, guide_mean.size))
-        remaining = timeout_s - (time.perf_counter() - started)
-        if remaining <= 0:
-            raise DeadlineExceeded(f"request not finished within its {timeout_s:.3g} s deadline")
-        result = await self.queue.submit(inputs, outputs, remaining, graph)
+        result = await self.queue.submit(inputs, outputs, deadline, graph)
         del tiles, inputs
         arrays = {}
         for name in outputs:
-            arrays[name] = await asyncio.to_thread(stitch_tiles, result.outputs[name], grid)
+            stitch = asyncio.to_thread(stitch_tiles, result.outputs[name], grid)
+            arrays[name] = await deadline.run(stitch, "stitching")
         scales = {name: grid.tile // int(result.outputs[name].shape[-1]) for name in outputs}
         total = time.perf_counter() - started
         wait_s += result.queue_wait_s
@@ -141,7 +142,7 @@ class Restorer:
         return Inference(arrays, scales, grid.count, wait_s, compute_s, total)
 
     async def _guide_mean(
-        self, tiles: np.ndarray, grid: TileGrid, timeout_s: float
+        self, tiles: np.ndarray, grid: TileGrid, deadline: Deadline
     ) -> tuple[str, np.ndarray, float, float]:
         """Pass 1: the guide graph on every tile, each reduced to its features' sum over the window it owns
         -> (serving input name, the image's mean (K,) float32, queue wait, compute time)."""
@@ -149,6 +150,6 @@ class Restorer:
         assert guide is not None
         windows = np.array([owned_window(grid, k, guide.scale) for k in range(grid.count)], dtype=np.uint16)
         inputs = {guide.inputs[0].name: tiles, WINDOW_INPUT: windows}
-        result = await self.queue.submit(inputs, [GUIDE_SUM], timeout_s, GUIDE_GRAPH)
+        result = await self.queue.submit(inputs, [GUIDE_SUM], deadline, GUIDE_GRAPH)
         mean = windows_mean(result.outputs[GUIDE_SUM], windows)
         return guide.mean_input, mean, result.queue_wait_s, result.compute_s

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.deadline import Deadline
+
 #: The serving graph (the manifest's ``onnx_file``): every entry has it.
 SERVE_GRAPH = "model"
 #: Pass 1 of two-pass entries (the manifest's ``guide``).
@@ -60,11 +62,12 @@ class TileQueue(Protocol):
         self,
         inputs: dict[str, np.ndarray],
         outputs: list[str],
-        timeout_s: float,
+        deadline: Deadline | float,
         graph: str = SERVE_GRAPH,
     ) -> TileResult:
-        """Queue one request's tiles for ``graph``; raises QueueFull, DeadlineExceeded, Unavailable or
-        InferenceError."""
+        """Queue one request's tiles for ``graph`` until ``deadline`` (or that many seconds from now); raises
+        QueueFull, DeadlineExceeded, Unavailable or InferenceError. A caller cancelled while waiting (its
+        client went away) has its tiles dropped: those not yet computing are never run."""
         ...
 
     async def ping(self) -> None:

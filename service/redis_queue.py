@@ -5,8 +5,12 @@ Keys (``p`` = ``DIR_STREAM_PREFIX``, ``m`` = the lane: ``name/version`` for the 
 ``name/version:guide`` for the guide graph of two-pass entries): ``p:jobs:m`` the job stream (consumer
 group ``workers``), ``p:tiles:m`` the number of tiles in that stream (a counter changed in the same
 MULTI/EXEC as every XADD and every XACK + XDEL, so the queue bound counts tiles, not jobs), ``p:dead:m`` the
-dead-letter stream, ``p:res:<request id>`` the result list (workers RPUSH, TTL ``DIR_RESULT_TTL_S``).
-Workers XDEL a job after XACK, so a stream holds exactly the jobs not yet answered.
+dead-letter stream, ``p:res:<request id>`` the result list (workers RPUSH, TTL ``DIR_RESULT_TTL_S``),
+``p:cancel:<request id>`` set when a request ends before its jobs ran (client gone, deadline passed;
+workers drop its jobs unrun), ``p:workers:<model>`` the set of worker names and ``p:hb:<model>:<worker>``
+each worker's heartbeat (a key with a TTL of ``DIR_HEARTBEAT_TTL_MS``, refreshed four times per TTL: a worker
+is live while its key exists). Workers XDEL a job after XACK, so a stream holds exactly the jobs not yet
+answered; every job carries its request's absolute deadline and workers drop expired jobs unrun.
 
 A request's jobs of one pass are added in one MULTI/EXEC, so a waiting worker wakes to all of them at once
 instead of to the first; a job is the unit of delivery, redelivery and dead-lettering.
@@ -26,11 +30,11 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.batching import BatchPolicy
+from service.deadline import Deadline
 from service.errors import DeadlineExceeded, InferenceError, QueueFull, Unavailable
 from service.queue import SERVE_GRAPH, TileResult, dequantize, lane_ref, pack, unpack
 
 GROUP = "workers"
-LIVE_WORKER_IDLE_MS = 5_000  # workers block at most 1 s per XREADGROUP, so a live one is never idler
 
 
 def stream_key(prefix: str, lane: str) -> str:
@@ -51,6 +55,37 @@ def dead_key(prefix: str, lane: str) -> str:
 def result_key(prefix: str, request_id: str) -> str:
     """The result list of one request."""
     return f"{prefix}:res:{request_id}"
+
+
+def cancel_key(prefix: str, request_id: str) -> str:
+    """Set while a request's remaining jobs are to be dropped unrun."""
+    return f"{prefix}:cancel:{request_id}"
+
+
+def workers_key(prefix: str, model_ref: str) -> str:
+    """The set of names of the workers that ever served ``model_ref`` (dead ones are pruned on reads)."""
+    return f"{prefix}:workers:{model_ref}"
+
+
+def heartbeat_key(prefix: str, model_ref: str, worker: str) -> str:
+    """One worker's heartbeat: exists while the worker is live."""
+    return f"{prefix}:hb:{model_ref}:{worker}"
+
+
+async def live_workers(client: aioredis.Redis, prefix: str, model_ref: str) -> list[str]:
+    """Names of the workers of ``model_ref`` whose heartbeat key exists; prunes the others from the set."""
+    members: Any = await client.smembers(workers_key(prefix, model_ref))
+    names = sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+    if not names:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(heartbeat_key(prefix, model_ref, name))
+    alive = await pipe.execute()
+    dead = [name for name, up in zip(names, alive, strict=True) if not up]
+    if dead:
+        await client.srem(workers_key(prefix, model_ref), *dead)
+    return [name for name, up in zip(names, alive, strict=True) if up]
 
 
 def job_fields(
@@ -137,16 +172,19 @@ class RedisQueue:
             raise _unavailable(self.url, exc) from exc
 
     async def status(self) -> str:
-        """One line for /readyz: backlog (every lane) and workers seen in the last ``LIVE_WORKER_IDLE_MS``."""
+        """One line for /readyz: backlog (every lane) and live workers (heartbeat keys that exist); raises
+        ``Unavailable`` when no worker is live, since nothing would compute a request's tiles."""
         try:
             depth = sum([await self.depth(graph) for graph in self._streams])
-            consumers: Any = await self._client.xinfo_consumers(self._stream, GROUP)
-        except ResponseError:
-            return "ok: redis, no consumer group yet (no worker has connected)"
+            live = await live_workers(self._client, self._prefix, self.model_ref)
         except (RedisError, OSError) as exc:
             raise _unavailable(self.url, exc) from exc
-        live = sum(1 for c in consumers if int(c["idle"]) < LIVE_WORKER_IDLE_MS)
-        return f"ok: redis, {depth} tiles queued, {live} live worker(s)"
+        if not live:
+            raise Unavailable(
+                f"redis reachable, {depth} tiles queued, but no live dir-worker serves {self.model_ref} "
+                "(no worker heartbeat): start one with `dir-worker`"
+            )
+        return f"ok: redis, {depth} tiles queued, {len(live)} live worker(s)"
 
     async def depth(self, graph: str = SERVE_GRAPH) -> int:
         """Tiles queued or being computed for ``graph`` of this model."""
@@ -173,17 +211,21 @@ class RedisQueue:
         self,
         inputs: dict[str, np.ndarray],
         outputs: list[str],
-        timeout_s: float,
+        deadline: Deadline | float,
         graph: str = SERVE_GRAPH,
     ) -> TileResult:
-        """XADD the tiles to ``graph``'s stream in jobs of at most ``max_batch`` (one MULTI/EXEC), then BLPOP
-        results until all arrived or the deadline."""
+        """XADD the tiles to ``graph``'s stream in jobs of at most ``max_batch`` (one MULTI/EXEC; each job
+        carries the deadline), then BLPOP results until all arrived or the deadline. A request that ends
+        early (deadline, cancelled caller, error) sets its cancel key: workers drop its jobs unrun."""
+        budget = Deadline.of(deadline)
+        budget.check("its tiles were being queued")
         started = time.time()
-        deadline = started + timeout_s
+        wall_deadline = budget.wall()
         request_id = uuid.uuid4().hex
         key = result_key(self._prefix, request_id)
         count = len(next(iter(inputs.values())))
         stream = self._streams[graph]
+        queued = False
         try:
             await self._ensure_group()
             depth = await self.depth(graph)
@@ -196,10 +238,13 @@ class RedisQueue:
             size = self._policy.max_batch
             for start in range(0, count, size):
                 part = {name: array[start : start + size] for name, array in inputs.items()}
-                pipe.xadd(stream, job_fields(request_id, start, part, outputs, started, deadline))
+                pipe.xadd(stream, job_fields(request_id, start, part, outputs, started, wall_deadline))
             pipe.incrby(self._tiles[graph], count)
             await pipe.execute()
-            return await self._collect(key, count, outputs, deadline)
+            queued = True
+            result = await self._collect(key, count, outputs, budget)
+            queued = False
+            return result
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             self._group_ready = False
             raise _unavailable(self.url, exc) from exc
@@ -208,9 +253,14 @@ class RedisQueue:
             raise _unavailable(self.url, exc) from exc
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await self._client.delete(key)
+                pipe = self._client.pipeline(transaction=False)
+                pipe.delete(key)
+                if queued:
+                    ttl = max(1, int(wall_deadline - time.time()) + 1)
+                    pipe.set(cancel_key(self._prefix, request_id), b"1", ex=ttl)
+                await pipe.execute()
 
-    async def _collect(self, key: str, count: int, outputs: list[str], deadline: float) -> TileResult:
+    async def _collect(self, key: str, count: int, outputs: list[str], deadline: Deadline) -> TileResult:
         """BLPOP the first waiting result, then LPOP every other one already there (one round trip); each
         result holds one job's tiles, dequantised straight into the request's output arrays."""
         stacked: dict[str, np.ndarray] = {}
@@ -219,9 +269,9 @@ class RedisQueue:
         wait_s = 0.0
         compute: dict[str, float] = {}
         while remaining > 0:
-            left = deadline - time.time()
+            left = deadline.remaining()
             if left <= 0:
-                raise DeadlineExceeded(f"{remaining} of {count} tiles not computed before the deadline")
+                raise deadline.exceeded(f"{remaining} of its {count} tiles were queued or computing")
             item = await self._client.blpop([key], timeout=min(left, self._poll_s))
             if item is None:
                 continue

@@ -102,7 +102,16 @@ class Settings(BaseSettings):
     )
     result_ttl_s: int = Field(default=120, ge=1, description="TTL of per-request result keys in Redis")
     claim_idle_ms: int = Field(
-        default=30_000, ge=1, description="pending Redis job idle this long is reclaimed (XAUTOCLAIM)"
+        default=30_000,
+        ge=1,
+        description="pending Redis job of a live (heartbeating) but stuck worker, idle this long, is "
+        "reclaimed (XAUTOCLAIM); a dead worker's jobs are claimed as soon as its heartbeat expires",
+    )
+    heartbeat_ttl_ms: int = Field(
+        default=2_000,
+        ge=100,
+        description="TTL of a dir-worker's heartbeat key, refreshed four times per TTL: a worker is live "
+        "(counted by /readyz) while the key exists; once it expires, other workers claim its pending jobs",
     )
     max_deliveries: int = Field(
         default=3, ge=1, description="deliveries of one Redis job before it is dead-lettered"

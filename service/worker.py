@@ -6,8 +6,13 @@ batching policy (in tiles) says run, then runs each graph's tiles in model calls
 tiles (jobs of several requests share a call) and answers with one result message per job. Answering
 (quantising, RPUSH, XACK + XDEL in one MULTI/EXEC) runs in a second thread while the next batch computes;
 one batch of answers is in flight at most, and a job is acknowledged only once its result is stored.
-Jobs left pending by a dead worker are reclaimed with XAUTOCLAIM once idle for ``DIR_CLAIM_IDLE_MS``; a job
-delivered more than ``DIR_MAX_DELIVERIES`` times is moved to the dead-letter stream and its request is told.
+
+A heartbeat thread refreshes the worker's heartbeat key (TTL ``DIR_HEARTBEAT_TTL_MS``) four times per TTL,
+whatever the model is doing. Jobs left pending by a worker whose heartbeat is gone are claimed (XCLAIM)
+within a second of noticing; jobs of a live but stuck worker are reclaimed with XAUTOCLAIM once idle for
+``DIR_CLAIM_IDLE_MS``. A job delivered more than ``DIR_MAX_DELIVERIES`` times is moved to the dead-letter
+stream and its request is told. Jobs whose deadline passed or whose request was cancelled are acknowledged
+and dropped without running.
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ from service.metrics import Metrics
 from service.queue import lane_ref, pack, quantize_unit, unpack
 from service.redis_queue import (
     GROUP,
+    cancel_key,
     dead_key,
+    heartbeat_key,
     job_tiles,
     queued_tiles,
     result_key,
     stream_key,
     tiles_key,
+    workers_key,
 )
 from service.settings import Settings
 from service.store import RestoreModel
@@ -49,6 +57,11 @@ log = logging.getLogger("dir.worker")
 Entry = tuple[str, str, dict[Any, Any]]
 #: Seconds between the non-blocking reads of a worker filling a partial batch.
 POLL_S = 0.001
+#: A dead worker's pending job is claimed only when idle this long, so two rescuers never both take it
+#: (the first XCLAIM resets the idle time).
+DEAD_CLAIM_IDLE_MS = 100
+#: Longest pause between reconnection attempts while Redis is down.
+MAX_BACKOFF_S = 1.0
 
 
 @dataclass
@@ -134,6 +147,61 @@ class Worker:
         self.unit_outputs = {o.name for o in model.entry.manifest.outputs if o.value_range == (0.0, 1.0)}
         self._answerer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dir-answer")
         self._in_flight: Future[None] | None = None
+        self.heartbeat_key = heartbeat_key(settings.stream_prefix, model.ref, self.consumer)
+
+    def beat(self) -> None:
+        """Refresh this worker's heartbeat key (TTL ``heartbeat_ttl_ms``) and its name in the worker set."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.heartbeat_key, b"1", px=self.settings.heartbeat_ttl_ms)
+        pipe.sadd(workers_key(self.settings.stream_prefix, self.model.ref), self.consumer)
+        pipe.execute()
+
+    def heartbeat(self, stop: threading.Event) -> None:
+        """Beat four times per TTL until ``stop`` is set, then delete the key (a clean exit is not live);
+        Redis errors are logged and retried on the next beat."""
+        interval = self.settings.heartbeat_ttl_ms / 4000.0
+        while True:
+            try:
+                self.beat()
+            except (RedisError, OSError) as exc:
+                log.debug("heartbeat failed: %s", exc)
+            if stop.wait(interval):
+                break
+        try:
+            self.client.delete(self.heartbeat_key)
+        except (RedisError, OSError) as exc:
+            log.debug("heartbeat key not deleted: %s", exc)
+
+    def dead_owners(self, stream: str) -> list[str]:
+        """Consumers other than this one holding pending jobs of ``stream`` whose heartbeat key is gone."""
+        summary: Any = self.client.xpending(stream, GROUP)
+        owners = [
+            c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+            for c in summary.get("consumers") or []
+            if int(c["pending"])
+        ]
+        owners = [name for name in owners if name != self.consumer]
+        if not owners:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for name in owners:
+            pipe.exists(heartbeat_key(self.settings.stream_prefix, self.model.ref, name))
+        return [name for name, up in zip(owners, pipe.execute(), strict=True) if not up]
+
+    def claim_from_dead(self, stream: str, count: int) -> list[Any]:
+        """XCLAIM up to ``count`` pending jobs of ``stream`` from consumers whose heartbeat is gone."""
+        claimed: list[Any] = []
+        for owner in self.dead_owners(stream):
+            if len(claimed) >= count:
+                break
+            pending: Any = self.client.xpending_range(
+                stream, GROUP, "-", "+", count - len(claimed), consumername=owner
+            )
+            ids = [p["message_id"] for p in pending]
+            if ids:
+                log.warning("claiming %d job(s) of %s, whose heartbeat is gone", len(ids), owner)
+                claimed += self.client.xclaim(stream, GROUP, self.consumer, DEAD_CLAIM_IDLE_MS, ids)
+        return claimed
 
     def ensure_group(self) -> None:
         """Create the consumer group of every stream (from the stream's start) unless it exists."""
@@ -145,22 +213,22 @@ class Worker:
                     raise
 
     def reclaim(self) -> list[Entry]:
-        """XAUTOCLAIM jobs idle past ``claim_idle_ms`` on every stream; dead-letter those delivered too often.
+        """Claim the pending jobs of workers whose heartbeat is gone (XCLAIM), then jobs idle past
+        ``claim_idle_ms`` (XAUTOCLAIM), on every stream; dead-letter those delivered too often.
 
         A full batch of claims leaves the next reclaim due at once, so a dead worker's backlog drains fast.
         """
         kept: list[Entry] = []
         full = False
+        size = self.settings.max_batch
         for graph, stream in self.streams.items():
-            _, claimed, *_ = self.client.xautoclaim(
-                stream,
-                GROUP,
-                self.consumer,
-                self.settings.claim_idle_ms,
-                "0-0",
-                count=self.settings.max_batch,
-            )
-            full = full or len(claimed) >= self.settings.max_batch
+            claimed = self.claim_from_dead(stream, size)
+            if len(claimed) < size:
+                idle_ms = self.settings.claim_idle_ms
+                left = size - len(claimed)
+                _, more, *_ = self.client.xautoclaim(stream, GROUP, self.consumer, idle_ms, "0-0", count=left)
+                claimed += more
+            full = full or len(claimed) >= size
             for raw_id, fields in claimed:
                 entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
                 if not fields:  # deleted from the stream while pending (Redis < 7 still returns it)
@@ -219,15 +287,22 @@ class Worker:
                 entries.append((self._graph_of[stream], entry_id, fields))
         return entries
 
+    @property
+    def reclaim_interval_s(self) -> float:
+        """Seconds between reclaim checks: at most 1 s, half the claim idle time, a quarter of the heartbeat
+        TTL (a dead worker's jobs are claimed at most a TTL and a half after its last beat)."""
+        return min(1.0, self.settings.claim_idle_ms / 2000.0, self.settings.heartbeat_ttl_ms / 4000.0)
+
     def read_batch(self, block_ms: int) -> list[Entry]:
-        """Reclaimed jobs first, then new ones, filled per the batching policy (max batch, max delay) applied
-        to the tiles of the fullest graph. The last job read may take a graph past the max batch; its tiles
-        then run in the next model call of the same step."""
+        """Reclaimed jobs first, then new ones (blocking up to ``block_ms``, but no longer than the reclaim
+        interval), filled per the batching policy (max batch, max delay) applied to the tiles of the fullest
+        graph. The last job read may take a graph past the max batch; its tiles then run in the next model
+        call of the same step."""
         entries: list[Entry] = []
-        if self.clock() - self._last_claim >= min(1.0, self.settings.claim_idle_ms / 2000.0):
+        if self.clock() - self._last_claim >= self.reclaim_interval_s:
             entries = self.reclaim()
         if not entries:
-            entries = self._read(block_ms)
+            entries = self._read(min(block_ms, int(self.reclaim_interval_s * 1000)))
         while entries:
             oldest = min(_enqueued(fields, self.clock()) for _, _, fields in entries)
             fullest = max(sum(job_tiles(e[2]) for e in entries if e[0] == graph) for graph in self.streams)
@@ -244,13 +319,18 @@ class Worker:
         """Run one batch and hand its answers to the answering thread; returns how many jobs get an answer.
         Malformed or failing jobs stay pending. Raises the Redis error of the previous batch's answers."""
         now = self.clock()
-        jobs: list[Job] = []
+        decoded: list[Job] = []
         answers: list[Answer] = []
         for graph, entry_id, fields in entries:
             try:
-                job = decode_job(graph, entry_id, fields)
+                decoded.append(decode_job(graph, entry_id, fields))
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("malformed job %s left pending for dead-lettering: %s", entry_id, exc)
+        cancelled = self.cancelled({job.request_id for job in decoded})
+        dropped = [job for job in decoded if job.request_id in cancelled]
+        jobs: list[Job] = []
+        for job in decoded:
+            if job.request_id in cancelled:
                 continue
             if self.policy.expired(now, job.deadline):
                 error = {"idx": job.start, "n": job.count, "error": "deadline passed", "kind": "deadline"}
@@ -260,8 +340,18 @@ class Worker:
         for group in self._runnable_groups(jobs):
             answers += self._run(group, now)
         self.flush()
-        self._in_flight = self._answerer.submit(self._answer, answers)
-        return len(answers)
+        self._in_flight = self._answerer.submit(self._answer, answers, dropped)
+        return len(answers) + len(dropped)
+
+    def cancelled(self, request_ids: set[str]) -> set[str]:
+        """Those of ``request_ids`` whose request ended before its jobs ran (cancel key set)."""
+        if not request_ids:
+            return set()
+        ordered = sorted(request_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for request_id in ordered:
+            pipe.exists(cancel_key(self.settings.stream_prefix, request_id))
+        return {r for r, gone in zip(ordered, pipe.execute(), strict=True) if gone}
 
     def flush(self) -> None:
         """Wait until the answers in flight are stored; re-raises their Redis error."""
@@ -269,9 +359,12 @@ class Worker:
         if in_flight is not None:
             in_flight.result()
 
-    def _answer(self, answers: list[Answer]) -> None:
-        """Quantise, RPUSH and acknowledge ``answers`` in one MULTI/EXEC; refresh the queue-depth gauges."""
+    def _answer(self, answers: list[Answer], dropped: list[Job] | None = None) -> None:
+        """Quantise, RPUSH and acknowledge ``answers``, acknowledge ``dropped`` jobs (cancelled requests: no
+        answer), in one MULTI/EXEC; refresh the queue-depth gauges."""
         pipe = self.client.pipeline(transaction=True)
+        for job in dropped or []:
+            self._done(pipe, job)
         for answer in answers:
             job = answer.job
             bits = 8 if any(a.dtype == np.uint8 for a in job.inputs.values()) else 16
@@ -345,23 +438,32 @@ class Worker:
         return self.process(entries) if entries else 0
 
     def run(self, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set; Redis outages are retried with backoff, never fatal."""
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                self.ensure_group()
-                while not stop.is_set():
-                    self.step()
-                self.flush()
-                backoff = 0.5
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                log.warning("consumer group vanished (Redis restarted?); recreating it")
-            except (RedisError, OSError) as exc:
-                log.warning("Redis unavailable (%s); retrying in %.1f s", exc, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        """Serve until ``stop`` is set, heartbeating from a second thread; Redis outages are retried with a
+        backoff from 0.1 s doubling up to ``MAX_BACKOFF_S``, never fatal."""
+        beating = threading.Event()
+        heart = threading.Thread(target=self.heartbeat, args=(beating,), name="dir-heartbeat", daemon=True)
+        heart.start()
+        backoff = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    self.ensure_group()
+                    self.beat()  # live again at once after an outage (Redis restarted without its keys)
+                    backoff = 0.1
+                    while not stop.is_set():
+                        self.step()
+                    self.flush()
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    log.warning("consumer group vanished (Redis restarted?); recreating it")
+                except (RedisError, OSError) as exc:
+                    log.warning("Redis unavailable (%s); retrying in %.1f s", exc, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+        finally:
+            beating.set()
+            heart.join(timeout=5)
 
 
 def _enqueued(fields: dict[Any, Any], default: float) -> float:

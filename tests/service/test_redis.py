@@ -24,7 +24,15 @@ from PIL import Image
 
 from service.metrics import Metrics
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT, lane_ref, unpack
-from service.redis_queue import GROUP, dead_key, job_fields, result_key, stream_key, tiles_key
+from service.redis_queue import (
+    GROUP,
+    dead_key,
+    heartbeat_key,
+    job_fields,
+    result_key,
+    stream_key,
+    tiles_key,
+)
 from service.settings import Settings
 from service.store import RestoreModel, resolve_entry
 from service.tiling import choose_tile, extract_tiles, owned_window, plan_tiles
@@ -42,14 +50,20 @@ FACE_JOBS = math.ceil(FACE_TILES / Settings().max_batch)  # per pass: jobs hold 
 
 
 @contextlib.contextmanager
-def worker_thread(settings: Settings, metrics: Metrics | None = None) -> Iterator[Worker]:
-    """An in-process ``Worker`` serving until the block exits."""
+def worker_thread(
+    settings: Settings, metrics: Metrics | None = None, consumer: str = "thread-worker"
+) -> Iterator[Worker]:
+    """An in-process ``Worker`` serving until the block exits; the block starts once it has beaten once."""
     model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
     client = redis.Redis.from_url(settings.queue, socket_connect_timeout=1.0, socket_timeout=10.0)
-    worker = Worker(client, model, settings, metrics or Metrics(), consumer="thread-worker")
+    worker = Worker(client, model, settings, metrics or Metrics(), consumer=consumer)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
+    for _ in range(100):
+        if client.exists(worker.heartbeat_key):
+            break
+        time.sleep(0.01)
     try:
         yield worker
     finally:
@@ -93,15 +107,11 @@ async def test_redis_backend_matches_embedded(
     settings = redis_settings()
     metrics = Metrics()
     async with serve(settings) as client:
-        ready = await client.get("/readyz")
         with worker_thread(settings, metrics):
             responses = await asyncio.gather(
                 *[client.post("/v1/restore", content=small_png) for _ in range(6)]
             )
             latent = await client.post("/v1/represent", content=small_png)
-            ready_with_worker = await client.get("/readyz")
-    assert ready.status_code == 200
-    assert ready_with_worker.json()["checks"]["queue"].endswith("1 live worker(s)")
     for response in responses:
         assert response.status_code == 200, response.text
         a = np.asarray(Image.open(io.BytesIO(response.content)), dtype=np.int16)
@@ -118,6 +128,24 @@ async def test_redis_backend_matches_embedded(
     assert client_redis.xlen(stream_key(settings.stream_prefix, MODEL)) == 0
     assert client_redis.xlen(stream_key(settings.stream_prefix, GUIDE)) == 0
     client_redis.close()
+
+
+async def test_ready_only_with_a_live_worker(redis_settings: Callable[..., Settings]) -> None:
+    """/readyz counts workers by their heartbeat keys: 503 naming the missing worker with none, the right
+    count with one and two, 503 again once they stopped (a clean exit deletes the key)."""
+    settings = redis_settings()
+    async with serve(settings) as client:
+        alone = await client.get("/readyz")
+        with worker_thread(settings, consumer="one"):
+            one = await client.get("/readyz")
+            with worker_thread(settings, consumer="two"):
+                two = await client.get("/readyz")
+        after = await client.get("/readyz")
+    assert alone.status_code == 503 and alone.json()["ready"] is False
+    assert "no live dir-worker serves dir-restore/0.0.1" in alone.json()["checks"]["queue"]
+    assert one.status_code == 200 and one.json()["checks"]["queue"].endswith(", 1 live worker(s)")
+    assert two.status_code == 200 and two.json()["checks"]["queue"].endswith(", 2 live worker(s)")
+    assert after.status_code == 503
 
 
 def test_pass_one_results_carry_window_sums_not_feature_maps(
@@ -216,6 +244,8 @@ async def test_worker_killed_mid_batch_loses_nothing(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A worker SIGKILLed holding jobs: once its heartbeat expires (DIR_HEARTBEAT_TTL_MS, 2 s) a live
+    worker claims them, well before DIR_CLAIM_IDLE_MS (30 s by default): every request done within 5 s."""
     settings = redis_settings(request_timeout_s=120)
     stream = stream_key(prefix, GUIDE)  # pass 1 of the two-pass fixture: the doomed worker holds it
     base = {
@@ -242,12 +272,20 @@ async def test_worker_killed_mid_batch_loses_nothing(
                     break
                 await asyncio.sleep(0.05)
             assert held > 0, "worker 1 never took a batch"
+            # The rescuer starts (default DIR_CLAIM_IDLE_MS) while worker 1 is alive and holds every job.
+            rescuer = spawn_worker({**base, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}, "rescuer")
+            for _ in range(600):
+                if probe.exists(heartbeat_key(prefix, MODEL, "rescuer")):
+                    break
+                await asyncio.sleep(0.05)
+            assert probe.exists(heartbeat_key(prefix, MODEL, "doomed"))
             doomed.send_signal(signal.SIGKILL)
             doomed.wait()
-            rescue_env = {**base, "DIR_CLAIM_IDLE_MS": "300", "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
-            rescuer = spawn_worker(rescue_env, "rescuer")
+            killed = time.monotonic()
             responses = await asyncio.gather(*requests)
+            rescued_s = time.monotonic() - killed
         assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+        assert rescued_s < 5.0
         assert probe.xlen(stream) == probe.xlen(stream_key(prefix, MODEL)) == 0
     finally:
         probe.close()
@@ -343,13 +381,15 @@ async def test_redis_outage_is_503_then_recovers_without_restart(
                 server.wait()
                 down = await client.post("/v1/restore", content=small_png)
                 not_ready = await client.get("/readyz")
-                server = start_redis_server(port)
+                server = start_redis_server(port)  # returns once it answers PING
+                answering = time.monotonic()
                 after = None
                 for _ in range(100):
                     after = await client.post("/v1/restore", content=small_png)
                     if after.status_code == 200:
                         break
                     await asyncio.sleep(0.2)
+                served_s = time.monotonic() - answering
                 ready = await client.get("/readyz")
     finally:
         server.kill()
@@ -359,7 +399,42 @@ async def test_redis_outage_is_503_then_recovers_without_restart(
     assert "unreachable" in down.json()["message"]
     assert not_ready.status_code == 503
     assert after is not None and after.status_code == 200, after.text if after else None
-    assert ready.status_code == 200
+    assert served_s <= 3.0  # the worker retries at most 1 s apart
+    assert ready.status_code == 200, ready.text
+
+
+async def test_cancelled_request_jobs_are_dropped_unrun(
+    redis_settings: Callable[..., Settings], prefix: str, small_png: bytes
+) -> None:
+    """A request cancelled while its jobs wait (its client went away) sets its cancel key; a worker then
+    acknowledges and deletes those jobs without computing them and without answering."""
+    settings = redis_settings()
+    probe = redis.Redis.from_url(settings.queue)
+    async with serve(settings) as client:  # no worker yet: the jobs wait
+        request = asyncio.create_task(client.post("/v1/restore", content=small_png))
+        while not probe.xlen(stream_key(prefix, GUIDE)):
+            await asyncio.sleep(0.01)
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        for _ in range(500):  # the cancelled request's clean-up runs on in the background
+            if list(probe.scan_iter(f"{prefix}:cancel:*")):
+                break
+            await asyncio.sleep(0.01)
+    assert len(list(probe.scan_iter(f"{prefix}:cancel:*"))) == 1
+    model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
+    metrics = Metrics()
+    worker = Worker(probe, model, settings, metrics, consumer="after-cancel")
+    for _ in range(100):
+        if not probe.xlen(stream_key(prefix, GUIDE)):
+            break
+        worker.step(block_ms=10)
+    worker.flush()
+    assert probe.xlen(stream_key(prefix, GUIDE)) == 0
+    assert int(probe.get(tiles_key(prefix, GUIDE))) == 0  # type: ignore[arg-type]
+    assert metrics.batch_size.labels(GUIDE)._sum.get() == 0  # type: ignore[attr-defined]
+    assert not list(probe.scan_iter(f"{prefix}:res:*"))
+    probe.close()
 
 
 def test_worker_splits_jobs_into_model_calls_of_at_most_max_batch(
@@ -431,5 +506,6 @@ def test_worker_fills_a_partial_batch_by_polling_not_by_a_blocking_timeout(
     entries = worker.read_batch(block_ms=1000)
     client.close()
     assert len(entries) == 1
-    assert blocks[0] == 1000 and len(blocks) > 1 and set(blocks[1:]) == {None}
+    assert blocks[0] == int(worker.reclaim_interval_s * 1000)  # blocks, at most until the next reclaim
+    assert len(blocks) > 1 and set(blocks[1:]) == {None}
     assert time.time() - now >= 0.02
