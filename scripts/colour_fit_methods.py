@@ -1,7 +1,7 @@
 """How much of each method's gain is global colour and how much is detail? PSNR before and after a colour fit.
 
-docs/log/2026-11-27-colour-fit-diagnostic.md splits the `ablation` protocol's error into a global part (exposure,
-white balance, gamma, tone: what one affine map of RGB fitted to the clean image removes,
+docs/log/2026-11-27-colour-fit-diagnostic.md splits the `ablation` protocol's error into a global part
+(exposure, white balance, gamma, tone: what one affine map of RGB fitted to the clean image removes,
 ``training.train.score.colour_fit``) and the rest (noise, JPEG, blur, local colour). ``dir-train score`` does
 this for DiR models; this script does it for any ``dir-eval`` method, peers included, on the same inputs
 (``training.evaluate.protocols.synthetic_samples``: one ``stable_seed(preset, dataset, file name)`` per
