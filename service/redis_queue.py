@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from service.batching import BatchPolicy
 from service.errors import DeadlineExceeded, InferenceError, QueueFull, Unavailable
 from service.queue import SERVE_GRAPH, TileResult, dequantize, lane_ref, pack, unpack
+from service.redact import Redactor
 
 GROUP = "workers"
 LIVE_WORKER_IDLE_MS = 5_000  # workers block at most 1 s per XREADGROUP, so a live one is never idler
@@ -91,7 +92,8 @@ def queued_tiles(stream_length: int, counter: bytes | str | int | None) -> int:
 
 
 def _unavailable(url: str, exc: Exception) -> Unavailable:
-    return Unavailable(f"Redis queue {url} is unreachable: {exc}")
+    redact = Redactor.for_urls(url)
+    return Unavailable(f"Redis queue {redact(url)} is unreachable: {redact(str(exc))}")
 
 
 class RedisQueue:
