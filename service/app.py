@@ -89,7 +89,8 @@ IMAGE_BODY = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
-        401: "missing or unknown API key (when DIR_API_KEYS is set)",
+        401: "missing or unknown API key (when DIR_API_KEYS is set); WWW-Authenticate: Bearer",
+        408: "the body did not arrive within DIR_BODY_TIMEOUT_S",
         413: "body or pixel count over the limit",
         415: "not a PNG, JPEG or WebP image",
         422: "truncated image or bad parameter",
@@ -388,6 +389,7 @@ def _install_routes(app: FastAPI) -> None:
         tags=["ops"],
         summary="Prometheus metrics (needs the API key when DIR_API_KEYS is set, unless DIR_OPS_OPEN)",
         response_class=Response,
+        responses={401: ERRORS[401]},
     )
     async def metrics_endpoint(request: Request) -> Response:
         return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
