@@ -1,19 +1,23 @@
-"""The uvicorn layer ``dir-serve`` runs (service/server.py): request-head timeout and connection limit, on a
-real loopback server with a trivial ASGI app (the limits sit below the app)."""
+"""The uvicorn layer ``dir-serve`` runs (service/server.py) on a real loopback server: request-head timeout
+and connection limit with a trivial ASGI app (the limits sit below the app), and an aborted upload to the
+service app."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 import uvicorn
 
+from service.app import create_app
 from service.server import uvicorn_config
 from service.settings import Settings
 from tests.service.conftest import free_port
@@ -30,10 +34,11 @@ async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @contextlib.contextmanager
-def running(**limits: Any) -> Iterator[int]:
-    """A uvicorn server with ``slow_app`` and ``limits`` (settings) on a free loopback port."""
-    settings = Settings(host="127.0.0.1", port=free_port(), **limits)
-    server = uvicorn.Server(uvicorn_config(slow_app, settings, "warning"))
+def running(app: Any = slow_app, settings: Settings | None = None, **limits: Any) -> Iterator[int]:
+    """A uvicorn server with ``app`` (default ``slow_app``) and ``settings`` (default: ``limits``) on a
+    free loopback port (the settings' port when given)."""
+    settings = settings or Settings(host="127.0.0.1", port=free_port(), **limits)
+    server = uvicorn.Server(uvicorn_config(app, settings, "info"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -111,3 +116,33 @@ def test_connections_over_the_limit_get_503_in_the_error_shape() -> None:
     assert error["error"] == "unavailable" and "DIR_MAX_CONNECTIONS" in error["message"]
     assert health.startswith(b"HTTP/1.1 200")
     assert served.startswith(b"HTTP/1.1 200")
+
+
+def test_aborted_upload_is_one_log_line_under_uvicorn(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client sends 1 KB of a 100 KB body and disconnects: one line from the service, no traceback
+    from uvicorn ("Exception in ASGI application")."""
+    caplog.set_level(logging.INFO)
+    settings = make_settings(host="127.0.0.1", port=free_port())
+    uvicorn_errors: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = uvicorn_errors.append  # type: ignore[method-assign]
+    with running(create_app(settings), settings) as port:
+        logging.getLogger("uvicorn.error").addHandler(handler)
+        try:
+            sock = connect(port)
+            head = b"POST /v1/restore HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
+            sock.sendall(head + b"\x89PNG" + b"\0" * 1020)
+            time.sleep(0.5)
+            sock.close()
+            for _ in range(100):
+                if any("disconnected" in r.getMessage() for r in caplog.records):
+                    break
+                time.sleep(0.05)
+            time.sleep(0.2)
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(handler)
+    lines = [r.getMessage() for r in caplog.records if "disconnected after" in r.getMessage()]
+    assert len(lines) == 1 and "after 1024 bytes" in lines[0]
+    assert not [r for r in uvicorn_errors if r.exc_info or r.levelno >= logging.ERROR]
