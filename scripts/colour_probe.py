@@ -1,9 +1,9 @@
 """Can the `ablation` protocol's global colour error be removed blind? PSNR of classical colour corrections.
 
 docs/log/2026-11-27-colour-fit-diagnostic.md measures the protocol's global colour and tone error with an
-oracle affine fit to the clean image: 4 dB. This script asks how much of it blind corrections remove. It degrades
-each image exactly as ``dir-train score`` and ``dir-eval`` do, applies each correction to the degraded sRGB
-``(1, 3, H, W)`` in [0, 1], and prints the mean PSNR (dB) per dataset:
+oracle affine fit to the clean image: 4 dB. This script asks how much of it blind corrections remove. It
+degrades each image exactly as ``dir-train score`` and ``dir-eval`` do, applies each correction to the
+degraded sRGB ``(1, 3, H, W)`` in [0, 1], and prints the mean PSNR (dB) per dataset:
 
 - ``grey_world``: each channel scaled so its mean equals the mean of the three channel means;
 - ``moments``: each channel's mean and standard deviation set to those of clean training images

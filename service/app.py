@@ -13,7 +13,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import detection
 from service.batching import BatchPolicy
@@ -40,6 +42,7 @@ from service.errors import (
 from service.http import (
     b64_array,
     check_api_key,
+    has_api_key,
     image_format,
     npy_bytes,
     parse_outputs,
@@ -50,6 +53,7 @@ from service.imaging import OUTPUT_MEDIA, DecodedImage, decode_image, encode_ima
 from service.metrics import Metrics
 from service.pipeline import Inference, Restorer
 from service.queue import TileQueue
+from service.redact import Redactor, install_log_redaction
 from service.redis_queue import RedisQueue
 from service.schemas import (
     ArrayPayload,
@@ -93,7 +97,8 @@ IMAGE_BODY = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
-        401: "missing or unknown API key (when DIR_API_KEYS is set)",
+        401: "missing or unknown API key (when DIR_API_KEYS is set); WWW-Authenticate: Bearer",
+        408: "the body did not arrive within DIR_BODY_TIMEOUT_S",
         413: "body or pixel count over the limit",
         415: "not a PNG, JPEG or WebP image",
         422: "truncated image or bad parameter",
@@ -115,6 +120,24 @@ class ServiceState:
     restorer: Restorer
     detector: detection.Detector | None
     detector_error: str
+    detector_scanned: float = field(default_factory=time.monotonic)
+    detector_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def current_detector(self) -> detection.Detector | None:
+        """The loaded detector. While none is, the store is searched again (at most every
+        ``DIR_DETECTOR_RESCAN_S``), so a detector installed while the server runs serves without a restart."""
+        if self.detector is None and self._rescan_due():
+            async with self.detector_lock:
+                if self.detector is None and self._rescan_due():
+                    found = await asyncio.to_thread(_load_detector, self.settings)
+                    self.detector, self.detector_error = found
+                    self.detector_scanned = time.monotonic()
+                    if self.detector is not None:
+                        log.info("detector %s found in the model store; serving it", self.detector.entry_dir)
+        return self.detector
+
+    def _rescan_due(self) -> bool:
+        return time.monotonic() - self.detector_scanned >= self.settings.detector_rescan_s
 
     def deadline(self, started: float) -> Deadline:
         """The deadline of a request that arrived at ``started`` (perf_counter): ``DIR_REQUEST_TIMEOUT_S``
@@ -132,7 +155,7 @@ def _load_detector(settings: Settings) -> tuple[detection.Detector | None, str]:
     if path is None or not path.is_dir():
         return None, NO_DETECTOR
     try:
-        return detection.load_detector(path, settings.provider_list, settings.threads), ""
+        return detection.load_detector(path, settings.provider_list, settings.threads, settings.pins), ""
     except ModelStoreError as exc:
         log.error("detector entry %s refused: %s", path, exc.message)
         return None, f"detector entry {path} could not be loaded: {exc.message}"
@@ -197,6 +220,13 @@ async def _require_key(request: Request) -> None:
     check_api_key(request, _state(request).settings)
 
 
+async def _require_ops_key(request: Request) -> None:
+    """Route dependency of /metrics: the API key check unless ``DIR_OPS_OPEN``."""
+    settings: Settings = request.app.state.settings
+    if not settings.ops_open:
+        check_api_key(request, settings)
+
+
 MODE_HELP = (
     "full: DiR restoration, which also corrects the ISP's colour and tone errors (exposure, white balance, "
     "gamma); denoise: removes noise and compression artefacts but keeps the camera's colour and tone (for "
@@ -204,6 +234,7 @@ MODE_HELP = (
     "the modes the loaded model offers and the default)"
 )
 AUTH = [Depends(_require_key)]
+OPS_AUTH = [Depends(_require_ops_key)]
 
 
 def _timing_headers(
@@ -220,7 +251,9 @@ def _timing_headers(
 
 
 async def _decode(request: Request, state: ServiceState, deadline: Deadline) -> tuple[DecodedImage, float]:
-    data = await deadline.run(read_image_body(request, state.settings.max_body_bytes), "reading the body")
+    settings = state.settings
+    reading = read_image_body(request, settings.max_body_bytes, settings.body_timeout_s)
+    data = await deadline.run(reading, "reading the body")
     started = time.perf_counter()
     decoding = asyncio.to_thread(decode_image, data, state.settings.max_pixels)
     image = await deadline.run(decoding, "decoding")
@@ -279,9 +312,25 @@ def _install_boundary(app: FastAPI, metrics_of: Callable[[], Metrics | None]) ->
         metrics = metrics_of()
         if exc.reason and metrics is not None:
             metrics.rejected.labels(exc.reason).inc()
-        headers = {"Retry-After": str(app.state.retry_after)} if exc.retry_after else None
-        body = ErrorBody(error=exc.code, message=exc.message).model_dump()
-        return JSONResponse(body, status_code=exc.status, headers=headers)
+        headers = {"Retry-After": str(app.state.retry_after)} if exc.retry_after else {}
+        body = ErrorBody(error=exc.code, message=app.state.redact(exc.message)).model_dump()
+        return JSONResponse(body, status_code=exc.status, headers=headers | exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Routing errors (404 no such path, 405 method not allowed) in the one error shape."""
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
+            message += f" (allowed: {exc.headers['Allow']})"
+        body = ErrorBody(error=code, message=message).model_dump()
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        """A bug: 500 in the one error shape, naming no internals (the traceback goes to the log)."""
+        body = ErrorBody(error="internal", message="internal server error; see the server log").model_dump()
+        return JSONResponse(body, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -311,12 +360,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
         app.state.metrics = metrics
-        state = await build_state(settings, metrics)
-        app.state.service = state
+        remove_log_redaction = install_log_redaction(app.state.redact)
         try:
-            yield
+            state = await build_state(settings, metrics)
+            app.state.service = state
+            try:
+                yield
+            finally:
+                await state.queue.close()
         finally:
-            await state.queue.close()
+            remove_log_redaction()
 
     app = FastAPI(
         title="DiR-ISP inference service",
@@ -328,6 +381,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.metrics = None
+    app.state.settings = settings
+    app.state.redact = Redactor.for_urls(settings.queue)
     app.state.retry_after = settings.retry_after_s
     _install_boundary(app, lambda: app.state.metrics)
     _install_routes(app)
@@ -355,6 +410,7 @@ def _install_routes(app: FastAPI) -> None:
     )
     async def readyz(request: Request) -> JSONResponse:
         state: ServiceState | None = getattr(request.app.state, "service", None)
+        settings: Settings = request.app.state.settings
         checks = {"model": state.model.ref if state else "not loaded"}
         ready = state is not None
         if state is not None:
@@ -365,10 +421,21 @@ def _install_routes(app: FastAPI) -> None:
                 checks["queue"] = exc.message
                 ready = False
             checks["detector"] = state.detector.manifest.name if state.detector else state.detector_error
+        if settings.ops_open or has_api_key(request, settings):
+            checks = {name: request.app.state.redact(text) for name, text in checks.items()}
+        else:
+            checks = {"detail": "the checks need 'Authorization: Bearer <key>' (DIR_API_KEYS)"}
         body = ReadyResponse(ready=ready, checks=checks).model_dump()
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        dependencies=OPS_AUTH,
+        tags=["ops"],
+        summary="Prometheus metrics (needs the API key when DIR_API_KEYS is set, unless DIR_OPS_OPEN)",
+        response_class=Response,
+        responses={401: ERRORS[401]},
+    )
     async def metrics_endpoint(request: Request) -> Response:
         return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -381,7 +448,7 @@ def _install_routes(app: FastAPI) -> None:
     )
     async def models(request: Request) -> ModelsResponse:
         state = _state(request)
-        detector = state.detector
+        detector = await state.current_detector()
         detector_ref = f"{detector.manifest.name}/{detector.manifest.version}" if detector else None
         serving = {state.model.ref, detector_ref}
         infos = [
@@ -538,7 +605,7 @@ def _install_routes(app: FastAPI) -> None:
         started = time.perf_counter()
         state = _state(request)
         run_mode = mode or state.restorer.default_mode
-        detector = state.detector
+        detector = await state.current_detector()
         if detector is None:
             raise Unavailable(state.detector_error)
         state.restorer.check_mode(run_mode)

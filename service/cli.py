@@ -17,6 +17,8 @@ from prometheus_client.multiprocess import mark_process_dead
 from service.app import create_app
 from service.errors import InferenceError
 from service.metrics import Metrics, multiprocess_dir
+from service.redact import Redactor, install_log_redaction
+from service.server import uvicorn_config
 from service.settings import Settings
 from service.store import RestoreModel, resolve_entry, tile_geometry
 from service.worker import Worker
@@ -41,7 +43,7 @@ def serve(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, args.log_level)).run()
 
 
 def worker(argv: list[str] | None = None) -> None:
@@ -57,6 +59,7 @@ def worker(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    install_log_redaction(Redactor.for_urls(settings.queue))
     if not settings.uses_redis:
         parser.error("dir-worker needs a Redis queue: --queue redis://host:6379/0 or DIR_QUEUE")
     entry = resolve_entry(settings.model_store, settings.restore_model, "restore")

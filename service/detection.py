@@ -20,7 +20,7 @@ centred on a ``pad_value`` canvas), values /255, no mean/std.
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -325,9 +325,13 @@ def default_providers() -> list[str]:
 
 
 def load_detector(
-    entry_dir: Path, providers: list[str] | None = None, intra_op_threads: int | None = None
+    entry_dir: Path,
+    providers: list[str] | None = None,
+    intra_op_threads: int | None = None,
+    pins: Mapping[str, str] | None = None,
 ) -> Detector:
-    """Load ``model_store/<name>/<version>/`` (task "detect") after checking every file's sha256."""
+    """Load ``model_store/<name>/<version>/`` (task "detect") after checking its pin (``pins``, see
+    :func:`service.store.check_pin`) and every file's sha256."""
     import onnxruntime as ort
 
     entry_dir = Path(entry_dir)
@@ -337,7 +341,7 @@ def load_detector(
         raise ModelStoreError(f"{entry_dir}: cannot read manifest.json: {exc}") from exc
     if manifest.task != "detect":
         raise ModelStoreError(f"{entry_dir}: manifest task is {manifest.task!r}, expected 'detect'")
-    verify_files(entry_dir, manifest)
+    verify_files(entry_dir, manifest, pins)
     opts = ort.SessionOptions()
     if intra_op_threads is not None:
         opts.intra_op_num_threads = intra_op_threads

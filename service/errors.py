@@ -6,6 +6,8 @@ message naming the offending value; the app maps ``ServiceError`` to a JSON erro
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class ServiceError(Exception):
     """Base class. ``status`` is the HTTP status; ``reason`` labels ``dir_rejected_total`` when set."""
@@ -14,6 +16,8 @@ class ServiceError(Exception):
     code: str = "internal"
     reason: str | None = None
     retry_after: bool = False
+    #: Extra response headers of this error (``WWW-Authenticate`` on 401).
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -58,6 +62,15 @@ class Unauthorized(ServiceError):  # noqa: N818 (HTTP-status names, as in httpx)
     status = 401
     code = "unauthorized"
     reason = "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="dir-isp"'}
+
+
+class RequestTimeout(ServiceError):  # noqa: N818 (HTTP-status names, as in httpx)
+    """The request body did not arrive within ``DIR_BODY_TIMEOUT_S`` (a slow or stalled client)."""
+
+    status = 408
+    code = "request_timeout"
+    reason = "body_timeout"
 
 
 class QueueFull(ServiceError):  # noqa: N818 (HTTP-status names, as in httpx)
@@ -78,8 +91,8 @@ class DeadlineExceeded(ServiceError):  # noqa: N818 (HTTP-status names, as in ht
 
 
 class ClientClosed(ServiceError):  # noqa: N818 (HTTP-status names, as in httpx)
-    """The client disconnected before its response was ready; its remaining work was dropped. Nobody reads
-    the answer; the status (nginx's 499) labels logs and metrics."""
+    """The client disconnected before its body was read or its response was ready; its remaining work was
+    dropped. Nobody reads the answer; the status (nginx's 499) labels logs and metrics."""
 
     status = 499
     code = "client_closed_request"

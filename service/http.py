@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import logging
 from collections.abc import AsyncGenerator
 
 import numpy as np
@@ -11,43 +13,73 @@ from fastapi import Request
 from safetensors.numpy import save as safetensors_save
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
-from service.errors import BadInput, NotAcceptable, TooLarge, Unauthorized
+from service.errors import BadInput, ClientClosed, NotAcceptable, RequestTimeout, TooLarge, Unauthorized
 from service.settings import Settings
 
 IMAGE_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg"}
+log = logging.getLogger("dir.service")
+
 ACCEPT_IMAGE = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/*": "png", "*/*": "png"}
 
 
-def check_api_key(request: Request, settings: Settings) -> None:
-    """Raise ``Unauthorized`` unless keys are off or ``Authorization: Bearer <key>`` names a known key."""
+def has_api_key(request: Request, settings: Settings) -> bool:
+    """True when keys are off or ``Authorization: Bearer <key>`` names a known key."""
     keys = settings.api_key_set
     if not keys:
-        return
+        return True
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or token.strip() not in keys:
+    return scheme.lower() == "bearer" and token.strip() in keys
+
+
+def check_api_key(request: Request, settings: Settings) -> None:
+    """Raise ``Unauthorized`` (with ``WWW-Authenticate``) unless :func:`has_api_key`."""
+    if not has_api_key(request, settings):
         raise Unauthorized("missing or unknown API key: send 'Authorization: Bearer <key>'")
+
+
+def _peer(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "?"
 
 
 async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
     yield data
 
 
-async def read_image_body(request: Request, limit: int) -> bytes:
+async def read_image_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
     """The image bytes of a raw body or of multipart field ``file``; ``TooLarge`` past ``limit`` bytes.
 
-    The Content-Length header is checked before reading; chunked bodies are counted while streaming.
+    The Content-Length header is checked before reading; chunked bodies are counted while streaming and
+    refused at the first chunk past the limit, before the rest is read. ``RequestTimeout`` when the body has
+    not all arrived ``timeout_s`` after reading began; ``ClientClosed`` (one log line, no traceback) when
+    the client disconnects before the end of its body.
     """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise RequestTimeout(
+            f"the request body did not arrive within {timeout_s:g} s ({size} bytes read); "
+            "DIR_BODY_TIMEOUT_S bounds it"
+        ) from exc
+    except ClientDisconnect as exc:
+        log.info(
+            "client %s disconnected after %d bytes of its %s body",
+            _peer(request),
+            size,
+            request.url.path,
+        )
+        raise ClientClosed(f"the client disconnected after {size} bytes of the body") from exc
     body = b"".join(chunks)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return body

@@ -33,6 +33,7 @@ from service.batching import BatchPolicy
 from service.deadline import Deadline
 from service.errors import DeadlineExceeded, InferenceError, QueueFull, Unavailable
 from service.queue import SERVE_GRAPH, TileResult, dequantize, lane_ref, pack, unpack
+from service.redact import Redactor
 
 GROUP = "workers"
 
@@ -126,7 +127,8 @@ def queued_tiles(stream_length: int, counter: bytes | str | int | None) -> int:
 
 
 def _unavailable(url: str, exc: Exception) -> Unavailable:
-    return Unavailable(f"Redis queue {url} is unreachable: {exc}")
+    redact = Redactor.for_urls(url)
+    return Unavailable(f"Redis queue {redact(url)} is unreachable: {redact(str(exc))}")
 
 
 class RedisQueue:

@@ -6,6 +6,7 @@ Every field is documented in docs/SERVICE.md (settings table); keep the two in s
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -117,6 +118,35 @@ class Settings(BaseSettings):
         default=3, ge=1, description="deliveries of one Redis job before it is dead-lettered"
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 429/503")
+    ops_open: bool = Field(
+        default=False,
+        description="serve /metrics and the /readyz checks without the API key even when DIR_API_KEYS is set "
+        "(/healthz and the /readyz verdict are always open)",
+    )
+    max_connections: int = Field(
+        default=256,
+        ge=0,
+        description="open HTTP connections dir-serve accepts requests on; beyond it: 503 (0 = no limit)",
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a connection whose request line and headers take longer is closed"
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="the whole request body must arrive within this; past it: 408"
+    )
+    keep_alive_s: int = Field(
+        default=5, ge=1, description="an idle keep-alive connection is closed after this many seconds"
+    )
+    pinned_digests: str = Field(
+        default="",
+        description="comma-separated name/version=sha256 of each entry's manifest.json; when set, only "
+        "entries listed with that digest load",
+    )
+    detector_rescan_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="while no detector is loaded, /v1/detect looks for one in the store at most this often",
+    )
 
     @field_validator("queue")
     @classmethod
@@ -131,6 +161,20 @@ class Settings(BaseSettings):
         for part in value.split(","):
             if part.strip() and (not part.strip().isdigit() or int(part) <= 0):
                 raise ValueError(f"DIR_TILE_SIZES must be positive integers, comma-separated; got {value!r}")
+        return value
+
+    @field_validator("pinned_digests")
+    @classmethod
+    def _pins(cls, value: str) -> str:
+        for part in value.split(","):
+            ref, equals, digest = part.strip().partition("=")
+            if part.strip() and (
+                not equals or "/" not in ref or not re.fullmatch(r"[0-9a-fA-F]{64}", digest.strip())
+            ):
+                raise ValueError(
+                    "DIR_PINNED_DIGESTS must be comma-separated name/version=<sha256 hex>, "
+                    f"got {part.strip()!r}"
+                )
         return value
 
     @field_validator("precision")
@@ -153,6 +197,12 @@ class Settings(BaseSettings):
         listed = tuple(sorted({int(p) for p in self.tile_sizes.split(",") if p.strip()}))
         overlap = self.tile_overlap if self.tile_overlap >= 0 else manifest_overlap
         return base, listed or (base, 2 * base), overlap
+
+    @property
+    def pins(self) -> dict[str, str]:
+        """``DIR_PINNED_DIGESTS`` as ``{"name/version": sha256 of its manifest.json}`` (empty: no pins)."""
+        pairs = (p.strip().partition("=") for p in self.pinned_digests.split(",") if p.strip())
+        return {ref.strip(): digest.strip().lower() for ref, _, digest in pairs}
 
     @property
     def provider_list(self) -> list[str] | None:

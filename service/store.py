@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,13 +80,39 @@ def resolve_entry(store: Path, spec: str, task: str) -> ModelEntry:
     return matching[-1]
 
 
-def verify_files(entry_dir: Path, manifest: Manifest) -> None:
-    """Check every file the manifest lists against its sha256; the ONNX file (and the guide graph's, when
-    the manifest has one) must be listed.
+def check_pin(entry_dir: Path, manifest: Manifest, pins: Mapping[str, str] | None) -> None:
+    """With pins (``DIR_PINNED_DIGESTS``: ``name/version`` -> sha256 of its ``manifest.json``), refuse an
+    entry that is not pinned or whose manifest's digest differs from its pin.
+
+    The manifest lists the sha256 of every file of the entry, so its pinned digest covers them all: a
+    manifest rewritten in place with new file digests (a swapped model) no longer matches. Raises
+    ``ModelStoreError`` naming the entry, both digests and the setting.
+    """
+    if not pins:
+        return
+    ref = f"{manifest.name}/{manifest.version}"
+    pinned = pins.get(ref)
+    if pinned is None:
+        raise ModelStoreError(
+            f"{ref} ({entry_dir}) is not pinned: DIR_PINNED_DIGESTS lists only {', '.join(sorted(pins))}; "
+            "refusing to load it"
+        )
+    actual = sha256_file(entry_dir / MANIFEST_NAME)
+    if actual != pinned.lower():
+        raise ModelStoreError(
+            f"{entry_dir / MANIFEST_NAME}: sha256 {actual} differs from the digest DIR_PINNED_DIGESTS pins "
+            f"for {ref} ({pinned.lower()}): the manifest changed after it was pinned; refusing to load {ref}"
+        )
+
+
+def verify_files(entry_dir: Path, manifest: Manifest, pins: Mapping[str, str] | None = None) -> None:
+    """Check the entry's pin (:func:`check_pin`), then every file the manifest lists against its sha256; the
+    ONNX file (and the guide graph's, when the manifest has one) must be listed.
 
     Shared by the restoration and detector loaders. Raises ``ModelStoreError`` naming the file, the expected
     and the actual digest.
     """
+    check_pin(entry_dir, manifest, pins)
     graphs = [manifest.onnx_file] + ([manifest.guide.onnx_file] if manifest.guide else [])
     for graph in graphs:
         if manifest.file_sha256(graph) is None:
@@ -103,9 +129,9 @@ def verify_files(entry_dir: Path, manifest: Manifest) -> None:
             )
 
 
-def verify_entry(entry: ModelEntry) -> None:
+def verify_entry(entry: ModelEntry, pins: Mapping[str, str] | None = None) -> None:
     """:func:`verify_files` for a resolved entry."""
-    verify_files(entry.path, entry.manifest)
+    verify_files(entry.path, entry.manifest, pins)
 
 
 def choose_providers(requested: list[str] | None) -> list[str]:
@@ -237,8 +263,10 @@ class RestoreModel:
         spinning: bool = True,
         parallel: int = 1,
         max_call_pixels: int = 0,
+        pins: Mapping[str, str] | None = None,
     ) -> RestoreModel:
-        """Verify ``entry`` and build its sessions (``with_session=False``: manifest only, for a Redis API).
+        """Verify ``entry`` (against ``pins`` too, see :func:`check_pin`) and build its sessions
+        (``with_session=False``: manifest only, for a Redis API).
 
         ``precision`` picks the serving graph (see :func:`choose_graph`); the guide and denoise graphs are
         always the entry's own (fp32). ``spinning``: see :func:`make_session`. ``parallel``: :meth:`run`
@@ -246,7 +274,7 @@ class RestoreModel:
         ``parallel > 1`` every graph gets a second session of ``parallel * threads`` threads for calls of a
         single tile. ``max_call_pixels``: see :meth:`run`.
         """
-        verify_entry(entry)
+        verify_entry(entry, pins)
         chosen, onnx_file = choose_graph(entry, precision, choose_providers(providers))
         if not with_session:
             return cls(entry, None, chosen)
@@ -278,8 +306,9 @@ class RestoreModel:
     @classmethod
     def from_settings(cls, entry: ModelEntry, settings: Settings, with_session: bool = True) -> RestoreModel:
         """:meth:`load` with the service settings: providers, precision, spinning, the split of a model
-        call into ``settings.parallel`` parts of ``settings.run_threads`` threads each, and at most
-        ``DIR_MAX_BATCH`` tiles of the base tile side's pixels computed at once."""
+        call into ``settings.parallel`` parts of ``settings.run_threads`` threads each, at most
+        ``DIR_MAX_BATCH`` tiles of the base tile side's pixels computed at once, and the entry's pin
+        (``DIR_PINNED_DIGESTS``)."""
         parallel = settings.parallel("CUDAExecutionProvider" in choose_providers(settings.provider_list))
         base, _, _ = tile_geometry(entry, settings)
         return cls.load(
@@ -291,6 +320,7 @@ class RestoreModel:
             settings.ort_spinning,
             parallel,
             settings.max_batch * base * base,
+            settings.pins,
         )
 
     @property

@@ -259,11 +259,15 @@ async def test_api_keys(api_settings: Callable[..., Settings], lenna: Path) -> N
         )
         models = await client.get("/v1/models")
         health = await client.get("/healthz")
-        metrics = (await client.get("/metrics")).text
+        metrics_without_key = await client.get("/metrics")
+        metrics = (await client.get("/metrics", headers={"Authorization": "Bearer k1"})).text
     assert missing.status_code == wrong.status_code == models.status_code == 401
+    assert metrics_without_key.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert metrics_without_key.json()["error"] == "unauthorized"
     assert good.status_code == 200
     assert health.status_code == 200
-    assert _sample(metrics, "dir_rejected_total", reason="unauthorized") == 3
+    assert _sample(metrics, "dir_rejected_total", reason="unauthorized") == 4
 
 
 async def test_static_demo_page(api_settings: Callable[..., Settings]) -> None:
