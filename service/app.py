@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import detection
+from service import admission, detection
 from service.batching import BatchPolicy
 from service.embedded import EmbeddedQueue
 from service.errors import BadInput, InferenceError, ModelStoreError, ServiceError, Unavailable
@@ -39,6 +39,7 @@ from service.http import (
     safetensors_bytes,
 )
 from service.imaging import OUTPUT_MEDIA, DecodedImage, decode_image, encode_image, to_uint8
+from service.memory import ReleaseMemory, note_cost
 from service.metrics import Metrics
 from service.pipeline import Restorer
 from service.queue import TileQueue
@@ -86,9 +87,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         401: "missing or unknown API key (when DIR_API_KEYS is set)",
-        413: "body or pixel count over the limit",
+        413: "body, pixel count, request cost or JSON output over its limit",
         415: "not a PNG, JPEG or WebP image",
-        422: "truncated image or bad parameter",
+        422: "truncated image, image side or aspect ratio out of bounds, or bad parameter",
         429: "queue full (Retry-After)",
         503: "model or queue unavailable (Retry-After)",
         504: "deadline passed",
@@ -210,10 +211,19 @@ def _timing_headers(
     }
 
 
-async def _decode(request: Request, state: ServiceState) -> tuple[DecodedImage, float]:
+async def _decode(
+    request: Request, state: ServiceState, mode: str, json_outputs: list[str] | None = None
+) -> tuple[DecodedImage, float]:
+    """Read and decode the request image; admission by cost (:mod:`service.admission`) for a request in
+    restore ``mode`` runs on its header first, and the admitted cost is noted for :mod:`service.memory`."""
     data = await read_image_body(request, state.settings.max_body_bytes)
     started = time.perf_counter()
-    image = await asyncio.to_thread(decode_image, data, state.settings.max_pixels)
+
+    def admit(width: int, height: int) -> None:
+        cost = admission.admit(state.restorer, state.settings, width, height, mode, json_outputs)
+        note_cost(request.scope, cost.pixels)
+
+    image = await asyncio.to_thread(decode_image, data, state.settings.max_pixels, admit)
     return image, time.perf_counter() - started
 
 
@@ -287,6 +297,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = None
     app.state.retry_after = settings.retry_after_s
     _install_boundary(app, lambda: app.state.metrics)
+    app.add_middleware(ReleaseMemory)
     _install_routes(app)
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -391,7 +402,7 @@ def _install_routes(app: FastAPI) -> None:
         fmt = image_format(format, request.headers.get("accept", ""))
         run_mode = mode or state.restorer.default_mode
         state.restorer.check_mode(run_mode)
-        image, decode_s = await _decode(request, state)
+        image, decode_s = await _decode(request, state, run_mode)
         result = await state.restorer.infer(image, ["restored"], state.remaining(started), run_mode)
         body = await asyncio.to_thread(encode_image, result.restored_hwc(), fmt, quality)
         headers = _timing_headers(
@@ -435,7 +446,7 @@ def _install_routes(app: FastAPI) -> None:
             raise BadInput(
                 f"format=npy carries one array, {len(names)} requested ({names}); use safetensors or json"
             )
-        image, decode_s = await _decode(request, state)
+        image, decode_s = await _decode(request, state, "full", names if format == "json" else None)
         result = await state.restorer.infer(image, names, state.remaining(started))
         headers = _timing_headers(
             state, decode_s, result.queue_wait_s, result.compute_s, time.perf_counter() - started
@@ -448,6 +459,10 @@ def _install_routes(app: FastAPI) -> None:
         headers["X-Array-Layout"] = "CHW"
         headers["X-Array-Scales"] = ",".join(f"{n}={s}" for n, s in scales.items())
         if format == "json":
+            encoded = sum(admission.base64_size(a.nbytes) for a in arrays.values())
+            admission.check_json_size(
+                encoded, state.settings, f"{', '.join(names)}: {headers['X-Array-Shapes']}"
+            )
             payload = RepresentJson(
                 model=state.model.ref,
                 width=image.width,
@@ -497,7 +512,7 @@ def _install_routes(app: FastAPI) -> None:
         if detector is None:
             raise Unavailable(state.detector_error)
         state.restorer.check_mode(run_mode)
-        image, decode_s = await _decode(request, state)
+        image, decode_s = await _decode(request, state, run_mode)
         result = await state.restorer.infer(image, ["restored"], state.remaining(started), run_mode)
         restored = to_uint8(result.restored_hwc())
         detect_started = time.perf_counter()
