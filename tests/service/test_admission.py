@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,28 +18,7 @@ from service.errors import BadInput, TooLarge
 from service.imaging import decode_image
 from service.settings import Settings
 from service.tiling import choose_tile, tile_pixels
-from tests.service.conftest import png_chunk, serve
-
-
-def header_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` RGB (its pixel data: one tiny zlib stream)."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + png_chunk(b"IEND", b"")
-    )
-
-
-def claimed_jpeg(width: int, height: int) -> bytes:
-    """A real 16x8 baseline JPEG whose SOF0 marker is rewritten to claim ``width x height``."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 8), (90, 120, 200)).save(buffer, format="JPEG", quality=50)
-    data = bytearray(buffer.getvalue())
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
+from tests.service.conftest import claimed_jpeg, header_png, serve
 
 
 def png(width: int, height: int) -> bytes:
