@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         default=True,
         description="ONNX Runtime intra-op threads spin-wait between runs (lower latency, busier cores)",
     )
+    ort_cpu_arena: bool = Field(
+        default=True,
+        description="ONNX Runtime's CPU memory arena for the restoration sessions: it keeps the largest "
+        "model call's buffers for the process's life; false returns them after every call (docs/SERVICE.md)",
+    )
     warmup: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="run every graph once per tile side at start-up, before serving (API process with the "
