@@ -27,7 +27,7 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import detection
+from service import admission, detection
 from service.batching import BatchPolicy
 from service.deadline import Deadline
 from service.embedded import EmbeddedQueue
@@ -50,6 +50,7 @@ from service.http import (
     safetensors_bytes,
 )
 from service.imaging import OUTPUT_MEDIA, DecodedImage, decode_image, encode_image, to_uint8
+from service.memory import ReleaseMemory, note_cost
 from service.metrics import Metrics
 from service.pipeline import Inference, Restorer
 from service.queue import TileQueue
@@ -99,9 +100,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         401: "missing or unknown API key (when DIR_API_KEYS is set); WWW-Authenticate: Bearer",
         408: "the body did not arrive within DIR_BODY_TIMEOUT_S",
-        413: "body or pixel count over the limit",
+        413: "body, pixel count, request cost or JSON output over its limit",
         415: "not a PNG, JPEG or WebP image",
-        422: "truncated image or bad parameter",
+        422: "truncated image, image side or aspect ratio out of bounds, or bad parameter",
         429: "queue full (Retry-After)",
         503: "model or queue unavailable (Retry-After)",
         504: "deadline passed",
@@ -250,12 +251,26 @@ def _timing_headers(
     }
 
 
-async def _decode(request: Request, state: ServiceState, deadline: Deadline) -> tuple[DecodedImage, float]:
+async def _decode(
+    request: Request,
+    state: ServiceState,
+    deadline: Deadline,
+    mode: str,
+    json_outputs: list[str] | None = None,
+) -> tuple[DecodedImage, float]:
+    """Read and decode the request image within ``deadline``; admission by cost (:mod:`service.admission`)
+    for a request in restore ``mode`` runs on its header first, and the admitted cost is noted for
+    :mod:`service.memory`."""
     settings = state.settings
     reading = read_image_body(request, settings.max_body_bytes, settings.body_timeout_s)
     data = await deadline.run(reading, "reading the body")
     started = time.perf_counter()
-    decoding = asyncio.to_thread(decode_image, data, state.settings.max_pixels)
+
+    def admit(width: int, height: int) -> None:
+        cost = admission.admit(state.restorer, settings, width, height, mode, json_outputs)
+        note_cost(request.scope, cost.pixels)
+
+    decoding = asyncio.to_thread(decode_image, data, settings.max_pixels, admit)
     image = await deadline.run(decoding, "decoding")
     return image, time.perf_counter() - started
 
@@ -385,6 +400,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redact = Redactor.for_urls(settings.queue)
     app.state.retry_after = settings.retry_after_s
     _install_boundary(app, lambda: app.state.metrics)
+    app.add_middleware(ReleaseMemory)
     _install_routes(app)
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -502,7 +518,7 @@ def _install_routes(app: FastAPI) -> None:
         run_mode = mode or state.restorer.default_mode
         state.restorer.check_mode(run_mode)
         deadline = state.deadline(started)
-        image, decode_s = await _decode(request, state, deadline)
+        image, decode_s = await _decode(request, state, deadline, run_mode)
         result = await _infer(request, state, image, ["restored"], deadline, run_mode)
         body = await asyncio.to_thread(encode_image, result.restored_hwc(), fmt, quality)
         headers = _timing_headers(
@@ -547,7 +563,7 @@ def _install_routes(app: FastAPI) -> None:
                 f"format=npy carries one array, {len(names)} requested ({names}); use safetensors or json"
             )
         deadline = state.deadline(started)
-        image, decode_s = await _decode(request, state, deadline)
+        image, decode_s = await _decode(request, state, deadline, "full", names if format == "json" else None)
         result = await _infer(request, state, image, names, deadline)
         headers = _timing_headers(
             state, decode_s, result.queue_wait_s, result.compute_s, time.perf_counter() - started
@@ -560,6 +576,10 @@ def _install_routes(app: FastAPI) -> None:
         headers["X-Array-Layout"] = "CHW"
         headers["X-Array-Scales"] = ",".join(f"{n}={s}" for n, s in scales.items())
         if format == "json":
+            encoded = sum(admission.base64_size(a.nbytes) for a in arrays.values())
+            admission.check_json_size(
+                encoded, state.settings, f"{', '.join(names)}: {headers['X-Array-Shapes']}"
+            )
             payload = RepresentJson(
                 model=state.model.ref,
                 width=image.width,
@@ -610,7 +630,7 @@ def _install_routes(app: FastAPI) -> None:
             raise Unavailable(state.detector_error)
         state.restorer.check_mode(run_mode)
         deadline = state.deadline(started)
-        image, decode_s = await _decode(request, state, deadline)
+        image, decode_s = await _decode(request, state, deadline, run_mode)
         result = await _infer(request, state, image, ["restored"], deadline, run_mode)
         restored = to_uint8(result.restored_hwc())
         detect_started = time.perf_counter()

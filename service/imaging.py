@@ -1,14 +1,16 @@
 """Decoding request images and encoding results.
 
 Decoded pixels are ``(H, W, 3)`` sRGB, EXIF orientation applied: uint8 (0..255) for 8-bit sources, float32
-in [0, 1] for 16-bit ones (uint8 keeps tiles, queues and Redis payloads 4x smaller). The pixel-count limit is
-checked from the header, before any pixel is decoded (decompression bombs).
+in [0, 1] for 16-bit ones (uint8 keeps tiles, queues and Redis payloads 4x smaller). The pixel-count limit and
+the caller's admission check (cost, shape) run on the header, before any pixel is decoded (decompression
+bombs, thin or costly images).
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,11 +46,15 @@ class DecodedImage:
         return self.pixels if self.pixels.dtype == np.uint8 else to_uint8(self.pixels)
 
 
-def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+def decode_image(
+    data: bytes, max_pixels: int, admit: Callable[[int, int], object] | None = None
+) -> DecodedImage:
     """Decode PNG (8/16-bit), JPEG or WebP bytes to ``(H, W, 3)`` sRGB (uint8, or float32 [0, 1] for 16 bit).
 
     Raises ``UnsupportedMedia`` (not an image / other format), ``TooLarge`` (width*height > ``max_pixels``,
-    checked from the header) and ``BadInput`` (truncated or corrupt pixel data).
+    checked from the header) and ``BadInput`` (truncated or corrupt pixel data). ``admit(width, height)``
+    runs on the header's size (before EXIF orientation) once it is within ``max_pixels`` and before any
+    pixel is decoded; whatever it raises propagates (see :mod:`service.admission`).
     """
     if not data:
         raise BadInput("empty body: send the image bytes or a multipart field 'file'")
@@ -74,6 +80,8 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         width, height = image.size
         if width * height > max_pixels:
             raise TooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+        if admit is not None:
+            admit(width, height)
         try:
             image.load()
             pixels, depth = _to_rgb(ImageOps.exif_transpose(image))

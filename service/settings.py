@@ -48,6 +48,25 @@ class Settings(BaseSettings):
         gt=0,
         description="largest width*height accepted, checked before decoding (413 beyond)",
     )
+    max_cost_pixels: int = Field(
+        default=50_000_000,
+        gt=0,
+        description="most tile pixels one request may compute (tiles after padding x side^2 x passes of "
+        "its mode), checked from the image header before decoding (413 beyond)",
+    )
+    min_side: int = Field(
+        default=1, ge=1, description="shortest image side accepted in pixels, from the header (422 below)"
+    )
+    max_aspect: float = Field(
+        default=32.0,
+        ge=1.0,
+        description="largest long/short side ratio accepted, from the header (422 beyond)",
+    )
+    max_json_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="largest base64 array payload of /v1/represent?format=json (413 beyond: ask for .npy)",
+    )
     api_keys: str = Field(
         default="", description="comma-separated bearer tokens; empty: model endpoints are open"
     )
@@ -63,6 +82,11 @@ class Settings(BaseSettings):
     ort_spinning: bool = Field(
         default=True,
         description="ONNX Runtime intra-op threads spin-wait between runs (lower latency, busier cores)",
+    )
+    ort_cpu_arena: bool = Field(
+        default=True,
+        description="ONNX Runtime's CPU memory arena for the restoration sessions: it keeps the largest "
+        "model call's buffers for the process's life; false returns them after every call (docs/SERVICE.md)",
     )
     warmup: Literal["auto", "on", "off"] = Field(
         default="auto",

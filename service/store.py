@@ -146,13 +146,16 @@ def choose_providers(requested: list[str] | None) -> list[str]:
 
 
 def make_session(
-    onnx_path: Path, providers: list[str] | None, threads: int, spinning: bool = True
+    onnx_path: Path, providers: list[str] | None, threads: int, spinning: bool = True, arena: bool = True
 ) -> ort.InferenceSession:
     """An ONNX Runtime session with ``threads`` intra-op threads; load failures become ``ModelStoreError``.
 
     ``spinning=False`` makes idle intra-op threads sleep instead of spin-waiting for the next run.
+    ``arena=False`` builds it without ONNX Runtime's CPU memory arena (which keeps the largest run's buffers
+    for the life of the session): memory goes back after each run, at the cost of allocating every run.
     """
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = arena
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -264,6 +267,7 @@ class RestoreModel:
         parallel: int = 1,
         max_call_pixels: int = 0,
         pins: Mapping[str, str] | None = None,
+        arena: bool = True,
     ) -> RestoreModel:
         """Verify ``entry`` (against ``pins`` too, see :func:`check_pin`) and build its sessions
         (``with_session=False``: manifest only, for a Redis API).
@@ -272,7 +276,7 @@ class RestoreModel:
         always the entry's own (fp32). ``spinning``: see :func:`make_session`. ``parallel``: :meth:`run`
         splits a batch into up to this many parts run at once, each with ``threads`` intra-op threads; with
         ``parallel > 1`` every graph gets a second session of ``parallel * threads`` threads for calls of a
-        single tile. ``max_call_pixels``: see :meth:`run`.
+        single tile. ``max_call_pixels``: see :meth:`run`. ``arena``: see :func:`make_session`.
         """
         verify_entry(entry, pins)
         chosen, onnx_file = choose_graph(entry, precision, choose_providers(providers))
@@ -286,9 +290,12 @@ class RestoreModel:
         if denoise:
             files[DENOISE_GRAPH] = denoise
         paths = {graph: entry.path / name for graph, name in files.items()}
-        sessions = {g: make_session(path, providers, threads, spinning) for g, path in paths.items()}
+        sessions = {g: make_session(path, providers, threads, spinning, arena) for g, path in paths.items()}
         wide = (
-            {g: make_session(path, providers, threads * parallel, spinning) for g, path in paths.items()}
+            {
+                g: make_session(path, providers, threads * parallel, spinning, arena)
+                for g, path in paths.items()
+            }
             if parallel > 1
             else {}
         )
@@ -321,6 +328,7 @@ class RestoreModel:
             parallel,
             settings.max_batch * base * base,
             settings.pins,
+            settings.ort_cpu_arena,
         )
 
     @property

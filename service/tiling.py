@@ -91,6 +91,36 @@ def choose_tile(height: int, width: int, sizes: tuple[int, ...], overlap: int, m
     return min(grids, key=lambda g: (g.count * g.tile * g.tile, -g.tile))
 
 
+def _tile_count(length: int, tile: int, stride: int) -> int:
+    """Tiles :func:`_offsets` places along a padded side of ``length`` pixels, counted without listing
+    them."""
+    return 1 if length <= tile else -(-(length - tile) // stride) + 1
+
+
+def tile_pixels(
+    height: int, width: int, sizes: tuple[int, ...], overlap: int, multiple: int
+) -> tuple[int, int]:
+    """``(side, tiles)`` of the grid :func:`choose_tile` picks over a ``height x width`` image, counted in
+    constant time (no offsets listed, nothing allocated), for admission from an image header: a header may
+    claim 40 000 000 x 1 pixels. The same for ``width x height`` (a transposed image, e.g. EXIF-rotated).
+
+    Raises ``BadInput`` on tile sides or overlap that do not fit ``multiple`` (as :func:`plan_tiles`).
+    """
+    if not sizes:
+        raise BadInput("no tile sides to choose from")
+    best: tuple[int, int, int] | None = None
+    for side in sorted(set(sizes)):
+        if side % multiple or overlap % multiple or not 0 <= overlap < side:
+            raise BadInput(f"tile {side} and overlap {overlap} do not fit the model's multiple {multiple}")
+        rows = _tile_count(max(side, _round_up(height, multiple)), side, side - overlap)
+        cols = _tile_count(max(side, _round_up(width, multiple)), side, side - overlap)
+        key = (rows * cols * side * side, -side, rows * cols)
+        if best is None or key < best:
+            best = key
+    assert best is not None
+    return -best[1], best[2]
+
+
 def extract_tiles(pixels: np.ndarray, grid: TileGrid) -> np.ndarray:
     """``(H, W, 3)`` image -> ``(grid.count, 3, T, T)`` tiles (NCHW, same dtype: uint8 0..255 or float32
     [0, 1]), reflect-padded."""

@@ -100,6 +100,20 @@ def fixture_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def detector_store(fixture_store: Path, tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """The fixture store plus a ``yolo-fastestv2`` entry built with ``install_yolo_fastestv2``."""
+    from training.detect.export import install_yolo_fastestv2
+
+    weights = shared_data / "yolo_fastestv2" / "modelzoo" / "coco2017-0.241078ap-model.pth"
+    if not weights.is_file():
+        pytest.skip(f"Yolo-FastestV2 weights are absent at {weights}")
+    store = tmp_path_factory.mktemp("detect_store")
+    shutil.copytree(fixture_store, store, dirs_exist_ok=True)
+    install_yolo_fastestv2(weights, store)
+    return store
+
+
+@pytest.fixture(scope="session")
 def served_entry(fixture_store: Path) -> ModelEntry:
     """The committed default restoration entry (``model_store/dir-restore/<highest>``) when the repository
     has one, else the fixture entry: endpoint tests run on what ``make serve`` serves."""
@@ -166,3 +180,28 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     """One PNG chunk (length, type, data, CRC32), for hand-built PNG headers in error tests."""
     crc = zlib.crc32(kind + data) & 0xFFFFFFFF
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def header_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` RGB (its pixel data: one tiny zlib stream), for admission
+    and error tests: it is refused from its header or found truncated when decoded."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def claimed_jpeg(width: int, height: int) -> bytes:
+    """A real 16x8 baseline JPEG (about 600 bytes) whose SOF0 marker is rewritten to claim ``width x height``
+    (up to 65535 each); Pillow decodes it at the claimed size (the missing scans come out grey)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 8), (90, 120, 200)).save(buffer, format="JPEG", quality=50)
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)

@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from service.settings import Settings
 from tests.service.conftest import serve
-
-
-@pytest.fixture(scope="session")
-def detector_store(fixture_store: Path, tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
-    """The fixture store plus a ``yolo-fastestv2`` entry built with ``install_yolo_fastestv2``."""
-    from training.detect.export import install_yolo_fastestv2
-
-    weights = shared_data / "yolo_fastestv2" / "modelzoo" / "coco2017-0.241078ap-model.pth"
-    if not weights.is_file():
-        pytest.skip(f"Yolo-FastestV2 weights are absent at {weights}")
-    store = tmp_path_factory.mktemp("detect_store")
-    shutil.copytree(fixture_store, store, dirs_exist_ok=True)
-    install_yolo_fastestv2(weights, store)
-    return store
 
 
 async def test_detect_compare_and_annotate(

@@ -369,3 +369,23 @@ async def test_app_refuses_to_start_when_the_warm_up_fails(
     with pytest.raises(ModelStoreError, match="failed its start-up run: bad graph"):
         async with serve(make_settings(warmup="on")):
             pass
+
+
+@pytest.mark.parametrize("arena", [True, False])
+def test_cpu_arena_setting_reaches_every_session(
+    tmp_path: Path, arena: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = resolve_entry(build_entry(tmp_path).parents[1], "dir-restore", "restore")
+    monkeypatch.setenv("DIR_ORT_CPU_ARENA", str(arena).lower())
+    model = RestoreModel.from_settings(
+        entry, Settings(model_store=tmp_path, intra_op_threads=1, parallel_runs=2)
+    )
+    built = [model.session, model.guide_session, model.denoise_session, *model._wide.values()]
+    sessions = [s for s in built if s is not None]
+    assert len(sessions) >= 4, "serving and guide sessions, and their single-tile twins"
+    assert all(s.get_session_options().enable_cpu_mem_arena is arena for s in sessions)
+    feed = {
+        "image": np.zeros((2, 3, 64, 64), dtype=np.uint8),
+        "guide_mean": np.zeros((2, 8), dtype=np.float32),
+    }
+    assert model.run(feed, ["restored"])["restored"].shape == (2, 3, 64, 64)
