@@ -12,7 +12,7 @@ import io
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -172,7 +172,15 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
     policy = BatchPolicy(settings.max_batch, settings.max_queue_delay_ms / 1000.0, settings.queue_bound)
     queue: TileQueue
     if settings.uses_redis:
-        queue = RedisQueue(settings.queue, model.ref, policy, settings.stream_prefix, graphs=model.graphs)
+        queue = RedisQueue(
+            settings.queue,
+            model.ref,
+            policy,
+            settings.stream_prefix,
+            graphs=model.graphs,
+            priority_tiles=settings.priority_tiles,
+            on_live=metrics.live_workers.labels(model.ref).set,
+        )
     else:
         queue = EmbeddedQueue(model.ref, model.run, policy, metrics)
     _, tiles, overlap = tile_geometry(model.entry, settings)
@@ -260,8 +268,10 @@ async def _decode(
 ) -> tuple[DecodedImage, float]:
     """Read and decode the request image within ``deadline``; admission by cost (:mod:`service.admission`)
     for a request in restore ``mode`` runs on its header first, and the admitted cost is noted for
-    :mod:`service.memory`."""
+    :mod:`service.memory`. Before the body is read, a queue that nothing would compute (Redis: no live
+    worker) refuses the request (``Unavailable``)."""
     settings = state.settings
+    await state.queue.check_workers()
     reading = read_image_body(request, settings.max_body_bytes, settings.body_timeout_s)
     data = await deadline.run(reading, "reading the body")
     started = time.perf_counter()
@@ -453,7 +463,10 @@ def _install_routes(app: FastAPI) -> None:
         responses={401: ERRORS[401]},
     )
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        state = _state(request)
+        with suppress(Unavailable):  # Redis down: the gauge reads 0, the rest is served
+            await state.queue.worker_count()  # refreshes dir_live_workers (Redis mode)
+        return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/v1/models",

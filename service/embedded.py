@@ -166,6 +166,13 @@ class EmbeddedQueue:
         """One line for /readyz."""
         return f"ok: embedded, {self.depth} tiles waiting"
 
+    async def worker_count(self, max_age_s: float = 0.0) -> int | None:
+        """None: the API process computes; there are no separate workers to count."""
+        return None
+
+    async def check_workers(self) -> None:
+        """Nothing to check: the batcher task computes in this process."""
+
     async def submit(
         self,
         inputs: dict[str, np.ndarray],

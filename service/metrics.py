@@ -51,6 +51,14 @@ class Metrics:
         self.queue_depth = Gauge(
             "dir_queue_depth", "tiles waiting", ["model"], multiprocess_mode="livemax", registry=reg
         )
+        self.live_workers = Gauge(
+            "dir_live_workers",
+            "dir-worker processes with a live heartbeat (Redis mode; read when /metrics or /readyz is "
+            "served)",
+            ["model"],
+            multiprocess_mode="livemax",
+            registry=reg,
+        )
         self.redeliveries = Counter(
             "dir_redeliveries", "Redis jobs delivered again after a worker died", registry=reg
         )

@@ -77,6 +77,14 @@ class TileQueue(Protocol):
         """A one-line description for /readyz (backlog, live workers); raises ``Unavailable``."""
         ...
 
+    async def worker_count(self, max_age_s: float = 0.0) -> int | None:
+        """Live workers (Redis: heartbeat keys that exist, read at most ``max_age_s`` ago), or None where the
+        API process computes itself (embedded); raises ``Unavailable`` when the count cannot be read."""
+        ...
+
+    async def check_workers(self) -> None:
+        """Raise ``Unavailable`` at once when nothing would compute a request (Redis: no live worker)."""
+
 
 def pack(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     """Serialise a JSON header and float32/uint16/uint8 arrays: ``<json>\\n<raw bytes ...>`` (no pickle)."""

@@ -3,24 +3,31 @@ collect one result message per job from a per-request list.
 
 Keys (``p`` = ``DIR_STREAM_PREFIX``, ``m`` = the lane: ``name/version`` for the serving graph,
 ``name/version:guide`` for the guide graph of two-pass entries): ``p:jobs:m`` the job stream (consumer
-group ``workers``), ``p:tiles:m`` the number of tiles in that stream (a counter changed in the same
-MULTI/EXEC as every XADD and every XACK + XDEL, so the queue bound counts tiles, not jobs), ``p:dead:m`` the
-dead-letter stream, ``p:res:<request id>`` the result list (workers RPUSH, TTL ``DIR_RESULT_TTL_S``),
-``p:cancel:<request id>`` set when a request ends before its jobs ran (client gone, deadline passed;
-workers drop its jobs unrun), ``p:workers:<model>`` the set of worker names and ``p:hb:<model>:<worker>``
-each worker's heartbeat (a key with a TTL of ``DIR_HEARTBEAT_TTL_MS``, refreshed four times per TTL: a worker
-is live while its key exists). Workers XDEL a job after XACK, so a stream holds exactly the jobs not yet
-answered; every job carries its request's absolute deadline and workers drop expired jobs unrun.
+group ``workers``) and ``p:prio:m`` its priority stream, which holds the jobs of requests of at most
+``DIR_PRIORITY_TILES`` tiles (per pass) and which workers read first, so a small request's tiles overtake a
+costly request's backlog; ``p:tiles:m`` and ``p:prio-tiles:m`` the number of tiles in each (a counter
+changed in the same MULTI/EXEC as every XADD and every XACK + XDEL, so the queue bound counts tiles, not
+jobs, over both streams of a lane), ``p:dead:m`` the dead-letter stream of both, ``p:res:<request id>``
+the result list (workers RPUSH, TTL ``DIR_RESULT_TTL_S``), ``p:cancel:<request id>`` set when a request
+ends before its jobs ran (client gone, deadline passed; workers drop its jobs unrun), ``p:workers:<model>``
+the set of worker names and ``p:hb:<model>:<worker>`` each worker's heartbeat (a key with a TTL of
+``DIR_HEARTBEAT_TTL_MS``, refreshed four times per TTL: a worker is live while its key exists). Workers
+XDEL a job after XACK, so a stream holds exactly the jobs not yet answered; every job carries its
+request's absolute deadline and workers drop expired jobs unrun.
 
 A request's jobs of one pass are added in one MULTI/EXEC, so a waiting worker wakes to all of them at once
-instead of to the first; a job is the unit of delivery, redelivery and dead-lettering.
+instead of to the first; a job is the unit of delivery, redelivery and dead-lettering. A request arriving
+while no worker is live is refused at once (``Unavailable``, 503): the live count is read from Redis at
+most once per ``LIVE_CHECK_S``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,16 +43,19 @@ from service.queue import SERVE_GRAPH, TileResult, dequantize, lane_ref, pack, u
 from service.redact import Redactor
 
 GROUP = "workers"
+#: Seconds a live-worker count is reused by requests (``RedisQueue.check_workers``): one Redis round trip
+#: per second at most, however many requests arrive.
+LIVE_CHECK_S = 1.0
 
 
-def stream_key(prefix: str, lane: str) -> str:
-    """The job stream of ``lane`` (see :func:`service.queue.lane_ref`)."""
-    return f"{prefix}:jobs:{lane}"
+def stream_key(prefix: str, lane: str, priority: bool = False) -> str:
+    """The job stream of ``lane`` (see :func:`service.queue.lane_ref`), or its priority stream."""
+    return f"{prefix}:{'prio' if priority else 'jobs'}:{lane}"
 
 
-def tiles_key(prefix: str, lane: str) -> str:
-    """The counter of tiles in ``lane``'s job stream."""
-    return f"{prefix}:tiles:{lane}"
+def tiles_key(prefix: str, lane: str, priority: bool = False) -> str:
+    """The counter of tiles in ``lane``'s job stream (or its priority stream)."""
+    return f"{prefix}:{'prio-tiles' if priority else 'tiles'}:{lane}"
 
 
 def dead_key(prefix: str, lane: str) -> str:
@@ -132,7 +142,12 @@ def _unavailable(url: str, exc: Exception) -> Unavailable:
 
 
 class RedisQueue:
-    """API side of the Redis backend; any number of ``dir-worker`` processes serve the stream."""
+    """API side of the Redis backend; any number of ``dir-worker`` processes serve the streams.
+
+    A pass of at most ``priority_tiles`` tiles goes to its lane's priority stream (0: none does).
+    ``on_live`` is called with the number of live workers whenever it is read from Redis (0 when Redis does
+    not answer): the ``dir_live_workers`` gauge.
+    """
 
     def __init__(
         self,
@@ -142,19 +157,33 @@ class RedisQueue:
         prefix: str,
         poll_s: float = 1.0,
         graphs: tuple[str, ...] = (SERVE_GRAPH,),
+        priority_tiles: int = 0,
+        on_live: Callable[[int], None] | None = None,
     ) -> None:
         self.model_ref = model_ref
         self.url = url
         self._policy = policy
         self._prefix = prefix
         self._poll_s = poll_s
-        self._streams = {graph: stream_key(prefix, lane_ref(model_ref, graph)) for graph in graphs}
-        self._tiles = {graph: tiles_key(prefix, lane_ref(model_ref, graph)) for graph in graphs}
-        self._stream = self._streams[SERVE_GRAPH]
+        self._priority_tiles = priority_tiles
+        self._on_live = on_live or (lambda count: None)
+        lanes = {graph: lane_ref(model_ref, graph) for graph in graphs}
+        self._streams = {
+            (graph, urgent): stream_key(prefix, lane, urgent)
+            for graph, lane in lanes.items()
+            for urgent in (False, True)
+        }
+        self._tiles = {
+            (graph, urgent): tiles_key(prefix, lane, urgent)
+            for graph, lane in lanes.items()
+            for urgent in (False, True)
+        }
         self._client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2.0, socket_timeout=poll_s + 5.0, health_check_interval=10
         )
         self._group_ready = False
+        self._live: tuple[float, int] | None = None  # (monotonic time read, live workers)
+        self._live_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Create the consumer group when Redis answers; a down Redis is retried on the next request."""
@@ -173,28 +202,58 @@ class RedisQueue:
             self._group_ready = False
             raise _unavailable(self.url, exc) from exc
 
+    async def worker_count(self, max_age_s: float = 0.0) -> int:
+        """Live workers of this model (heartbeat keys that exist), read from Redis unless a count read less
+        than ``max_age_s`` ago is at hand; concurrent callers share one read. Raises ``Unavailable`` when
+        Redis does not answer."""
+        if self._live is not None and time.monotonic() - self._live[0] < max_age_s:
+            return self._live[1]
+        async with self._live_lock:
+            if self._live is not None and time.monotonic() - self._live[0] < max_age_s:
+                return self._live[1]
+            try:
+                count = len(await live_workers(self._client, self._prefix, self.model_ref))
+            except (RedisError, OSError) as exc:
+                self._live = None
+                self._group_ready = False
+                self._on_live(0)
+                raise _unavailable(self.url, exc) from exc
+            self._live = (time.monotonic(), count)
+        self._on_live(count)
+        return count
+
+    async def check_workers(self) -> None:
+        """Raise ``Unavailable`` (503, Retry-After) when no worker is live, so that a request is refused at
+        once instead of waiting for its deadline; the count is at most ``LIVE_CHECK_S`` old."""
+        if not await self.worker_count(LIVE_CHECK_S):
+            raise Unavailable(
+                f"no live dir-worker serves {self.model_ref} (no worker heartbeat in Redis), so nothing "
+                "would compute this request: start one with `dir-worker`"
+            )
+
     async def status(self) -> str:
-        """One line for /readyz: backlog (every lane) and live workers (heartbeat keys that exist); raises
-        ``Unavailable`` when no worker is live, since nothing would compute a request's tiles."""
+        """One line for /readyz: backlog (every lane) and live workers (heartbeat keys that exist, read now);
+        raises ``Unavailable`` when no worker is live, since nothing would compute a request's tiles."""
         try:
-            depth = sum([await self.depth(graph) for graph in self._streams])
-            live = await live_workers(self._client, self._prefix, self.model_ref)
+            depth = sum([await self.depth(graph) for graph, urgent in self._streams if not urgent])
         except (RedisError, OSError) as exc:
             raise _unavailable(self.url, exc) from exc
+        live = await self.worker_count()
         if not live:
             raise Unavailable(
                 f"redis reachable, {depth} tiles queued, but no live dir-worker serves {self.model_ref} "
                 "(no worker heartbeat): start one with `dir-worker`"
             )
-        return f"ok: redis, {depth} tiles queued, {len(live)} live worker(s)"
+        return f"ok: redis, {depth} tiles queued, {live} live worker(s)"
 
     async def depth(self, graph: str = SERVE_GRAPH) -> int:
-        """Tiles queued or being computed for ``graph`` of this model."""
+        """Tiles queued or being computed for ``graph`` of this model (both of its streams)."""
         pipe = self._client.pipeline(transaction=False)
-        pipe.xlen(self._streams[graph])
-        pipe.get(self._tiles[graph])
-        length, counter = await pipe.execute()
-        return queued_tiles(int(length), counter)
+        for urgent in (False, True):
+            pipe.xlen(self._streams[graph, urgent])
+            pipe.get(self._tiles[graph, urgent])
+        length, counter, urgent_length, urgent_counter = await pipe.execute()
+        return queued_tiles(int(length), counter) + queued_tiles(int(urgent_length), urgent_counter)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -216,9 +275,11 @@ class RedisQueue:
         deadline: Deadline | float,
         graph: str = SERVE_GRAPH,
     ) -> TileResult:
-        """XADD the tiles to ``graph``'s stream in jobs of at most ``max_batch`` (one MULTI/EXEC; each job
-        carries the deadline), then BLPOP results until all arrived or the deadline. A request that ends
-        early (deadline, cancelled caller, error) sets its cancel key: workers drop its jobs unrun."""
+        """XADD the tiles to ``graph``'s stream (its priority stream for at most ``priority_tiles`` tiles) in
+        jobs of at most ``max_batch`` (one MULTI/EXEC; each job carries the deadline), then BLPOP results
+        until all arrived or the deadline. Refused at once (``Unavailable``) while no worker is live. A
+        request that ends early (deadline, cancelled caller, error) sets its cancel key: workers drop its
+        jobs unrun."""
         budget = Deadline.of(deadline)
         budget.check("its tiles were being queued")
         started = time.time()
@@ -226,22 +287,24 @@ class RedisQueue:
         request_id = uuid.uuid4().hex
         key = result_key(self._prefix, request_id)
         count = len(next(iter(inputs.values())))
-        stream = self._streams[graph]
+        urgent = count <= self._priority_tiles
+        stream = self._streams[graph, urgent]
         queued = False
         try:
+            await self.check_workers()
             await self._ensure_group()
             depth = await self.depth(graph)
             if not self._policy.admit(depth, count):
                 raise QueueFull(
-                    f"Redis queue {stream} holds {depth} tiles; {count} more exceed the bound "
-                    f"{self._policy.bound}"
+                    f"Redis queue {self._streams[graph, False]} (with its priority stream) holds {depth} "
+                    f"tiles; {count} more exceed the bound {self._policy.bound}"
                 )
             pipe = self._client.pipeline(transaction=True)
             size = self._policy.max_batch
             for start in range(0, count, size):
                 part = {name: array[start : start + size] for name, array in inputs.items()}
                 pipe.xadd(stream, job_fields(request_id, start, part, outputs, started, wall_deadline))
-            pipe.incrby(self._tiles[graph], count)
+            pipe.incrby(self._tiles[graph, urgent], count)
             await pipe.execute()
             queued = True
             result = await self._collect(key, count, outputs, budget)

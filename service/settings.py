@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     stream_prefix: str = Field(
         default="dir", description="prefix of every Redis key and stream the service uses"
     )
+    priority_tiles: int = Field(
+        default=16,
+        ge=0,
+        description="Redis mode: a pass of at most this many tiles goes to its lane's priority stream, which "
+        "workers read first, so small requests overtake a costly request's backlog (0 = one stream, FIFO)",
+    )
     result_ttl_s: int = Field(default=120, ge=1, description="TTL of per-request result keys in Redis")
     claim_idle_ms: int = Field(
         default=30_000,

@@ -1,9 +1,11 @@
 """``dir-worker``: serve a model's Redis job streams (XREADGROUP batches, run, RPUSH results, XACK + XDEL).
 
-One stream per graph of the model (the serving graph, the guide graph of two-pass entries, the denoise
-graph); a job holds up to ``max_batch`` tiles of one request. The worker reads jobs one at a time until its
-batching policy (in tiles) says run, then runs each graph's tiles in model calls of at most ``max_batch``
-tiles (jobs of several requests share a call) and answers with one result message per job. Answering
+Two streams per graph of the model (the serving graph, the guide graph of two-pass entries, the denoise
+graph): the job stream and the priority stream, which holds the jobs of small requests and is read first,
+so they overtake a costly request's backlog. A job holds up to ``max_batch`` tiles of one request. The
+worker reads jobs one at a time (priority streams first) until its batching policy (in tiles) says run,
+then runs each graph's tiles in model calls of at most ``max_batch`` tiles (jobs of several requests share
+a call) and answers with one result message per job. Answering
 (quantising, RPUSH, XACK + XDEL in one MULTI/EXEC) runs in a second thread while the next batch computes;
 one batch of answers is in flight at most, and a job is acknowledged only once its result is stored.
 
@@ -53,7 +55,7 @@ from service.tiling import concat_batches
 
 log = logging.getLogger("dir.worker")
 
-#: (graph, stream entry id, fields) of one job read from the graph's stream.
+#: (stream key, stream entry id, fields) of one job read from one of a graph's two streams.
 Entry = tuple[str, str, dict[Any, Any]]
 #: Seconds between the non-blocking reads of a worker filling a partial batch.
 POLL_S = 0.001
@@ -66,12 +68,13 @@ MAX_BACKOFF_S = 1.0
 
 @dataclass
 class Job:
-    """One decoded job of ``graph``: tiles ``start .. start + count - 1`` of a request; ``inputs`` their graph
-    inputs, each ``(count, ...)`` (``image`` (count, 3, T, T) sRGB, uint8 or float32 [0, 1]; ``guide_mean``
-    (count, K) float32 for a two-pass serving graph; ``owned_window`` (count, 4) uint16 for a guide graph);
-    Unix seconds."""
+    """One decoded job of ``graph``, read from ``stream``: tiles ``start .. start + count - 1`` of a
+    request; ``inputs`` their graph inputs, each ``(count, ...)`` (``image`` (count, 3, T, T) sRGB, uint8 or
+    float32 [0, 1]; ``guide_mean`` (count, K) float32 for a two-pass serving graph; ``owned_window``
+    (count, 4) uint16 for a guide graph); Unix seconds."""
 
     graph: str
+    stream: str
     entry_id: str
     request_id: str
     start: int
@@ -96,7 +99,7 @@ class Answer:
     values: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def decode_job(graph: str, entry_id: str, fields: dict[Any, Any]) -> Job:
+def decode_job(graph: str, stream: str, entry_id: str, fields: dict[Any, Any]) -> Job:
     """Stream entry -> ``Job``; raises ``ValueError``/``KeyError`` on a malformed entry."""
     _, inputs = unpack(fields[b"data"])
     shapes = {name: (a.shape, str(a.dtype)) for name, a in inputs.items()}
@@ -107,6 +110,7 @@ def decode_job(graph: str, entry_id: str, fields: dict[Any, Any]) -> Job:
         raise ValueError(f"job inputs {shapes}: expected {count} tiles in each")
     return Job(
         graph,
+        stream,
         entry_id,
         fields[b"req"].decode(),
         int(fields[b"idx"]),
@@ -118,7 +122,7 @@ def decode_job(graph: str, entry_id: str, fields: dict[Any, Any]) -> Job:
 
 
 class Worker:
-    """One consumer of the job streams of ``model`` (one per graph). ``clock`` returns Unix seconds."""
+    """One consumer of the job streams of ``model`` (two per graph). ``clock`` returns Unix seconds."""
 
     def __init__(
         self,
@@ -138,11 +142,22 @@ class Worker:
         self.policy = BatchPolicy(
             settings.max_batch, settings.max_queue_delay_ms / 1000.0, settings.queue_bound
         )
+        prefix = settings.stream_prefix
         self.lanes = {graph: lane_ref(model.ref, graph) for graph in model.graphs}
-        self.streams = {graph: stream_key(settings.stream_prefix, lane) for graph, lane in self.lanes.items()}
-        self.dead = {graph: dead_key(settings.stream_prefix, lane) for graph, lane in self.lanes.items()}
-        self.tiles = {graph: tiles_key(settings.stream_prefix, lane) for graph, lane in self.lanes.items()}
-        self._graph_of = {stream: graph for graph, stream in self.streams.items()}
+        #: Every job stream -> its graph: the priority streams first (read and reclaimed first).
+        self.streams = {
+            stream_key(prefix, lane, urgent): graph
+            for urgent in (True, False)
+            for graph, lane in self.lanes.items()
+        }
+        self.priority_streams = [stream_key(prefix, lane, True) for lane in self.lanes.values()]
+        #: Every job stream -> the counter of its tiles.
+        self.tiles = {
+            stream_key(prefix, lane, urgent): tiles_key(prefix, lane, urgent)
+            for urgent in (True, False)
+            for lane in self.lanes.values()
+        }
+        self.dead = {graph: dead_key(prefix, lane) for graph, lane in self.lanes.items()}
         self._last_claim = 0.0
         self.unit_outputs = {o.name for o in model.entry.manifest.outputs if o.value_range == (0.0, 1.0)}
         self._answerer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dir-answer")
@@ -205,7 +220,7 @@ class Worker:
 
     def ensure_group(self) -> None:
         """Create the consumer group of every stream (from the stream's start) unless it exists."""
-        for stream in self.streams.values():
+        for stream in self.streams:
             try:
                 self.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
             except ResponseError as exc:
@@ -214,14 +229,15 @@ class Worker:
 
     def reclaim(self) -> list[Entry]:
         """Claim the pending jobs of workers whose heartbeat is gone (XCLAIM), then jobs idle past
-        ``claim_idle_ms`` (XAUTOCLAIM), on every stream; dead-letter those delivered too often.
+        ``claim_idle_ms`` (XAUTOCLAIM), on every stream (priority streams first); dead-letter those
+        delivered too often.
 
         A full batch of claims leaves the next reclaim due at once, so a dead worker's backlog drains fast.
         """
         kept: list[Entry] = []
         full = False
         size = self.settings.max_batch
-        for graph, stream in self.streams.items():
+        for stream in self.streams:
             claimed = self.claim_from_dead(stream, size)
             if len(claimed) < size:
                 idle_ms = self.settings.claim_idle_ms
@@ -237,22 +253,20 @@ class Worker:
                 info = self.client.xpending_range(stream, GROUP, entry_id, entry_id, 1)
                 deliveries = int(info[0]["times_delivered"]) if info else 1
                 if deliveries > self.settings.max_deliveries:
-                    self.dead_letter(graph, entry_id, fields, deliveries)
+                    self.dead_letter(stream, entry_id, fields, deliveries)
                 else:
                     self.metrics.redeliveries.inc()
-                    kept.append((graph, entry_id, fields))
+                    kept.append((stream, entry_id, fields))
         if not full:
             self._last_claim = self.clock()
         return kept
 
-    def dead_letter(self, graph: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
-        """Move a job of ``graph`` to its dead-letter stream, tell its request, XACK and XDEL it."""
-        log.warning("dead-lettering job %s after %d deliveries", entry_id, deliveries)
-        stream = self.streams[graph]
+    def dead_letter(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> None:
+        """Move a job of ``stream`` to its graph's dead-letter stream, tell its request, XACK and XDEL it."""
+        log.warning("dead-lettering job %s of %s after %d deliveries", entry_id, stream, deliveries)
         pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(
-            self.dead[graph], {**fields, b"deliveries": deliveries, b"source_id": entry_id}, maxlen=10_000
-        )
+        dead = {**fields, b"deliveries": deliveries, b"source": stream, b"source_id": entry_id}
+        pipe.xadd(self.dead[self.streams[stream]], dead, maxlen=10_000)
         request = fields.get(b"req")
         if request is not None:
             message = f"tile job {entry_id} failed {deliveries} deliveries and was dead-lettered"
@@ -261,7 +275,7 @@ class Worker:
             self._push(pipe, request.decode(errors="replace"), header, {})
         pipe.xack(stream, GROUP, entry_id)
         pipe.xdel(stream, entry_id)
-        pipe.decrby(self.tiles[graph], job_tiles(fields))
+        pipe.decrby(self.tiles[stream], job_tiles(fields))
         pipe.execute()
         self.metrics.dead_letters.inc()
 
@@ -273,18 +287,24 @@ class Worker:
         pipe.expire(key, self.settings.result_ttl_s)
 
     def _read(self, block_ms: int | None) -> list[Entry]:
-        """At most one new job per stream, blocking up to ``block_ms`` until any stream has one (None: not
-        at all). One at a time, because a job holds up to ``max_batch`` tiles: a worker never takes more
-        work than its next batch needs."""
+        """At most one new job per priority stream, without blocking; when they hold none, at most one per
+        stream, blocking up to ``block_ms`` until any stream has one (None: not at all). One at a time,
+        because a job holds up to ``max_batch`` tiles: a worker never takes more work than its next batch
+        needs, so a small request's job queued later is read next, ahead of a costly request's backlog."""
+        return self._read_streams(self.priority_streams, None) or self._read_streams(
+            list(self.streams), block_ms
+        )
+
+    def _read_streams(self, streams: list[str], block_ms: int | None) -> list[Entry]:
         reply: Any = self.client.xreadgroup(
-            GROUP, self.consumer, dict.fromkeys(self.streams.values(), ">"), count=1, block=block_ms
+            GROUP, self.consumer, dict.fromkeys(streams, ">"), count=1, block=block_ms
         )
         entries: list[Entry] = []
         for raw_stream, items in reply or []:
             stream = raw_stream.decode() if isinstance(raw_stream, bytes) else str(raw_stream)
             for raw_id, fields in items:
                 entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-                entries.append((self._graph_of[stream], entry_id, fields))
+                entries.append((stream, entry_id, fields))
         return entries
 
     @property
@@ -305,7 +325,10 @@ class Worker:
             entries = self._read(min(block_ms, int(self.reclaim_interval_s * 1000)))
         while entries:
             oldest = min(_enqueued(fields, self.clock()) for _, _, fields in entries)
-            fullest = max(sum(job_tiles(e[2]) for e in entries if e[0] == graph) for graph in self.streams)
+            fullest = max(
+                sum(job_tiles(fields) for stream, _, fields in entries if self.streams[stream] == graph)
+                for graph in self.lanes
+            )
             decision = self.policy.decide(self.clock(), fullest, oldest)
             if decision.take:
                 return entries
@@ -321,9 +344,9 @@ class Worker:
         now = self.clock()
         decoded: list[Job] = []
         answers: list[Answer] = []
-        for graph, entry_id, fields in entries:
+        for stream, entry_id, fields in entries:
             try:
-                decoded.append(decode_job(graph, entry_id, fields))
+                decoded.append(decode_job(self.streams[stream], stream, entry_id, fields))
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("malformed job %s left pending for dead-lettering: %s", entry_id, exc)
         cancelled = self.cancelled({job.request_id for job in decoded})
@@ -374,17 +397,20 @@ class Worker:
             }
             self._push(pipe, job.request_id, answer.header, arrays)
             self._done(pipe, job)
-        for graph, stream in self.streams.items():
+        for stream, counter in self.tiles.items():
             pipe.xlen(stream)
-            pipe.get(self.tiles[graph])
-        replies = pipe.execute()[-2 * len(self.streams) :]
-        for k, lane in enumerate(self.lanes.values()):
-            self.metrics.queue_depth.labels(lane).set(queued_tiles(replies[2 * k], replies[2 * k + 1]))
+            pipe.get(counter)
+        replies = pipe.execute()[-2 * len(self.tiles) :]
+        depths = dict.fromkeys(self.lanes.values(), 0)
+        for k, stream in enumerate(self.tiles):
+            depths[self.lanes[self.streams[stream]]] += queued_tiles(replies[2 * k], replies[2 * k + 1])
+        for lane, depth in depths.items():
+            self.metrics.queue_depth.labels(lane).set(depth)
 
     def _done(self, pipe: Any, job: Job) -> None:
-        pipe.xack(self.streams[job.graph], GROUP, job.entry_id)
-        pipe.xdel(self.streams[job.graph], job.entry_id)
-        pipe.decrby(self.tiles[job.graph], job.count)
+        pipe.xack(job.stream, GROUP, job.entry_id)
+        pipe.xdel(job.stream, job.entry_id)
+        pipe.decrby(self.tiles[job.stream], job.count)
 
     @staticmethod
     def _runnable_groups(jobs: list[Job]) -> list[list[Job]]:

@@ -1,5 +1,6 @@
 """The Redis Streams backend against a real Redis: end to end, a worker SIGKILLed mid-batch, dead letters,
-Redis outages (503, then recovery without restart), queue bound and deadline."""
+Redis outages (503, then recovery without restart), queue bound and deadline, small requests overtaking a
+costly one (priority streams), the live-worker gauge and the fail-fast refusal without a worker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -22,16 +24,22 @@ import pytest
 import redis
 from PIL import Image
 
+import service.redis_queue
+from service.batching import BatchPolicy
 from service.metrics import Metrics
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT, lane_ref, unpack
 from service.redis_queue import (
     GROUP,
+    LIVE_CHECK_S,
+    RedisQueue,
     dead_key,
     heartbeat_key,
     job_fields,
+    live_workers,
     result_key,
     stream_key,
     tiles_key,
+    workers_key,
 )
 from service.settings import Settings
 from service.store import RestoreModel, resolve_entry
@@ -47,6 +55,8 @@ GUIDE = lane_ref(MODEL, GUIDE_GRAPH)
 # on pixels, so it runs as 9 tiles of 128 px.
 FACE_TILES = choose_tile(276, 276, (64, 128), overlap=16, multiple=4).count
 FACE_JOBS = math.ceil(FACE_TILES / Settings().max_batch)  # per pass: jobs hold at most max_batch tiles
+# face.png is a small request: both its passes go to the priority streams.
+assert Settings().priority_tiles >= FACE_TILES
 
 
 @contextlib.contextmanager
@@ -69,6 +79,21 @@ def worker_thread(
     finally:
         stop.set()
         thread.join(timeout=30)
+        client.close()
+
+
+@contextlib.contextmanager
+def stalled_worker(settings: Settings, name: str = "stalled") -> Iterator[None]:
+    """A live worker that reads nothing (its heartbeat key, set for a minute, and its name in the worker
+    set): requests are admitted and their jobs wait, as behind a stuck worker."""
+    client = redis.Redis.from_url(settings.queue)
+    beat = heartbeat_key(settings.stream_prefix, MODEL, name)
+    client.set(beat, b"1", ex=60)
+    client.sadd(workers_key(settings.stream_prefix, MODEL), name)
+    try:
+        yield
+    finally:
+        client.delete(beat)
         client.close()
 
 
@@ -125,8 +150,9 @@ async def test_redis_backend_matches_embedded(
     for lane in (MODEL, GUIDE):
         assert metrics.batch_size.labels(lane)._sum.get() == 7 * FACE_TILES  # type: ignore[attr-defined]
     client_redis = redis.Redis.from_url(settings.queue)
-    assert client_redis.xlen(stream_key(settings.stream_prefix, MODEL)) == 0
-    assert client_redis.xlen(stream_key(settings.stream_prefix, GUIDE)) == 0
+    for lane in (MODEL, GUIDE):
+        for urgent in (False, True):
+            assert client_redis.xlen(stream_key(settings.stream_prefix, lane, urgent)) == 0
     client_redis.close()
 
 
@@ -247,7 +273,9 @@ async def test_worker_killed_mid_batch_loses_nothing(
     """A worker SIGKILLed holding jobs: once its heartbeat expires (DIR_HEARTBEAT_TTL_MS, 2 s) a live
     worker claims them, well before DIR_CLAIM_IDLE_MS (30 s by default): every request done within 5 s."""
     settings = redis_settings(request_timeout_s=120)
-    stream = stream_key(prefix, GUIDE)  # pass 1 of the two-pass fixture: the doomed worker holds it
+    stream = stream_key(
+        prefix, GUIDE, priority=True
+    )  # pass 1 of the two-pass fixture: the doomed worker holds it
     base = {
         "DIR_QUEUE": redis_url,
         "DIR_MODEL_STORE": str(fixture_store),
@@ -262,6 +290,10 @@ async def test_worker_killed_mid_batch_loses_nothing(
     rescuer: subprocess.Popen[bytes] | None = None
     probe = redis.Redis.from_url(redis_url)
     try:
+        for _ in range(600):  # requests are refused (503) until a worker is live
+            if probe.exists(heartbeat_key(prefix, MODEL, "doomed")):
+                break
+            await asyncio.sleep(0.05)
         async with serve(settings) as client:
             requests = [asyncio.create_task(client.post("/v1/restore", content=small_png)) for _ in range(4)]
             held = 0
@@ -286,7 +318,7 @@ async def test_worker_killed_mid_batch_loses_nothing(
             rescued_s = time.monotonic() - killed
         assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
         assert rescued_s < 5.0
-        assert probe.xlen(stream) == probe.xlen(stream_key(prefix, MODEL)) == 0
+        assert probe.xlen(stream) == probe.xlen(stream_key(prefix, MODEL, priority=True)) == 0
     finally:
         probe.close()
         for proc in (doomed, rescuer):
@@ -340,28 +372,30 @@ async def test_redis_deadline_and_queue_full(
 ) -> None:
     settings = redis_settings(queue_bound=FACE_TILES + FACE_TILES // 2, request_timeout_s=1.0)
     probe = redis.Redis.from_url(settings.queue)
-    async with serve(settings) as client:  # no worker: nothing gets computed
-        first = asyncio.create_task(client.post("/v1/restore", content=small_png))
-        while not first.done() and not probe.xlen(stream_key(prefix, GUIDE)):  # pass 1 queued
-            await asyncio.sleep(0.01)
-        second = await client.post("/v1/restore", content=small_png)
-        timed_out = await first
+    guide = stream_key(prefix, GUIDE, priority=True)
+    async with serve(settings) as client:
+        with stalled_worker(settings):  # live but reading nothing: nothing gets computed
+            first = asyncio.create_task(client.post("/v1/restore", content=small_png))
+            while not first.done() and not probe.xlen(guide):  # pass 1 queued
+                await asyncio.sleep(0.01)
+            second = await client.post("/v1/restore", content=small_png)
+            timed_out = await first
     assert second.status_code == 429 and second.headers["retry-after"]
     assert timed_out.status_code == 504
     # The queue holds pass 1 of the first request: its tiles in jobs of max_batch, counted in tiles.
-    assert probe.xlen(stream_key(prefix, GUIDE)) == FACE_JOBS
-    assert int(probe.get(tiles_key(prefix, GUIDE))) == FACE_TILES  # type: ignore[arg-type]
+    assert probe.xlen(guide) == FACE_JOBS
+    assert int(probe.get(tiles_key(prefix, GUIDE, priority=True))) == FACE_TILES  # type: ignore[arg-type]
     assert f"holds {FACE_TILES} tiles" in second.json()["message"]
     # A worker arriving late drops the expired jobs without computing them.
     model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
     metrics = Metrics()
     worker = Worker(probe, model, settings, metrics, consumer="late")
     for _ in range(100):
-        if not probe.xlen(stream_key(prefix, GUIDE)):
+        if not probe.xlen(guide):
             break
         worker.step(block_ms=10)
-    assert probe.xlen(stream_key(prefix, GUIDE)) == probe.xlen(stream_key(prefix, MODEL)) == 0
-    assert int(probe.get(tiles_key(prefix, GUIDE))) == 0  # type: ignore[arg-type]
+    assert probe.xlen(guide) == probe.xlen(stream_key(prefix, MODEL, priority=True)) == 0
+    assert int(probe.get(tiles_key(prefix, GUIDE, priority=True))) == 0  # type: ignore[arg-type]
     for lane in (MODEL, GUIDE):
         assert metrics.batch_size.labels(lane)._sum.get() == 0  # type: ignore[attr-defined]
     probe.close()
@@ -410,28 +444,30 @@ async def test_cancelled_request_jobs_are_dropped_unrun(
     acknowledges and deletes those jobs without computing them and without answering."""
     settings = redis_settings()
     probe = redis.Redis.from_url(settings.queue)
-    async with serve(settings) as client:  # no worker yet: the jobs wait
-        request = asyncio.create_task(client.post("/v1/restore", content=small_png))
-        while not probe.xlen(stream_key(prefix, GUIDE)):
-            await asyncio.sleep(0.01)
-        request.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await request
-        for _ in range(500):  # the cancelled request's clean-up runs on in the background
-            if list(probe.scan_iter(f"{prefix}:cancel:*")):
-                break
-            await asyncio.sleep(0.01)
+    guide = stream_key(prefix, GUIDE, priority=True)
+    async with serve(settings) as client:
+        with stalled_worker(settings):  # no worker reads yet: the jobs wait
+            request = asyncio.create_task(client.post("/v1/restore", content=small_png))
+            while not probe.xlen(guide):
+                await asyncio.sleep(0.01)
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+            for _ in range(500):  # the cancelled request's clean-up runs on in the background
+                if list(probe.scan_iter(f"{prefix}:cancel:*")):
+                    break
+                await asyncio.sleep(0.01)
     assert len(list(probe.scan_iter(f"{prefix}:cancel:*"))) == 1
     model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
     metrics = Metrics()
     worker = Worker(probe, model, settings, metrics, consumer="after-cancel")
     for _ in range(100):
-        if not probe.xlen(stream_key(prefix, GUIDE)):
+        if not probe.xlen(guide):
             break
         worker.step(block_ms=10)
     worker.flush()
-    assert probe.xlen(stream_key(prefix, GUIDE)) == 0
-    assert int(probe.get(tiles_key(prefix, GUIDE))) == 0  # type: ignore[arg-type]
+    assert probe.xlen(guide) == 0
+    assert int(probe.get(tiles_key(prefix, GUIDE, priority=True))) == 0  # type: ignore[arg-type]
     assert metrics.batch_size.labels(GUIDE)._sum.get() == 0  # type: ignore[attr-defined]
     assert not list(probe.scan_iter(f"{prefix}:res:*"))
     probe.close()
@@ -509,3 +545,165 @@ def test_worker_fills_a_partial_batch_by_polling_not_by_a_blocking_timeout(
     assert blocks[0] == int(worker.reclaim_interval_s * 1000)  # blocks, at most until the next reclaim
     assert len(blocks) > 1 and set(blocks[1:]) == {None}
     assert time.time() - now >= 0.02
+
+
+async def overtaken_batches(redis_settings: Callable[..., Settings], priority_tiles: int) -> list[list[int]]:
+    """A 40-tile request's jobs queued, then a 1-tile request's (denoise graph, 2-tile jobs), before a worker
+    steps through them: the request tag (1 costly, 2 small) of every tile of each model call, in order."""
+    settings = redis_settings(max_batch=2, max_queue_delay_ms=0, priority_tiles=priority_tiles)
+    model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
+    client = redis.Redis.from_url(settings.queue)
+    worker = Worker(client, model, settings, Metrics(), consumer="overtake")
+    calls: list[list[int]] = []
+    run = model.run
+
+    def recording(inputs: dict[str, np.ndarray], outputs: list[str], graph: str) -> dict[str, np.ndarray]:
+        calls.append([int(tile.flat[0]) for tile in inputs[model.input_name]])
+        return run(inputs, outputs, graph)
+
+    model.run = recording  # type: ignore[method-assign]
+    policy = BatchPolicy(settings.max_batch, 0.0, settings.queue_bound)
+    queue = RedisQueue(
+        settings.queue, MODEL, policy, settings.stream_prefix, 0.1, model.graphs, settings.priority_tiles
+    )
+
+    def tiles(tag: int, count: int) -> dict[str, np.ndarray]:
+        return {model.input_name: np.full((count, 3, 64, 64), tag, dtype=np.uint8)}
+
+    with stalled_worker(settings):
+        await queue.start()
+        costly = asyncio.create_task(queue.submit(tiles(1, 40), ["restored"], 60, DENOISE_GRAPH))
+        while await queue.depth(DENOISE_GRAPH) < 40:
+            await asyncio.sleep(0.01)
+        small = asyncio.create_task(queue.submit(tiles(2, 1), ["restored"], 60, DENOISE_GRAPH))
+        while await queue.depth(DENOISE_GRAPH) < 41:
+            await asyncio.sleep(0.01)
+        for _ in range(100):
+            if not await queue.depth(DENOISE_GRAPH):
+                break
+            await asyncio.to_thread(worker.step, 10)
+        await asyncio.to_thread(worker.flush)
+        results = await asyncio.gather(costly, small)
+        await queue.close()
+    client.close()
+    assert [len(r.outputs["restored"]) for r in results] == [40, 1]
+    return calls
+
+
+async def test_small_request_overtakes_a_costly_backlog(redis_settings: Callable[..., Settings]) -> None:
+    """A 1-tile request queued behind a 40-tile request's 20 jobs goes to the priority stream, which workers
+    read first: it runs in the first model call. With DIR_PRIORITY_TILES=0 (one stream per graph, read in
+    order: the old behaviour) it runs only after the whole backlog."""
+    prioritised = await overtaken_batches(redis_settings, priority_tiles=16)
+    in_order = await overtaken_batches(redis_settings, priority_tiles=0)
+    assert prioritised[0] == [2]
+    assert sorted(tag for call in prioritised for tag in call) == [1] * 40 + [2]
+    assert in_order[-1] == [2] and all(call == [1, 1] for call in in_order[:-1])
+
+
+def png(height: int, width: int, seed: int = 0) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+async def test_small_requests_keep_their_latency_next_to_a_costly_one(
+    redis_settings: Callable[..., Settings], prefix: str
+) -> None:
+    """Redis mode, one worker: a 1600 x 1600 request (hundreds of tiles per pass, normal streams) and small
+    1-tile requests (priority streams) sent one after another while it computes: their median latency stays
+    within 2x the usual (alone) median plus 50 ms of slack for a loaded machine, the slowest within 2x plus
+    250 ms. Read in order (DIR_PRIORITY_TILES=0) the first one waited for the backlog: about 0.9 s here."""
+    small, costly_body = png(100, 100), png(1600, 1600, 1)
+    settings = redis_settings(max_batch=2)
+    probe = redis.Redis.from_url(settings.queue)
+    backlog = [stream_key(prefix, lane) for lane in (MODEL, GUIDE)]
+    async with serve(settings) as client:
+        with worker_thread(settings):
+            assert (await client.post("/v1/restore", content=small)).status_code == 200
+            usual = []
+            for _ in range(5):
+                started = time.perf_counter()
+                assert (await client.post("/v1/restore", content=small)).status_code == 200
+                usual.append(time.perf_counter() - started)
+            costly = asyncio.create_task(client.post("/v1/restore", content=costly_body))
+            while sum(probe.xlen(stream) for stream in backlog) < 20 and not costly.done():
+                await asyncio.sleep(0.01)
+            beside = []
+            for _ in range(5):
+                started = time.perf_counter()
+                assert (await client.post("/v1/restore", content=small)).status_code == 200
+                beside.append(time.perf_counter() - started)
+            still_queued = sum(probe.xlen(stream) for stream in backlog)
+            assert (await costly).status_code == 200
+    probe.close()
+    assert statistics.median(beside) <= 2 * statistics.median(usual) + 0.05, (usual, beside)
+    assert max(beside) <= 2 * statistics.median(usual) + 0.25, (usual, beside)
+    assert still_queued > 0, "the costly request finished before the small ones: nothing was shown"
+
+
+def live_gauge(text: str) -> float:
+    """The value of ``dir_live_workers{model="dir-restore/0.0.1"}`` in a /metrics exposition."""
+    line = next(line for line in text.splitlines() if line.startswith(f'dir_live_workers{{model="{MODEL}"}}'))
+    return float(line.split()[-1])
+
+
+async def test_live_worker_gauge(redis_settings: Callable[..., Settings]) -> None:
+    """``dir_live_workers`` on the API's /metrics counts the workers whose heartbeat is live: 0, 1, 2, then 0
+    once they stopped; serving /readyz refreshes it too."""
+    settings = redis_settings()
+    async with serve(settings) as client:
+        gauge = client.app.state.metrics.live_workers.labels(MODEL)  # type: ignore[attr-defined]
+        none = live_gauge((await client.get("/metrics")).text)
+        with worker_thread(settings, consumer="one"):
+            one = live_gauge((await client.get("/metrics")).text)
+            with worker_thread(settings, consumer="two"):
+                await client.get("/readyz")
+                after_readyz = gauge._value.get()
+                two = live_gauge((await client.get("/metrics")).text)
+        stopped = live_gauge((await client.get("/metrics")).text)
+    assert (none, one, after_readyz, two, stopped) == (0, 1, 2, 2, 0)
+
+
+async def test_request_without_a_live_worker_is_refused_at_once(
+    redis_settings: Callable[..., Settings], prefix: str, small_png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No worker: 503 `unavailable` with Retry-After naming the missing worker, at once (not at the 60 s
+    deadline), nothing queued; ten requests at once read the live count from Redis once. With a worker
+    started, requests are served again within about LIVE_CHECK_S (the count's cache)."""
+    reads = 0
+
+    async def counting(*args: Any) -> list[str]:
+        nonlocal reads
+        reads += 1
+        return await live_workers(*args)
+
+    monkeypatch.setattr(service.redis_queue, "live_workers", counting)
+    settings = redis_settings()
+    probe = redis.Redis.from_url(settings.queue)
+    async with serve(settings) as client:
+        started = time.perf_counter()
+        refused = await asyncio.gather(*[client.post("/v1/restore", content=small_png) for _ in range(10)])
+        elapsed = time.perf_counter() - started
+        cached_reads = reads
+        not_ready = await client.get("/readyz")
+        with worker_thread(settings):
+            began = time.perf_counter()
+            served = await client.post("/v1/restore", content=small_png)
+            while served.status_code == 503 and time.perf_counter() - began < 3:
+                await asyncio.sleep(0.1)
+                served = await client.post("/v1/restore", content=small_png)
+            recovered_s = time.perf_counter() - began
+    queued = [probe.xlen(stream_key(prefix, lane, urgent)) for lane in (MODEL, GUIDE) for urgent in (0, 1)]
+    probe.close()
+    assert [r.status_code for r in refused] == [503] * 10
+    body = refused[0].json()
+    assert body["error"] == "unavailable" and refused[0].headers["retry-after"] == "1"
+    assert f"no live dir-worker serves {MODEL}" in body["message"] and "dir-worker" in body["message"]
+    assert elapsed < 2.0
+    assert cached_reads == 1
+    assert queued == [0, 0, 0, 0]
+    assert not_ready.status_code == 503 and "no live dir-worker" in not_ready.json()["checks"]["queue"]
+    assert served.status_code == 200, served.text
+    assert recovered_s <= LIVE_CHECK_S + 1.0
