@@ -93,7 +93,13 @@ def _kill_mid_batch(proc: subprocess.Popen[bytes], queue: str, model_ref: str, c
         held: Any = []
         for _ in range(200):
             proc.send_signal(signal.SIGSTOP)
-            held = client.xpending_range(stream_key("dir", model_ref), GROUP, "-", "+", 64, consumer)
+            held = [
+                job
+                for urgent in (False, True)
+                for job in client.xpending_range(
+                    stream_key("dir", model_ref, urgent), GROUP, "-", "+", 64, consumer
+                )
+            ]
             if held:
                 break
             proc.send_signal(signal.SIGCONT)

@@ -27,6 +27,7 @@ def test_every_metric_is_documented() -> None:
         "dir_compute_seconds",
         "dir_batch_size",
         "dir_queue_depth",
+        "dir_live_workers",
         "dir_redeliveries_total",
         "dir_dead_letters_total",
         "dir_rejected_total",

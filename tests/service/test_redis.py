@@ -331,16 +331,19 @@ async def test_worker_killed_mid_batch_loses_nothing(
     assert redelivered and float(redelivered[0].split()[1]) >= held
 
 
+@pytest.mark.parametrize("urgent", [False, True], ids=["jobs", "priority"])
 def test_poison_job_is_dead_lettered_after_n_deliveries(
-    redis_settings: Callable[..., Settings], prefix: str
+    redis_settings: Callable[..., Settings], prefix: str, urgent: bool
 ) -> None:
+    """A malformed job, in either stream of its lane, is redelivered, then moved to the lane's one
+    dead-letter stream (naming its source) and its request told."""
     settings = redis_settings(claim_idle_ms=30, max_deliveries=2)
     model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
     client = redis.Redis.from_url(settings.queue)
     metrics = Metrics()
     worker = Worker(client, model, settings, metrics, consumer="poison-test")
     worker.ensure_group()
-    stream, dead = stream_key(prefix, MODEL), dead_key(prefix, MODEL)
+    stream, dead = stream_key(prefix, MODEL, urgent), dead_key(prefix, MODEL)
     client.xadd(
         stream,
         {
@@ -359,7 +362,7 @@ def test_poison_job_is_dead_lettered_after_n_deliveries(
     assert client.xlen(dead) == 1
     assert client.xlen(stream) == 0
     entry = client.xrange(dead)[0][1]
-    assert int(entry[b"deliveries"]) == 3
+    assert int(entry[b"deliveries"]) == 3 and entry[b"source"] == stream.encode()
     header, _ = unpack(client.lpop(result_key(prefix, "victim")))  # type: ignore[arg-type]
     assert "dead-lettered" in header["error"]
     assert metrics.dead_letters._value.get() == 1  # type: ignore[attr-defined]
