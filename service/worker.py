@@ -5,9 +5,9 @@ graph): the job stream and the priority stream, which holds the jobs of small re
 so they overtake a costly request's backlog. A job holds up to ``max_batch`` tiles of one request. The
 worker reads jobs one at a time (priority streams first) until its batching policy (in tiles) says run,
 then runs each graph's tiles in model calls of at most ``max_batch`` tiles (jobs of several requests share
-a call) and answers with one result message per job. Answering
-(quantising, RPUSH, XACK + XDEL in one MULTI/EXEC) runs in a second thread while the next batch computes;
-one batch of answers is in flight at most, and a job is acknowledged only once its result is stored.
+a call) and answers with one result message per job. Answering (quantising, RPUSH, XACK + XDEL in one
+MULTI/EXEC) runs in a second thread while the next batch computes; one batch of answers is in flight at
+most, and a job is acknowledged only once its result is stored.
 
 A heartbeat thread refreshes the worker's heartbeat key (TTL ``DIR_HEARTBEAT_TTL_MS``) four times per TTL,
 whatever the model is doing. Jobs left pending by a worker whose heartbeat is gone are claimed (XCLAIM)

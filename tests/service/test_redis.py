@@ -44,7 +44,7 @@ from service.redis_queue import (
 from service.settings import Settings
 from service.store import RestoreModel, resolve_entry
 from service.tiling import choose_tile, extract_tiles, owned_window, plan_tiles
-from service.worker import Worker
+from service.worker import DEAD_CLAIM_IDLE_MS, Worker
 from tests.service.conftest import free_port, serve, start_redis_server
 from tests.service.fixture_model import build_entry
 
@@ -329,6 +329,28 @@ async def test_worker_killed_mid_batch_loses_nothing(
     exposition = Metrics().exposition().decode()  # what the API's /metrics serves in multiprocess mode
     redelivered = [line for line in exposition.splitlines() if line.startswith("dir_redeliveries_total ")]
     assert redelivered and float(redelivered[0].split()[1]) >= held
+
+
+@pytest.mark.parametrize("urgent", [False, True], ids=["jobs", "priority"])
+def test_dead_worker_jobs_are_claimed_from_either_stream(
+    redis_settings: Callable[..., Settings], prefix: str, urgent: bool
+) -> None:
+    """A job held by a consumer without a heartbeat key, in either stream of a lane, is claimed by the next
+    reclaim of a live worker, and comes back tagged with the stream it is to be acknowledged on."""
+    settings = redis_settings()
+    model = RestoreModel.load(resolve_entry(settings.model_store, settings.restore_model, "restore"), None, 1)
+    client = redis.Redis.from_url(settings.queue)
+    worker = Worker(client, model, settings, Metrics(), consumer="rescuer")
+    worker.ensure_group()
+    stream = stream_key(prefix, MODEL, urgent)
+    entry_id = client.xadd(stream, {"req": "orphan", "idx": 0, "n": 1}).decode()  # type: ignore[union-attr]
+    client.xreadgroup(GROUP, "gone", {stream: ">"}, count=1)  # held by a worker that never beat
+    time.sleep(DEAD_CLAIM_IDLE_MS / 1000 + 0.05)
+    claimed = worker.reclaim()
+    owners = client.xpending(stream, GROUP)["consumers"]
+    client.close()
+    assert [(s, i) for s, i, _ in claimed] == [(stream, entry_id)]
+    assert [(c["name"], c["pending"]) for c in owners] == [(b"rescuer", 1)]
 
 
 @pytest.mark.parametrize("urgent", [False, True], ids=["jobs", "priority"])
