@@ -106,10 +106,16 @@ class MethodSpec:
         if self.build is None:
             raise MethodUnavailableError(f"method {self.name} has no builder")
         plain = self.build(ctx)
-        version = plain.version if isinstance(plain, OnnxRestorer | PilotDecodeRestorer) else None
+        version = (
+            plain.version
+            if isinstance(plain, OnnxRestorer | PilotDecodeRestorer | OnnxDenoiseRestorer)
+            else None
+        )
         fingerprint = (
             plain.fingerprint
-            if isinstance(plain, OnnxRestorer | PilotDecodeRestorer | CheckpointRestorer)
+            if isinstance(
+                plain, OnnxRestorer | PilotDecodeRestorer | OnnxDenoiseRestorer | CheckpointRestorer
+            )
             else None
         )
         return BoundMethod(self.name, plain=plain, version=version, fingerprint=fingerprint)
