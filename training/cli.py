@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                 "--init-from",
                 type=Path,
                 metavar="ENTRY",
-                help="start from a model_store entry (e.g. model_store/dir-restore/3.2.0) instead of the "
+                help="start from a model_store entry (e.g. model_store/dir-restore/3.3.0) instead of the "
                 "run's stage1.pt: its DiRNet, DfRNet and D* (frozen), and its A when the config's A has the "
                 "same shapes; no run folder of the entry needed",
             )
