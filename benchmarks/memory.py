@@ -7,8 +7,8 @@ Starts a real ``dir-serve`` (embedded queue) per variant, serves a few small req
 and VmHWM (peak). "trim on" is the default threshold; "trim off" starts the same server with the threshold set
 beyond any request.
 
-    .venv/bin/python benchmarks/memory.py                      # prints a Markdown table
-    .venv/bin/python benchmarks/memory.py --size 4000x3000 --json
+    .venv/bin/python -m benchmarks.memory                      # prints a Markdown table
+    .venv/bin/python -m benchmarks.memory --size 4000x3000 --json
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from benchmarks.serve import wait_ready
 from service.memory import TRIM_ABOVE_PIXELS
 from service.settings import DEFAULT_MODEL_STORE
 
@@ -73,16 +74,7 @@ def api(env: dict[str, str], trim_above: int, port: int) -> Iterator[tuple[str, 
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dir-serve exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_ready(base, proc)
         yield base, proc.pid
     finally:
         proc.terminate()

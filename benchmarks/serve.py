@@ -110,6 +110,20 @@ def spawn(func: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[b
     )
 
 
+def wait_ready(base: str, api: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
+    """Poll ``base``/readyz until it answers 200; RuntimeError when the process exits first."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if api.poll() is not None:
+            raise RuntimeError(f"dir-serve exited with {api.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
 @contextmanager
 def server(env: dict[str, str], redis_url: str | None) -> Iterator[tuple[str, int]]:
     """A ``dir-serve`` process (plus one ``dir-worker`` when ``redis_url``); yields (base URL, API pid)."""
@@ -122,16 +136,7 @@ def server(env: dict[str, str], redis_url: str | None) -> Iterator[tuple[str, in
     procs.append(api)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if api.poll() is not None:
-                raise RuntimeError(f"dir-serve exited with {api.returncode}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_ready(base, api)
         yield base, api.pid
     finally:
         for proc in procs:

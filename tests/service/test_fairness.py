@@ -23,7 +23,7 @@ from service.errors import DeadlineExceeded
 from service.metrics import Metrics
 from service.queue import GUIDE_GRAPH, SERVE_GRAPH, TileResult, lane_ref
 from service.settings import Settings
-from tests.service.conftest import serve
+from tests.service.conftest import restore_scope, serve
 
 
 class GatedRunner:
@@ -211,20 +211,8 @@ async def test_disconnected_client_tiles_are_dropped(make_settings: Callable[...
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/v1/restore",
-            "raw_path": b"/v1/restore",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())],
-            "client": ("127.0.0.1", 1234),
-            "server": ("service", 80),
-        }
+        headers = [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())]
+        scope = restore_scope(headers)
 
         def computed() -> float:
             lanes = [lane_ref(state.model.ref, graph) for graph in state.model.graphs]

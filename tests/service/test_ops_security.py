@@ -26,7 +26,7 @@ from service.redact import Redactor, install_log_redaction, redact_url
 from service.settings import Settings
 from service.store import RestoreModel, resolve_entry
 from tests.detect.conftest import constant_detector_onnx
-from tests.service.conftest import free_port, serve
+from tests.service.conftest import free_port, restore_scope, serve
 
 PASSWORD = "s3cret-Pa55word"
 KEY = {"Authorization": "Bearer k1"}
@@ -214,20 +214,7 @@ async def test_aborted_upload_is_one_log_line(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/restore",
-        "raw_path": b"/v1/restore",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"image/png")],
-        "client": ("127.0.0.1", 5555),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope = restore_scope([(b"content-type", b"image/png")])
     async with app.router.lifespan_context(app):
         caplog.clear()
         await app(scope, receive, send)
