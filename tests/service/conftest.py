@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import redis
+from PIL import Image
 
 from service.app import create_app
 from service.errors import ModelStoreError
@@ -223,3 +225,11 @@ def restore_scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
         "client": ("127.0.0.1", 5555),
         "server": ("127.0.0.1", 8000),
     }
+
+
+def noise_png(height: int, width: int, seed: int = 0) -> bytes:
+    """A ``height x width`` RGB PNG of uniform random pixels (seeded), fast to encode."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,24 +11,12 @@ import pytest
 from PIL import Image
 
 from service.settings import Settings
-from tests.service.conftest import image_bytes, png_chunk, serve
+from tests.service.conftest import header_png, image_bytes, serve
 
 
 @pytest.fixture
 def lenna(dataset: Callable[[str], Path]) -> Path:
     return dataset("cset14") / "lenna.png"
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` (pixel data: one tiny zlib stream)."""
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + png_chunk(b"IEND", b"")
-    )
 
 
 async def test_not_an_image_is_415(make_settings: Callable[..., Settings]) -> None:
@@ -82,8 +68,8 @@ async def test_pixels_over_limit_is_413_before_decoding(
 ) -> None:
     async with serve(make_settings(max_pixels=100_000)) as client:
         real = await client.post("/v1/restore", content=lenna.read_bytes())
-        bomb = await client.post("/v1/restore", content=bomb_png(2_000, 2_000))
-        huge = await client.post("/v1/restore", content=bomb_png(50_000, 50_000))
+        bomb = await client.post("/v1/restore", content=header_png(2_000, 2_000))
+        huge = await client.post("/v1/restore", content=header_png(50_000, 50_000))
         metrics = (await client.get("/metrics")).text
     assert real.status_code == bomb.status_code == huge.status_code == 413
     assert "512x512" in real.json()["message"]

@@ -4,7 +4,6 @@ small ones, a client that goes away, a deadline that passes while decoding or wh
 from __future__ import annotations
 
 import asyncio
-import io
 import statistics
 import threading
 import time
@@ -13,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import service.app
 from service.batching import BatchPolicy
@@ -23,7 +21,7 @@ from service.errors import DeadlineExceeded
 from service.metrics import Metrics
 from service.queue import GUIDE_GRAPH, SERVE_GRAPH, TileResult, lane_ref
 from service.settings import Settings
-from tests.service.conftest import restore_scope, serve
+from tests.service.conftest import noise_png, restore_scope, serve
 
 
 class GatedRunner:
@@ -131,20 +129,13 @@ async def test_expired_request_tiles_are_dropped_and_504_names_the_configured_de
     assert all(value != 2.0 for batch in runner.batches for value in batch)
 
 
-def png(height: int, width: int, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 async def test_small_requests_keep_their_latency_next_to_a_costly_one(
     make_settings: Callable[..., Settings],
 ) -> None:
     """The fixture model, one 1600 x 1600 request (hundreds of tiles per pass) and small 1-tile requests sent
     one after another while it computes: their median latency stays within 2x the usual (alone) median
     (plus 50 ms of slack for a loaded machine); FIFO made them wait for the costly request's whole pass."""
-    small, costly_body = png(100, 100), png(1600, 1600, 1)
+    small, costly_body = noise_png(100, 100), noise_png(1600, 1600, 1)
     async with serve(make_settings(max_batch=2)) as client:
         state: Any = client.app.state.service  # type: ignore[attr-defined]
         await client.post("/v1/restore", content=small)
@@ -180,7 +171,7 @@ async def test_deadline_covers_decoding(
     monkeypatch.setattr(service.app, "decode_image", slow_decode)
     async with serve(make_settings(request_timeout_s=0.1)) as client:
         started = time.perf_counter()
-        response = await client.post("/v1/restore", content=png(64, 64))
+        response = await client.post("/v1/restore", content=noise_png(64, 64))
         elapsed = time.perf_counter() - started
     assert response.status_code == 504
     assert "within its 0.1 s deadline" in response.json()["message"]
@@ -191,7 +182,7 @@ async def test_deadline_covers_decoding(
 async def test_disconnected_client_tiles_are_dropped(make_settings: Callable[..., Settings]) -> None:
     """A client that disconnects mid-request (raw ASGI: body, then http.disconnect once batches run): its
     request is cancelled, its waiting tiles leave the queue and the model stops computing them."""
-    body = png(1500, 1500, 2)
+    body = noise_png(1500, 1500, 2)
     async with serve(make_settings(max_batch=1)) as client:
         app: Any = client.app  # type: ignore[attr-defined]
         state = app.state.service

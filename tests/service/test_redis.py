@@ -45,7 +45,7 @@ from service.settings import Settings
 from service.store import RestoreModel, resolve_entry
 from service.tiling import choose_tile, extract_tiles, owned_window, plan_tiles
 from service.worker import DEAD_CLAIM_IDLE_MS, Worker
-from tests.service.conftest import free_port, serve, start_redis_server
+from tests.service.conftest import free_port, noise_png, serve, start_redis_server
 from tests.service.fixture_model import build_entry
 
 pytestmark = pytest.mark.redis
@@ -626,13 +626,6 @@ async def test_small_request_overtakes_a_costly_backlog(redis_settings: Callable
     assert in_order[-1] == [2] and all(call == [1, 1] for call in in_order[:-1])
 
 
-def png(height: int, width: int, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 async def test_small_requests_keep_their_latency_next_to_a_costly_one(
     redis_settings: Callable[..., Settings], prefix: str
 ) -> None:
@@ -640,7 +633,7 @@ async def test_small_requests_keep_their_latency_next_to_a_costly_one(
     1-tile requests (priority streams) sent one after another while it computes: their median latency stays
     within 2x the usual (alone) median plus 50 ms of slack for a loaded machine, the slowest within 2x plus
     250 ms. Read in order (DIR_PRIORITY_TILES=0) the first one waited for the backlog: about 0.9 s here."""
-    small, costly_body = png(100, 100), png(1600, 1600, 1)
+    small, costly_body = noise_png(100, 100), noise_png(1600, 1600, 1)
     settings = redis_settings(max_batch=2)
     probe = redis.Redis.from_url(settings.queue)
     backlog = [stream_key(prefix, lane) for lane in (MODEL, GUIDE)]
