@@ -161,6 +161,16 @@ PRESETS: dict[str, Preset] = {
         jpeg_quality=Draw(70, 98, prob=0.5),
         neutral_isp=1.0,
     ),
+    "still": Preset(
+        name="still",
+        description="a correctly rendered photo, mostly noise-free: faint noise in a third of images, "
+        "JPEG 85-98 in a third",
+        sensor_noise=0.2,
+        gaussian_sigma=Draw(0.001, 0.01, prob=0.3, log=True),
+        srgb_noise=0.5,
+        jpeg_quality=Draw(85, 98, prob=0.3),
+        neutral_isp=1.0,
+    ),
     "default-isp": Preset(
         name="default-isp",
         description="untuned default ISP (fixed gains, mean colour matrix, bilinear), sensor noise, JPEG 90",
