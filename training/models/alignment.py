@@ -192,6 +192,24 @@ class AlignmentNetV2(AlignmentNet):
         nn.init.zeros_(out.weight)
         self.a3 = nn.Sequential(ContextLevel(f, 2), *[ResBlock(f) for _ in range(cfg.align_m3 - 2)], out)
         self.residual = True
+        _identity_init(self)
+
+
+def _identity_init(net: nn.Module) -> None:
+    """Zero the last convolution of every residual branch (each :class:`ResBlock`'s body and each
+    :class:`ContextLevel`'s up-projection), so every branch starts as the identity and the stack of unnormalised
+    blocks starts no deeper than its skips; at lr 1e-3 the default initialisation blew the loss up within
+    100 steps (docs/log/2026-12-04-align-v2-cpu-check.md)."""
+    for module in net.modules():
+        last = None
+        if isinstance(module, ResBlock):
+            last = module.body[-1]
+        elif isinstance(module, ContextLevel):
+            last = module.up
+        if isinstance(last, nn.Conv2d):
+            nn.init.zeros_(last.weight)
+            if last.bias is not None:
+                nn.init.zeros_(last.bias)
 
 
 def build_alignment(cfg: ModelConfig) -> AlignmentNet:
