@@ -51,7 +51,7 @@ class GuidedLayer(nn.Module):
         self.kernel = kernel
         # v2's global path: an MLP on the pooled guide statistics predicts the kernels and a per-channel
         # scale and shift (FiLM) of the layer's output, so global exposure, white balance and tone can act
-        # on every channel; it starts as the identity (zero last layers).
+        # on every channel; it starts as the identity (zero last layers), the scale bounded to (0, 2).
         self.film: nn.Module | None = None
         if global_path:
             self.hidden: nn.Module = nn.Sequential(
@@ -91,7 +91,7 @@ class GuidedLayer(nn.Module):
         if self.film is None:
             return f_k + f_a
         scale, shift = self.film(pool)[:, :, None, None].chunk(2, dim=1)
-        return (f_k + f_a) * (1.0 + scale) + shift
+        return (f_k + f_a) * (1.0 + torch.tanh(scale)) + shift
 
 
 class AlignmentNet(nn.Module):
