@@ -39,9 +39,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from modelstore.store import ModelEntry, resolve_entry
 from service.client.client import server_timings
 from service.settings import DEFAULT_MODEL_STORE, Settings
-from service.store import ModelEntry, resolve_entry, tile_geometry
+from service.store import tile_geometry
 from service.tiling import choose_tile
 from training.paths import data_root
 
@@ -308,7 +309,7 @@ def ort_vs_torch(
     """
     import torch
 
-    from service.store import make_session
+    from modelstore.runner import make_session
     from training.export.recover import system_from_entry
     from training.models import load_system
 

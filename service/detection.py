@@ -29,9 +29,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydantic import BaseModel
 
-from service.errors import BadInput, ModelStoreError
-from service.manifest import Manifest, read_manifest
-from service.store import verify_files
+from modelstore.errors import ModelStoreError
+from modelstore.manifest import Manifest, read_manifest
+from modelstore.store import verify_files, version_key
+from service.errors import BadInput
 
 Layout = Literal["yolov5", "yolov8"]
 LAYOUTS: tuple[str, ...] = ("yolov5", "yolov8")
@@ -354,18 +355,14 @@ def load_detector(
     return Detector(session, manifest, entry_dir)
 
 
-def _version_key(version: str) -> tuple[int, int | str]:
-    return (1, int(version)) if version.isdigit() else (0, version)
-
-
 def find_detector(store: Path, name: str | None = None) -> Path | None:
     """The highest-version ``task="detect"`` entry under ``store`` (of ``name`` if given), else None.
 
     Without ``name``: "yolo-fastestv2" where installed, else the alphabetically first detector name.
-    Versions compare as integers when numeric (numeric above non-numeric).
+    Versions compare by :func:`modelstore.store.version_key`.
     """
     store = Path(store)
-    found: dict[str, list[tuple[tuple[int, int | str], Path]]] = {}
+    found: dict[str, list[tuple[tuple[tuple[int, int | str], ...], Path]]] = {}
     for manifest_path in sorted(store.glob("*/*/manifest.json")):
         entry = manifest_path.parent
         if name is not None and entry.parent.name != name:
@@ -375,7 +372,7 @@ def find_detector(store: Path, name: str | None = None) -> Path | None:
         except (OSError, ValueError):
             continue
         if manifest.task == "detect":
-            found.setdefault(entry.parent.name, []).append((_version_key(entry.name), entry))
+            found.setdefault(entry.parent.name, []).append((version_key(entry.name), entry))
     if not found:
         return None
     chosen = DEFAULT_DETECTOR_NAME if DEFAULT_DETECTOR_NAME in found else sorted(found)[0]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from service.manifest import (
+from modelstore.manifest import (
     Manifest,
     ModelFile,
     TensorSpec,

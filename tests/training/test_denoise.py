@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.manifest import read_manifest, sha256_file
+from modelstore.manifest import read_manifest, sha256_file
 from tests.training.test_init_from import entry
 from tests.training.test_resume import MICRO_MODEL, image_dir, micro
 from training.export.cli import main as export_main

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from modelstore.store import resolve_entry
 from service.settings import DEFAULT_MODEL_STORE
-from service.store import resolve_entry
 from training.cli import main
 from training.export import system_from_entry
 from training.isp import simulate, stable_seed

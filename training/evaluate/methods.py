@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from service.manifest import Manifest, read_manifest, sha256_file
+from modelstore.manifest import Manifest, read_manifest, sha256_file
 from training.evaluate.errors import MethodUnavailableError, UnknownNameError
 from training.evaluate.kair import load_dncnn_color_blind, load_ffdnet_color
 from training.evaluate.metrics import estimate_noise_sigma

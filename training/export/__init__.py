@@ -11,7 +11,7 @@
 * ``model.fp16.onnx`` (role "serve-fp16", when its parity holds): ``model.onnx`` in float16, float32 I/O.
 * ``dirnet.onnx`` (image -> r0), ``dfrnet.onnx`` (image -> pilot; r* when given a clean image),
   ``alignment.onnx`` (r0, pilot -> r_plus), ``decoder.onnx`` (r_plus -> restored): role "component".
-* ``manifest.json`` (service/manifest.py schema) with sha256 of every file, the training config and the
+* ``manifest.json`` (modelstore/manifest.py schema) with sha256 of every file, the training config and the
   evaluation numbers found in the run folder (``scores.json``, written by ``dir-train score``).
 
 Every graph passes ``onnx.checker`` and is compared with PyTorch on real degraded images (``model.onnx`` as

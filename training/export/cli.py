@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         "then drives the denoise graph",
     )
     args = p.parse_args(argv)
-    from service.manifest import MANIFEST_NAME, TileSpec
+    from modelstore.manifest import MANIFEST_NAME, TileSpec
     from training.export.onnx_export import DEFAULT_TILE, export_entry, export_run
 
     from_entry = (args.source / MANIFEST_NAME).is_file()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from service.manifest import (
+from modelstore.manifest import (
     SCHEMA_VERSION,
     GuideSpec,
     Manifest,
@@ -522,7 +522,7 @@ def export_entry(
     (unless ``tile`` is given) the tile geometry carry over, with ``training.rebuilt_from`` naming the
     source entry and its model.onnx sha256.
     """
-    from service.manifest import read_manifest
+    from modelstore.manifest import read_manifest
     from training.export.recover import system_from_entry
     from training.train.config import config_from_dict
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.manifest import read_manifest
+from modelstore.manifest import read_manifest
 from training.models import VARIANT_PARTS, DiRSystem, model_config_from_dict
 from training.train.errors import CheckpointError
 
@@ -43,8 +43,8 @@ def system_from_entry(entry_dir: str | Path, device: str | torch.device = "cpu")
     graph's weights do not cover the system's parameters exactly (names and shapes; the exporter stores
     weights with identical values once, under one name, which only happens for untrained layers).
     """
-    from service.errors import ModelStoreError
-    from service.store import verify_files
+    from modelstore.errors import ModelStoreError
+    from modelstore.store import verify_files
 
     entry = Path(entry_dir)
     try:

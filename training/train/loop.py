@@ -112,7 +112,7 @@ def init_from_entry(system: DiRSystem, entry_dir: Path) -> dict[str, Any]:
     Returns the record kept in the checkpoint and the exported manifest: entry, its model.onnx sha256 and
     the parts loaded.
     """
-    from service.manifest import read_manifest
+    from modelstore.manifest import read_manifest
     from training.export.recover import system_from_entry
 
     if system.variant != "full":
@@ -162,7 +162,7 @@ def _init_denoise(system: DiRSystem, run_dir: Path, entry: Path | None) -> dict[
                 system.get_submodule(part).load_state_dict(source.get_submodule(part).state_dict())
             return {**record, "denoiser_from": "entry"}
     else:
-        from service.manifest import sha256_file
+        from modelstore.manifest import sha256_file
 
         path = run_dir / checkpoint_name("stage2")
         if not path.is_file():
