@@ -300,7 +300,7 @@ def ort_vs_torch(
     pair running the same computation on the same weights, interleaved in one run.
 
     Weights: ``torch_run`` (a run folder, for ``load_system``) when given, else the PyTorch system rebuilt
-    from the entry's own model.onnx (``training.export.recover.system_from_entry``), so both runtimes hold
+    from the entry's own model.onnx (``training.models.checkpoint.system_from_entry``), so both runtimes hold
     the shipped weights. Rows, for a two-pass entry: ``two_pass`` (ORT guide.onnx then model.onnx with the
     features' mean, against torch ``guide_features`` then ``system(image, guide_mean)``: what serving
     computes) and ``single_pass`` (a graph that pools over its own input, exported to a temporary file,
@@ -310,8 +310,8 @@ def ort_vs_torch(
     import torch
 
     from modelstore.runner import make_session
-    from training.export.recover import system_from_entry
     from training.models import load_system
+    from training.models.checkpoint import system_from_entry
 
     torch.set_num_threads(threads)
     if torch_run is not None:

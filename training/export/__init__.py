@@ -18,8 +18,8 @@ Every graph passes ``onnx.checker`` and is compared with PyTorch on real degrade
 served: fed the spatial mean of ``guide.onnx``'s output, against PyTorch on the whole image); a max-abs
 error above the tolerance raises :class:`~training.train.errors.ExportError`.
 
-``system_from_entry(entry_dir)`` goes the other way: the PyTorch system rebuilt from an entry's
-``model.onnx`` weights and its manifest's model config, for work on a shipped model without its run folder.
+The other way (the PyTorch system rebuilt from an entry's ``model.onnx``) is
+:func:`training.models.checkpoint.system_from_entry`.
 """
 
 from training.export.onnx_export import (
@@ -29,7 +29,6 @@ from training.export.onnx_export import (
     export_run,
     export_system,
 )
-from training.export.recover import system_from_entry
 
 __all__ = [
     "PARITY_TOLERANCE_FP32",
@@ -37,5 +36,4 @@ __all__ = [
     "ExportReport",
     "export_run",
     "export_system",
-    "system_from_entry",
 ]

@@ -113,7 +113,7 @@ def init_from_entry(system: DiRSystem, entry_dir: Path) -> dict[str, Any]:
     the parts loaded.
     """
     from modelstore.manifest import read_manifest
-    from training.export.recover import system_from_entry
+    from training.models.checkpoint import system_from_entry
 
     if system.variant != "full":
         raise ConfigError("--init-from starts the full method's Stage II; ablations start from stage1.pt")
@@ -148,7 +148,7 @@ def _init_denoise(system: DiRSystem, run_dir: Path, entry: Path | None) -> dict[
     ``dir-train denoise``: the stage continues it), else from DfRNet. Returns the provenance record kept in
     the checkpoint, ``denoiser_from`` naming the start ("entry" or "dfrnet")."""
     if entry is not None:
-        from training.export.recover import system_from_entry
+        from training.models.checkpoint import system_from_entry
 
         record = init_from_entry(system, entry)
         if "alignment" not in record["parts"]:
