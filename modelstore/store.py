@@ -148,6 +148,6 @@ def verified_sha256(entry_dir: Path, manifest: Manifest, name: str) -> str:
     expected = manifest.file_sha256(name)
     if expected is not None and digest != expected:
         raise ModelStoreError(
-            f"{path}: sha256 mismatch: the file's sha256 {digest} does not match the manifest's {expected}"
+            f"sha256 of {path} does not match its manifest (the file's {digest}, recorded {expected})"
         )
     return digest
