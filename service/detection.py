@@ -29,19 +29,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydantic import BaseModel
 
+from modelstore.detector import LAYOUTS, DetectorLayoutError, check_output_shape, input_dtype
 from modelstore.errors import ModelStoreError
 from modelstore.manifest import Manifest, read_manifest
 from modelstore.store import verify_files, version_key
 from service.errors import BadInput
 
 Layout = Literal["yolov5", "yolov8"]
-LAYOUTS: tuple[str, ...] = ("yolov5", "yolov8")
 DEFAULT_DETECTOR_NAME = "yolo-fastestv2"
 REQUIRED_EXTRA = ("class_names", "input_size", "channel_order", "resize", "output_layout")
-
-
-class DetectorLayoutError(ModelStoreError):
-    """A detector graph's output shape does not match the layout it was declared with."""
 
 
 class Detection(BaseModel):
@@ -185,28 +181,6 @@ def decode(pred: np.ndarray, layout: str, conf: float) -> tuple[np.ndarray, np.n
     else:
         raise DetectorLayoutError(f"unknown output layout {layout!r}; supported: {', '.join(LAYOUTS)}")
     return xywh_to_xyxy(pred[keep, :4]), scores[keep], ids[keep]
-
-
-def check_output_shape(shape: Sequence[int | str | None], layout: str, num_classes: int) -> None:
-    """Raise :class:`DetectorLayoutError` unless an output shape fits ``layout`` with ``num_classes`` classes.
-
-    "yolov5" wants (N, B, 5 + C), "yolov8" wants (N, 4 + C, B); symbolic dims (str/None) pass.
-    """
-    if layout not in LAYOUTS:
-        raise DetectorLayoutError(f"unknown output layout {layout!r}; supported: {', '.join(LAYOUTS)}")
-    shape = list(shape)
-    axis, want = (2, 5 + num_classes) if layout == "yolov5" else (1, 4 + num_classes)
-    expected = "(N, B, 5 + C)" if layout == "yolov5" else "(N, 4 + C, B)"
-    if len(shape) != 3 or (isinstance(shape[axis], int) and shape[axis] != want):
-        raise DetectorLayoutError(
-            f"output shape {shape} does not match layout {layout!r}: expected {expected} with "
-            f"C={num_classes} classes, i.e. dim {axis} = {want}"
-        )
-
-
-def input_dtype(onnx_type: str) -> type[np.floating[Any]]:
-    """numpy dtype for an ONNX Runtime input type string: float16 for "tensor(float16)", else float32."""
-    return np.float16 if onnx_type == "tensor(float16)" else np.float32
 
 
 class Detector:

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelstore.detector import DetectorLayoutError, check_output_shape
 from modelstore.errors import ModelStoreError
 from service.detection import (
     Detection,
-    DetectorLayoutError,
-    check_output_shape,
     decode,
     draw_detections,
     find_detector,

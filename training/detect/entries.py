@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from modelstore.detector import LAYOUTS, DetectorLayoutError, check_output_shape, input_dtype
 from modelstore.errors import ModelStoreError
 from modelstore.manifest import Manifest, ModelFile, TensorSpec, sha256_file, write_manifest
-from service.detection import LAYOUTS, DetectorLayoutError, check_output_shape, input_dtype
 
 
 def read_names(path: Path) -> list[str]:
