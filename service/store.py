@@ -42,14 +42,17 @@ def choose_graph(entry: ModelEntry, precision: str, providers: list[str]) -> tup
 
 def denoise_file(entry: ModelEntry) -> str | None:
     """The entry's ``denoise`` graph (manifest ``extra.denoise.onnx_file``: image -> restored, one pass),
-    or None when it has none. A graph the manifest names without a sha256 raises ``ModelStoreError``."""
-    spec = entry.manifest.extra.get("denoise")
-    name = spec.get("onnx_file") if isinstance(spec, dict) else None
-    if not name:
+    or None when it has none. A malformed ``extra.denoise``, or a graph the manifest names without a sha256,
+    raises ``ModelStoreError``."""
+    try:
+        spec = entry.manifest.denoise
+    except ValueError as exc:
+        raise ModelStoreError(f"{entry.ref}: malformed manifest extra.denoise: {exc}") from exc
+    if spec is None:
         return None
-    if entry.manifest.file_sha256(str(name)) is None:
-        raise ModelStoreError(f"{entry.ref}: manifest records no sha256 for {name}; refusing it")
-    return str(name)
+    if entry.manifest.file_sha256(spec.onnx_file) is None:
+        raise ModelStoreError(f"{entry.ref}: manifest records no sha256 for {spec.onnx_file}; refusing it")
+    return spec.onnx_file
 
 
 def tile_geometry(entry: ModelEntry, settings: Settings) -> tuple[int, tuple[int, ...], int]:
