@@ -305,7 +305,7 @@ def ort_vs_torch(
     features' mean, against torch ``guide_features`` then ``system(image, guide_mean)``: what serving
     computes) and ``single_pass`` (a graph that pools over its own input, exported to a temporary file,
     against torch ``system(image)``); a single-pass entry has only ``single_pass`` (its model.onnx).
-    ORT sessions are built as the service builds them (``service.store.make_session``).
+    ORT sessions are built as the service builds them (``modelstore.runner.make_session``).
     """
     import torch
 

@@ -306,7 +306,7 @@ def load_detector(
     pins: Mapping[str, str] | None = None,
 ) -> Detector:
     """Load ``model_store/<name>/<version>/`` (task "detect") after checking its pin (``pins``, see
-    :func:`service.store.check_pin`) and every file's sha256."""
+    :func:`modelstore.store.check_pin`) and every file's sha256."""
     import onnxruntime as ort
 
     entry_dir = Path(entry_dir)

@@ -105,8 +105,8 @@ def _init_from_stage1(objective: RestorationObjective, run_dir: Path) -> None:
 
 def init_from_entry(system: DiRSystem, entry_dir: Path) -> dict[str, Any]:
     """Start Stage II from a model_store entry instead of this run's stage1.pt: the frozen Stage I parts
-    (DiRNet, DfRNet, D*) from the entry's weights (:func:`training.export.system_from_entry`), and the
-    alignment network A too when the config's A has the entry's shapes (else A starts fresh).
+    (DiRNet, DfRNet, D*) from the entry's weights (:func:`~training.models.checkpoint.system_from_entry`),
+    and the alignment network A too when the config's A has the entry's shapes (else A starts fresh).
 
     The config's encoders and decoder must match the entry's (``ConfigError`` names the first mismatch).
     Returns the record kept in the checkpoint and the exported manifest: entry, its model.onnx sha256 and
