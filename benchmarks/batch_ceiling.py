@@ -44,9 +44,10 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.isp_throughput import cpu_model, publish
+from modelstore.store import resolve_entry
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH
 from service.settings import DEFAULT_MODEL_STORE, Settings
-from service.store import RestoreModel, resolve_entry, tile_geometry
+from service.store import RestoreModel, tile_geometry
 
 START, END = "<!-- batch_ceiling:start -->", "<!-- batch_ceiling:end -->"
 MODE_GRAPHS = {"full": (GUIDE_GRAPH, SERVE_GRAPH), "denoise": (DENOISE_GRAPH,)}

@@ -39,9 +39,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from modelstore.store import ModelEntry, resolve_entry
 from service.client.client import server_timings
 from service.settings import DEFAULT_MODEL_STORE, Settings
-from service.store import ModelEntry, resolve_entry, tile_geometry
+from service.store import tile_geometry
 from service.tiling import choose_tile
 from training.paths import data_root
 
@@ -299,18 +300,18 @@ def ort_vs_torch(
     pair running the same computation on the same weights, interleaved in one run.
 
     Weights: ``torch_run`` (a run folder, for ``load_system``) when given, else the PyTorch system rebuilt
-    from the entry's own model.onnx (``training.export.recover.system_from_entry``), so both runtimes hold
+    from the entry's own model.onnx (``training.models.checkpoint.system_from_entry``), so both runtimes hold
     the shipped weights. Rows, for a two-pass entry: ``two_pass`` (ORT guide.onnx then model.onnx with the
     features' mean, against torch ``guide_features`` then ``system(image, guide_mean)``: what serving
     computes) and ``single_pass`` (a graph that pools over its own input, exported to a temporary file,
     against torch ``system(image)``); a single-pass entry has only ``single_pass`` (its model.onnx).
-    ORT sessions are built as the service builds them (``service.store.make_session``).
+    ORT sessions are built as the service builds them (``modelstore.runner.make_session``).
     """
     import torch
 
-    from service.store import make_session
-    from training.export.recover import system_from_entry
+    from modelstore.runner import make_session
     from training.models import load_system
+    from training.models.checkpoint import system_from_entry
 
     torch.set_num_threads(threads)
     if torch_run is not None:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from modelstore.manifest import TensorSpec
 from service.errors import BadInput, TooLarge
-from service.manifest import TensorSpec
 from service.pipeline import Restorer
 from service.settings import Settings
 from service.tiling import tile_pixels

@@ -27,18 +27,13 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelstore.errors import ModelStoreError
+from modelstore.store import list_entries, resolve_entry
 from service import admission, detection
 from service.batching import BatchPolicy
 from service.deadline import Deadline
 from service.embedded import EmbeddedQueue
-from service.errors import (
-    BadInput,
-    ClientClosed,
-    InferenceError,
-    ModelStoreError,
-    ServiceError,
-    Unavailable,
-)
+from service.errors import BadInput, ClientClosed, InferenceError, ServiceError, Unavailable
 from service.http import (
     b64_array,
     check_api_key,
@@ -67,7 +62,7 @@ from service.schemas import (
     RepresentJson,
 )
 from service.settings import Settings
-from service.store import RestoreModel, list_entries, resolve_entry, tile_geometry
+from service.store import RestoreModel, tile_geometry
 
 log = logging.getLogger("dir.service")
 

@@ -14,13 +14,14 @@ import uvicorn
 from prometheus_client import start_http_server
 from prometheus_client.multiprocess import mark_process_dead
 
+from modelstore.store import resolve_entry
 from service.app import create_app
 from service.errors import InferenceError
 from service.metrics import Metrics, multiprocess_dir
 from service.redact import Redactor, install_log_redaction
 from service.server import uvicorn_config
 from service.settings import Settings
-from service.store import RestoreModel, resolve_entry, tile_geometry
+from service.store import RestoreModel, tile_geometry
 from service.worker import Worker
 
 

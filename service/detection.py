@@ -29,18 +29,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pydantic import BaseModel
 
-from service.errors import BadInput, ModelStoreError
-from service.manifest import Manifest, read_manifest
-from service.store import verify_files
+from modelstore.detector import LAYOUTS, DetectorLayoutError, check_output_shape, input_dtype
+from modelstore.errors import ModelStoreError
+from modelstore.manifest import Manifest, read_manifest
+from modelstore.store import verify_files, version_key
+from service.errors import BadInput
 
 Layout = Literal["yolov5", "yolov8"]
-LAYOUTS: tuple[str, ...] = ("yolov5", "yolov8")
 DEFAULT_DETECTOR_NAME = "yolo-fastestv2"
 REQUIRED_EXTRA = ("class_names", "input_size", "channel_order", "resize", "output_layout")
-
-
-class DetectorLayoutError(ModelStoreError):
-    """A detector graph's output shape does not match the layout it was declared with."""
 
 
 class Detection(BaseModel):
@@ -186,28 +183,6 @@ def decode(pred: np.ndarray, layout: str, conf: float) -> tuple[np.ndarray, np.n
     return xywh_to_xyxy(pred[keep, :4]), scores[keep], ids[keep]
 
 
-def check_output_shape(shape: Sequence[int | str | None], layout: str, num_classes: int) -> None:
-    """Raise :class:`DetectorLayoutError` unless an output shape fits ``layout`` with ``num_classes`` classes.
-
-    "yolov5" wants (N, B, 5 + C), "yolov8" wants (N, 4 + C, B); symbolic dims (str/None) pass.
-    """
-    if layout not in LAYOUTS:
-        raise DetectorLayoutError(f"unknown output layout {layout!r}; supported: {', '.join(LAYOUTS)}")
-    shape = list(shape)
-    axis, want = (2, 5 + num_classes) if layout == "yolov5" else (1, 4 + num_classes)
-    expected = "(N, B, 5 + C)" if layout == "yolov5" else "(N, 4 + C, B)"
-    if len(shape) != 3 or (isinstance(shape[axis], int) and shape[axis] != want):
-        raise DetectorLayoutError(
-            f"output shape {shape} does not match layout {layout!r}: expected {expected} with "
-            f"C={num_classes} classes, i.e. dim {axis} = {want}"
-        )
-
-
-def input_dtype(onnx_type: str) -> type[np.floating[Any]]:
-    """numpy dtype for an ONNX Runtime input type string: float16 for "tensor(float16)", else float32."""
-    return np.float16 if onnx_type == "tensor(float16)" else np.float32
-
-
 class Detector:
     """A loaded detector entry (see :func:`load_detector`). Thread-safe for concurrent ``detect`` calls."""
 
@@ -331,7 +306,7 @@ def load_detector(
     pins: Mapping[str, str] | None = None,
 ) -> Detector:
     """Load ``model_store/<name>/<version>/`` (task "detect") after checking its pin (``pins``, see
-    :func:`service.store.check_pin`) and every file's sha256."""
+    :func:`modelstore.store.check_pin`) and every file's sha256."""
     import onnxruntime as ort
 
     entry_dir = Path(entry_dir)
@@ -354,18 +329,14 @@ def load_detector(
     return Detector(session, manifest, entry_dir)
 
 
-def _version_key(version: str) -> tuple[int, int | str]:
-    return (1, int(version)) if version.isdigit() else (0, version)
-
-
 def find_detector(store: Path, name: str | None = None) -> Path | None:
     """The highest-version ``task="detect"`` entry under ``store`` (of ``name`` if given), else None.
 
     Without ``name``: "yolo-fastestv2" where installed, else the alphabetically first detector name.
-    Versions compare as integers when numeric (numeric above non-numeric).
+    Versions compare by :func:`modelstore.store.version_key`.
     """
     store = Path(store)
-    found: dict[str, list[tuple[tuple[int, int | str], Path]]] = {}
+    found: dict[str, list[tuple[tuple[tuple[int, int | str], ...], Path]]] = {}
     for manifest_path in sorted(store.glob("*/*/manifest.json")):
         entry = manifest_path.parent
         if name is not None and entry.parent.name != name:
@@ -375,7 +346,7 @@ def find_detector(store: Path, name: str | None = None) -> Path | None:
         except (OSError, ValueError):
             continue
         if manifest.task == "detect":
-            found.setdefault(entry.parent.name, []).append((_version_key(entry.name), entry))
+            found.setdefault(entry.parent.name, []).append((version_key(entry.name), entry))
     if not found:
         return None
     chosen = DEFAULT_DETECTOR_NAME if DEFAULT_DETECTOR_NAME in found else sorted(found)[0]

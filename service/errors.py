@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from modelstore.errors import ModelStoreError
+
 
 class ServiceError(Exception):
     """Base class. ``status`` is the HTTP status; ``reason`` labels ``dir_rejected_total`` when set."""
@@ -107,11 +109,15 @@ class Unavailable(ServiceError):  # noqa: N818 (HTTP-status names, as in httpx)
     retry_after = True
 
 
-class ModelStoreError(ServiceError):
-    """A model_store entry is missing, malformed, or fails its sha256 check: refused."""
+class ModelStoreRefused(Unavailable):
+    """A :class:`modelstore.errors.ModelStoreError` at the service's boundary: the entry is refused, 503."""
 
-    status = 503
     code = "model_store"
+
+    @classmethod
+    def from_store(cls, exc: ModelStoreError) -> ModelStoreRefused:
+        """The service's error for a model-store refusal, with its message."""
+        return cls(exc.message)
 
 
 class InferenceError(ServiceError):

@@ -1,171 +1,26 @@
-"""Reading model_store entries: pick a version, verify every file's sha256, build ONNX Runtime sessions.
+"""Serving a verified model_store entry: its precision, denoise graph, tile geometry and
+:class:`RestoreModel` (the sessions behind the tile queue).
 
-Layout: ``<store>/<name>/<version>/manifest.json`` (schema in ``service.manifest``) next to ``model.onnx``.
+Listing, resolving and verifying entries is :mod:`modelstore.store`; sessions are :mod:`modelstore.runner`.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import ValidationError
 
-from service.errors import InferenceError, ModelStoreError
-from service.manifest import MANIFEST_NAME, GuideSpec, Manifest, read_manifest, sha256_file
+from modelstore.errors import ModelStoreError
+from modelstore.manifest import GuideSpec
+from modelstore.runner import choose_providers, make_session
+from modelstore.store import ModelEntry, verify_entry
+from service.errors import InferenceError
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT
 from service.settings import Settings
 from service.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, window_sums
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One model_store entry: its folder and parsed manifest."""
-
-    path: Path
-    manifest: Manifest
-
-    @property
-    def ref(self) -> str:
-        """``name/version``, the id used in headers, metrics labels and Redis stream names."""
-        return f"{self.manifest.name}/{self.manifest.version}"
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key for versions like ``0.1.0`` or ``1.2.0-rc1``: numeric parts compare as numbers."""
-    parts = re.split(r"[.\-+]", version)
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
-
-
-def list_entries(store: Path, task: str | None = None) -> list[ModelEntry]:
-    """Every readable entry under ``store`` (optionally only ``task``), sorted by name then version.
-
-    Folders without a manifest are skipped; a malformed manifest raises ``ModelStoreError``.
-    """
-    entries: list[ModelEntry] = []
-    if not store.is_dir():
-        return entries
-    for manifest_path in sorted(store.glob(f"*/*/{MANIFEST_NAME}")):
-        try:
-            manifest = read_manifest(manifest_path.parent)
-        except (ValidationError, ValueError) as exc:
-            raise ModelStoreError(f"malformed manifest {manifest_path}: {exc}") from exc
-        if task is None or manifest.task == task:
-            entries.append(ModelEntry(manifest_path.parent, manifest))
-    entries.sort(key=lambda e: (e.manifest.name, version_key(e.manifest.version)))
-    return entries
-
-
-def resolve_entry(store: Path, spec: str, task: str) -> ModelEntry:
-    """The entry named by ``spec`` (``name`` -> highest version, or ``name/version``) with task ``task``.
-
-    An empty ``spec`` picks the first entry of that task (highest version of the first name).
-    """
-    entries = list_entries(store, task)
-    name, _, version = spec.partition("/")
-    matching = [e for e in entries if not name or e.manifest.name == name]
-    if version:
-        matching = [e for e in matching if e.manifest.version == version]
-    if not matching:
-        have = ", ".join(e.ref for e in entries) or "none"
-        raise ModelStoreError(f"no {task} entry {spec or '(any)'} under {store} (entries for {task}: {have})")
-    if not name:
-        first = matching[0].manifest.name
-        matching = [e for e in matching if e.manifest.name == first]
-    return matching[-1]
-
-
-def check_pin(entry_dir: Path, manifest: Manifest, pins: Mapping[str, str] | None) -> None:
-    """With pins (``DIR_PINNED_DIGESTS``: ``name/version`` -> sha256 of its ``manifest.json``), refuse an
-    entry that is not pinned or whose manifest's digest differs from its pin.
-
-    The manifest lists the sha256 of every file of the entry, so its pinned digest covers them all: a
-    manifest rewritten in place with new file digests (a swapped model) no longer matches. Raises
-    ``ModelStoreError`` naming the entry, both digests and the setting.
-    """
-    if not pins:
-        return
-    ref = f"{manifest.name}/{manifest.version}"
-    pinned = pins.get(ref)
-    if pinned is None:
-        raise ModelStoreError(
-            f"{ref} ({entry_dir}) is not pinned: DIR_PINNED_DIGESTS lists only {', '.join(sorted(pins))}; "
-            "refusing to load it"
-        )
-    actual = sha256_file(entry_dir / MANIFEST_NAME)
-    if actual != pinned.lower():
-        raise ModelStoreError(
-            f"{entry_dir / MANIFEST_NAME}: sha256 {actual} differs from the digest DIR_PINNED_DIGESTS pins "
-            f"for {ref} ({pinned.lower()}): the manifest changed after it was pinned; refusing to load {ref}"
-        )
-
-
-def verify_files(entry_dir: Path, manifest: Manifest, pins: Mapping[str, str] | None = None) -> None:
-    """Check the entry's pin (:func:`check_pin`), then every file the manifest lists against its sha256; the
-    ONNX file (and the guide graph's, when the manifest has one) must be listed.
-
-    Shared by the restoration and detector loaders. Raises ``ModelStoreError`` naming the file, the expected
-    and the actual digest.
-    """
-    check_pin(entry_dir, manifest, pins)
-    graphs = [manifest.onnx_file] + ([manifest.guide.onnx_file] if manifest.guide else [])
-    for graph in graphs:
-        if manifest.file_sha256(graph) is None:
-            raise ModelStoreError(f"{entry_dir}: manifest records no sha256 for {graph}; refusing it")
-    for f in manifest.files:
-        target = entry_dir / f.path
-        if not target.is_file():
-            raise ModelStoreError(f"{entry_dir}: file {f.path} listed in the manifest is missing")
-        actual = sha256_file(target)
-        if actual != f.sha256:
-            raise ModelStoreError(
-                f"{target}: sha256 mismatch: the file's sha256 {actual} does not match the manifest's "
-                f"{f.sha256}; refusing to load it"
-            )
-
-
-def verify_entry(entry: ModelEntry, pins: Mapping[str, str] | None = None) -> None:
-    """:func:`verify_files` for a resolved entry."""
-    verify_files(entry.path, entry.manifest, pins)
-
-
-def choose_providers(requested: list[str] | None) -> list[str]:
-    """ONNX Runtime providers: ``requested`` when given (validated), else CUDA when present, then CPU."""
-    available = ort.get_available_providers()
-    if requested:
-        missing = [p for p in requested if p not in available]
-        if missing:
-            raise ModelStoreError(f"providers {missing} are not available (available: {available})")
-        return requested
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
-def make_session(
-    onnx_path: Path, providers: list[str] | None, threads: int, spinning: bool = True, arena: bool = True
-) -> ort.InferenceSession:
-    """An ONNX Runtime session with ``threads`` intra-op threads; load failures become ``ModelStoreError``.
-
-    ``spinning=False`` makes idle intra-op threads sleep instead of spin-waiting for the next run.
-    ``arena=False`` builds it without ONNX Runtime's CPU memory arena (which keeps the largest run's buffers
-    for the life of the session): memory goes back after each run, at the cost of allocating every run.
-    """
-    options = ort.SessionOptions()
-    options.enable_cpu_mem_arena = arena
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=choose_providers(providers)
-        )
-    except (RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-        raise ModelStoreError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
 
 
 def choose_graph(entry: ModelEntry, precision: str, providers: list[str]) -> tuple[str, str]:
@@ -187,14 +42,17 @@ def choose_graph(entry: ModelEntry, precision: str, providers: list[str]) -> tup
 
 def denoise_file(entry: ModelEntry) -> str | None:
     """The entry's ``denoise`` graph (manifest ``extra.denoise.onnx_file``: image -> restored, one pass),
-    or None when it has none. A graph the manifest names without a sha256 raises ``ModelStoreError``."""
-    spec = entry.manifest.extra.get("denoise")
-    name = spec.get("onnx_file") if isinstance(spec, dict) else None
-    if not name:
+    or None when it has none. A malformed ``extra.denoise``, or a graph the manifest names without a sha256,
+    raises ``ModelStoreError``."""
+    try:
+        spec = entry.manifest.denoise
+    except ValueError as exc:
+        raise ModelStoreError(f"{entry.ref}: malformed manifest extra.denoise: {exc}") from exc
+    if spec is None:
         return None
-    if entry.manifest.file_sha256(str(name)) is None:
-        raise ModelStoreError(f"{entry.ref}: manifest records no sha256 for {name}; refusing it")
-    return str(name)
+    if entry.manifest.file_sha256(spec.onnx_file) is None:
+        raise ModelStoreError(f"{entry.ref}: manifest records no sha256 for {spec.onnx_file}; refusing it")
+    return spec.onnx_file
 
 
 def tile_geometry(entry: ModelEntry, settings: Settings) -> tuple[int, tuple[int, ...], int]:

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelstore.detector import DetectorLayoutError, check_output_shape
+from modelstore.errors import ModelStoreError
 from service.detection import (
     Detection,
-    DetectorLayoutError,
-    check_output_shape,
     decode,
     draw_detections,
     find_detector,
@@ -21,7 +21,7 @@ from service.detection import (
     nms,
     resize_bilinear,
 )
-from service.errors import BadInput, ModelStoreError
+from service.errors import BadInput
 from tests.detect.conftest import constant_detector_onnx
 from training.detect.entries import install_onnx, read_names
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from service.manifest import (
+from modelstore.manifest import (
     Manifest,
     ModelFile,
     TensorSpec,
@@ -22,15 +22,8 @@ from service.manifest import (
     write_manifest,
 )
 from training.evaluate.errors import MethodUnavailableError, UnknownNameError
-from training.evaluate.methods import (
-    MethodContext,
-    OnnxRestorer,
-    PilotDecodeRestorer,
-    get_method,
-    latest_store_entry,
-    method_names,
-    resolve_methods,
-)
+from training.evaluate.methods import MethodContext, get_method, method_names, resolve_methods
+from training.evaluate.methods.entries import OnnxRestorer, PilotDecodeRestorer, latest_store_entry
 from training.evaluate.metrics import psnr
 from training.evaluate.protocols import load_rgb
 from training.paths import REPO_ROOT

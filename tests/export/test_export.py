@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.manifest import TileSpec, read_manifest, sha256_file
+from modelstore.manifest import TileSpec, read_manifest, sha256_file
 from training.export import SERVING_OUTPUTS, export_system
 from training.models import DiRSystem, ModelConfig
 from training.train.errors import ExportError

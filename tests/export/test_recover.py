@@ -12,14 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from service.manifest import read_manifest, sha256_file
+from modelstore.manifest import read_manifest, sha256_file
+from modelstore.runner import make_session
+from modelstore.store import resolve_entry
 from service.settings import DEFAULT_MODEL_STORE
-from service.store import make_session, resolve_entry
 from tests.export.test_export import SMALL, pool_sensitive
 from training.export import export_system
 from training.export.cli import main as export_main
-from training.export.recover import system_from_entry
 from training.models import VARIANT_PARTS, DiRSystem
+from training.models.checkpoint import system_from_entry
 from training.paths import data_root
 from training.train.config import config_to_dict, load_config
 from training.train.errors import CheckpointError

@@ -25,10 +25,10 @@ import pytest
 import redis
 from PIL import Image
 
+from modelstore.errors import ModelStoreError
+from modelstore.store import ModelEntry, resolve_entry
 from service.app import create_app
-from service.errors import ModelStoreError
 from service.settings import DEFAULT_MODEL_STORE, Settings
-from service.store import ModelEntry, resolve_entry
 from tests.service.fixture_model import build_entry
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from service.manifest import (
+from modelstore.manifest import (
     SCHEMA_VERSION,
     GuideSpec,
     Manifest,

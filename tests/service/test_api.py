@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load as safetensors_load
 
+from modelstore.store import ModelEntry
 from service.settings import Settings
-from service.store import ModelEntry
 from service.tiling import plan_tiles
 from tests.service.conftest import image_bytes, png_chunk, serve
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.batch_ceiling import END, START, fractions, markdown, measure, outside_load
+from modelstore.store import resolve_entry
 from service.settings import Settings
-from service.store import RestoreModel, resolve_entry
+from service.store import RestoreModel
 
 
 def test_measures_every_graph_and_side_at_each_load_and_writes_its_section(fixture_store: Path) -> None:

@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from service.errors import ModelStoreError
+from modelstore.errors import ModelStoreError
+from modelstore.store import ModelEntry
 from service.settings import Settings
-from service.store import ModelEntry
 from tests.service.conftest import serve
 from tests.service.fixture_model import build_entry
 

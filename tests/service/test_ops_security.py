@@ -18,13 +18,14 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from modelstore.errors import ModelStoreError
+from modelstore.manifest import ModelFile, read_manifest, sha256_file, write_manifest
+from modelstore.store import resolve_entry
 from service.app import create_app
 from service.detection import load_detector
-from service.errors import ModelStoreError
-from service.manifest import ModelFile, read_manifest, sha256_file, write_manifest
 from service.redact import Redactor, install_log_redaction, redact_url
 from service.settings import Settings
-from service.store import RestoreModel, resolve_entry
+from service.store import RestoreModel
 from tests.detect.conftest import constant_detector_onnx
 from tests.service.conftest import free_port, restore_scope, serve
 

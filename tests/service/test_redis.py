@@ -25,6 +25,7 @@ import redis
 from PIL import Image
 
 import service.redis_queue
+from modelstore.store import resolve_entry
 from service.batching import BatchPolicy
 from service.metrics import Metrics
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT, lane_ref, unpack
@@ -42,7 +43,7 @@ from service.redis_queue import (
     workers_key,
 )
 from service.settings import Settings
-from service.store import RestoreModel, resolve_entry
+from service.store import RestoreModel
 from service.tiling import choose_tile, extract_tiles, owned_window, plan_tiles
 from service.worker import DEAD_CLAIM_IDLE_MS, Worker
 from tests.service.conftest import free_port, noise_png, serve, start_redis_server

@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.errors import InferenceError, ModelStoreError
-from service.manifest import GuideSpec, read_manifest, write_manifest
+from modelstore.errors import ModelStoreError
+from modelstore.manifest import GuideSpec, read_manifest, write_manifest
+from modelstore.store import resolve_entry, verify_entry, version_key
+from service.errors import InferenceError
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT
 from service.settings import Settings
-from service.store import RestoreModel, choose_graph, resolve_entry, verify_entry, version_key
+from service.store import RestoreModel, choose_graph
 from tests.service.conftest import serve
 from tests.service.fixture_model import build_entry
 

@@ -13,11 +13,12 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from modelstore.manifest import read_manifest
+from modelstore.store import ModelEntry, resolve_entry
 from service.errors import BadInput
-from service.manifest import read_manifest
 from service.queue import GUIDE_GRAPH, GUIDE_SUM, WINDOW_INPUT
 from service.settings import Settings
-from service.store import ModelEntry, RestoreModel, resolve_entry
+from service.store import RestoreModel
 from service.tiling import (
     TileGrid,
     choose_tile,

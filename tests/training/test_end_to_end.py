@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service.manifest import read_manifest, sha256_file
+from modelstore.manifest import read_manifest, sha256_file
 from training.cli import main as train_main
 from training.export.cli import main as export_main
 from training.models import load_system

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from modelstore.store import resolve_entry
 from service.settings import DEFAULT_MODEL_STORE
-from service.store import resolve_entry
 from training.cli import main
-from training.export import system_from_entry
 from training.isp import simulate, stable_seed
+from training.models.checkpoint import system_from_entry
 from training.train.data import list_images, load_rgb
 from training.train.errors import CheckpointError
 from training.train.metrics import psnr

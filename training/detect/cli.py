@@ -16,9 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from modelstore.errors import ModelStoreError
+from modelstore.manifest import read_manifest
 from service.detection import Detector, draw_detections, find_detector, load_detector
 from service.errors import ServiceError
-from service.manifest import read_manifest
 from training.paths import REPO_ROOT
 
 DEFAULT_STORE = REPO_ROOT / "model_store"
@@ -191,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ServiceError, FileNotFoundError, ValueError) as exc:
+    except (ServiceError, ModelStoreError, FileNotFoundError, ValueError) as exc:
         print(f"dir-models: error: {exc}", file=sys.stderr)
         return 2
 

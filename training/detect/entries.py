@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from service.detection import LAYOUTS, DetectorLayoutError, check_output_shape, input_dtype
-from service.errors import ModelStoreError
-from service.manifest import Manifest, ModelFile, TensorSpec, sha256_file, write_manifest
+from modelstore.detector import LAYOUTS, DetectorLayoutError, check_output_shape, input_dtype
+from modelstore.errors import ModelStoreError
+from modelstore.manifest import Manifest, ModelFile, TensorSpec, sha256_file, write_manifest
 
 
 def read_names(path: Path) -> list[str]:

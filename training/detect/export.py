@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.errors import ModelStoreError
-from service.manifest import Manifest, ModelFile, TensorSpec, sha256_file, write_manifest
+from modelstore.errors import ModelStoreError
+from modelstore.manifest import Manifest, ModelFile, TensorSpec, sha256_file, write_manifest
 from training.detect.entries import new_entry_dir, utc_now
 from training.detect.model import (
     ANCHORS,

@@ -22,16 +22,9 @@ import torch
 from tqdm import tqdm
 
 from training.evaluate.errors import EvaluationError, ProtocolError
-from training.evaluate.methods import (
-    MethodContext,
-    MethodSpec,
-    OnnxDenoiseRestorer,
-    OnnxRestorer,
-    OracleRestorer,
-    Restorer,
-    get_method,
-    latest_store_entry,
-)
+from training.evaluate.methods import MethodContext, MethodSpec, get_method
+from training.evaluate.methods.base import OracleRestorer, RestoreFn
+from training.evaluate.methods.entries import OnnxDenoiseRestorer, OnnxRestorer, latest_store_entry
 from training.evaluate.runner import MethodResult, RunResult, ScoreCache, run_protocol
 
 TOLERANCE_DB = 0.1
@@ -50,13 +43,13 @@ def _entry_specs(entry: Path, side: Side) -> dict[str, MethodSpec]:
     the per-image affine colour fit to the reference, an oracle: it isolates what is not global colour)."""
     from training.losses import affine_colour_fit
 
-    def default(ctx: MethodContext) -> Restorer:
+    def default(ctx: MethodContext) -> RestoreFn:
         try:
             return OnnxDenoiseRestorer(entry)
         except EvaluationError:
             return OnnxRestorer(entry)
 
-    def full(ctx: MethodContext) -> Restorer:
+    def full(ctx: MethodContext) -> RestoreFn:
         return OnnxRestorer(entry)
 
     def fitted(ctx: MethodContext) -> OracleRestorer:

@@ -11,15 +11,15 @@
 * ``model.fp16.onnx`` (role "serve-fp16", when its parity holds): ``model.onnx`` in float16, float32 I/O.
 * ``dirnet.onnx`` (image -> r0), ``dfrnet.onnx`` (image -> pilot; r* when given a clean image),
   ``alignment.onnx`` (r0, pilot -> r_plus), ``decoder.onnx`` (r_plus -> restored): role "component".
-* ``manifest.json`` (service/manifest.py schema) with sha256 of every file, the training config and the
+* ``manifest.json`` (modelstore/manifest.py schema) with sha256 of every file, the training config and the
   evaluation numbers found in the run folder (``scores.json``, written by ``dir-train score``).
 
 Every graph passes ``onnx.checker`` and is compared with PyTorch on real degraded images (``model.onnx`` as
 served: fed the spatial mean of ``guide.onnx``'s output, against PyTorch on the whole image); a max-abs
 error above the tolerance raises :class:`~training.train.errors.ExportError`.
 
-``system_from_entry(entry_dir)`` goes the other way: the PyTorch system rebuilt from an entry's
-``model.onnx`` weights and its manifest's model config, for work on a shipped model without its run folder.
+The other way (the PyTorch system rebuilt from an entry's ``model.onnx``) is
+:func:`training.models.checkpoint.system_from_entry`.
 """
 
 from training.export.onnx_export import (
@@ -29,7 +29,6 @@ from training.export.onnx_export import (
     export_run,
     export_system,
 )
-from training.export.recover import system_from_entry
 
 __all__ = [
     "PARITY_TOLERANCE_FP32",
@@ -37,5 +36,4 @@ __all__ = [
     "ExportReport",
     "export_run",
     "export_system",
-    "system_from_entry",
 ]

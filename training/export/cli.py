@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from modelstore.manifest import MANIFEST_NAME, TileSpec
+from training.export.onnx_export import DEFAULT_TILE, export_entry, export_run
 from training.train.errors import DiRError
 
 
@@ -39,9 +41,6 @@ def main(argv: list[str] | None = None) -> int:
         "then drives the denoise graph",
     )
     args = p.parse_args(argv)
-    from service.manifest import MANIFEST_NAME, TileSpec
-    from training.export.onnx_export import DEFAULT_TILE, export_entry, export_run
-
     from_entry = (args.source / MANIFEST_NAME).is_file()
     tile: TileSpec | None = None
     if args.tile_size is not None or args.tile_overlap is not None or not from_entry:

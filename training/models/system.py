@@ -235,7 +235,7 @@ def load_system(
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"cannot read checkpoint {file}: {exc}") from exc
-    from service.manifest import sha256_file
+    from modelstore.manifest import sha256_file
 
     started = ckpt.get("init_from") or {}
     stage2 = file.parent / checkpoint_name("stage2")

@@ -105,15 +105,15 @@ def _init_from_stage1(objective: RestorationObjective, run_dir: Path) -> None:
 
 def init_from_entry(system: DiRSystem, entry_dir: Path) -> dict[str, Any]:
     """Start Stage II from a model_store entry instead of this run's stage1.pt: the frozen Stage I parts
-    (DiRNet, DfRNet, D*) from the entry's weights (:func:`training.export.system_from_entry`), and the
-    alignment network A too when the config's A has the entry's shapes (else A starts fresh).
+    (DiRNet, DfRNet, D*) from the entry's weights (:func:`~training.models.checkpoint.system_from_entry`),
+    and the alignment network A too when the config's A has the entry's shapes (else A starts fresh).
 
     The config's encoders and decoder must match the entry's (``ConfigError`` names the first mismatch).
     Returns the record kept in the checkpoint and the exported manifest: entry, its model.onnx sha256 and
     the parts loaded.
     """
-    from service.manifest import read_manifest
-    from training.export.recover import system_from_entry
+    from modelstore.manifest import read_manifest
+    from training.models.checkpoint import system_from_entry
 
     if system.variant != "full":
         raise ConfigError("--init-from starts the full method's Stage II; ablations start from stage1.pt")
@@ -148,7 +148,7 @@ def _init_denoise(system: DiRSystem, run_dir: Path, entry: Path | None) -> dict[
     ``dir-train denoise``: the stage continues it), else from DfRNet. Returns the provenance record kept in
     the checkpoint, ``denoiser_from`` naming the start ("entry" or "dfrnet")."""
     if entry is not None:
-        from training.export.recover import system_from_entry
+        from training.models.checkpoint import system_from_entry
 
         record = init_from_entry(system, entry)
         if "alignment" not in record["parts"]:
@@ -162,7 +162,7 @@ def _init_denoise(system: DiRSystem, run_dir: Path, entry: Path | None) -> dict[
                 system.get_submodule(part).load_state_dict(source.get_submodule(part).state_dict())
             return {**record, "denoiser_from": "entry"}
     else:
-        from service.manifest import sha256_file
+        from modelstore.manifest import sha256_file
 
         path = run_dir / checkpoint_name("stage2")
         if not path.is_file():

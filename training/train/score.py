@@ -62,7 +62,7 @@ def _load(source: Path, variant: Variant) -> DiRSystem:
                 f"{source} is a model_store entry, which serves the full method only; "
                 f"variant {variant!r} needs a run folder"
             )
-        from training.export.recover import system_from_entry
+        from training.models.checkpoint import system_from_entry
 
         return system_from_entry(source).eval()
     return load_system(source, variant)

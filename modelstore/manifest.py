@@ -1,7 +1,8 @@
-"""The model_store manifest: the contract between ``dir-export`` (writer) and the service (reader).
+"""The model_store manifest: the contract between ``dir-export`` (writer), the service and evaluation
+(readers).
 
 Layout: ``model_store/<name>/<version>/manifest.json`` next to the ONNX file(s) it describes. This module
-imports neither torch nor onnxruntime so both sides can use it.
+imports neither torch nor onnxruntime so every side can use it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,23 @@ MANIFEST_NAME = "manifest.json"
 #: Version of this schema written by ``dir-export``. 1: one serving graph (no ``schema_version`` field);
 #: 2: adds ``guide`` (two-pass tiled serving). Readers accept every version up to this one.
 SCHEMA_VERSION = 2
+
+SERVE_FILE = "model.onnx"
+"""The serving graph: image (N, 3, H, W) sRGB [0, 1] (+ guide mean) -> restored (N, 3, H, W) sRGB [0, 1]."""
+FP16_FILE = "model.fp16.onnx"
+"""The serving graph in half precision (same inputs and outputs, float32 at the boundary)."""
+GUIDE_FILE = "guide.onnx"
+"""Pass 1 of two-pass serving: image -> per-position guide features (N, K, H/s, W/s)."""
+DENOISE_FILE = "denoise.onnx"
+"""The denoise mode's graph: image (N, 3, H, W) sRGB [0, 1] -> restored, same shape, one pass."""
+DIRNET_FILE = "dirnet.onnx"
+"""Component graph: image (N, 3, H, W) sRGB [0, 1] -> baseline DiR r0 (N, C, H/s, W/s)."""
+PILOT_FILE = "dfrnet.onnx"
+"""Component graph: image (N, 3, H, W) sRGB [0, 1] -> pilot DfR (N, C, H/s, W/s)."""
+ALIGNMENT_FILE = "alignment.onnx"
+"""Component graph: (r0, pilot), each (N, C, H/s, W/s) -> aligned representation r+ (N, C, H/s, W/s)."""
+DECODER_FILE = "decoder.onnx"
+"""Component graph: a representation (N, C, H/s, W/s), e.g. r+ -> restored (N, 3, H, W) sRGB [0, 1]."""
 
 
 class TensorSpec(BaseModel):
@@ -88,6 +106,24 @@ class GuideSpec(BaseModel):
         return int(factor)
 
 
+class DenoiseSpec(BaseModel):
+    """The denoise graph of a restore entry, recorded as ``extra["denoise"]``: image (N, 3, H, W) sRGB
+    [0, 1] -> restored (N, 3, H, W) sRGB [0, 1], one pass, no guide.
+
+    ``encoder``: "denoiser" (a trained denoiser feeds the decoder) or "dfrnet" (the pilot DfRNet does);
+    ``decode``: how the decoder's output becomes the image ("image", "gated" ...).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    onnx_file: str
+    inputs: list[str] = Field(default_factory=lambda: ["image"])
+    outputs: list[str] = Field(default_factory=lambda: ["restored"])
+    encoder: str = "dfrnet"
+    decode: str = "image"
+    description: str = ""
+
+
 class Manifest(BaseModel):
     """Everything the service needs to load and call a model_store entry, plus its provenance."""
 
@@ -98,7 +134,7 @@ class Manifest(BaseModel):
     version: str
     task: Literal["restore", "detect", "component"] = "restore"
     description: str = ""
-    onnx_file: str = "model.onnx"
+    onnx_file: str = SERVE_FILE
     opset: int
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -119,6 +155,15 @@ class Manifest(BaseModel):
         default_factory=dict, description="evaluation numbers with their protocol"
     )
     created: str = ""
+
+    @property
+    def denoise(self) -> DenoiseSpec | None:
+        """The typed ``extra["denoise"]``, or None when the entry has no denoise graph; raises
+        ``ValueError`` (pydantic ``ValidationError``) when it is malformed."""
+        spec = self.extra.get("denoise")
+        if not isinstance(spec, dict) or not spec.get("onnx_file"):
+            return None
+        return DenoiseSpec.model_validate(spec)
 
     def file_sha256(self, path: str) -> str | None:
         """The recorded sha256 of ``path`` (relative to the entry folder), or None when not recorded."""

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.manifest import read_manifest
+from modelstore.errors import ModelStoreError
+from modelstore.manifest import read_manifest
+from modelstore.store import verify_files
 from training.models import VARIANT_PARTS, DiRSystem, model_config_from_dict
 from training.train.errors import CheckpointError
 
@@ -25,8 +27,8 @@ _PREFIX = "system."
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
     """Every initializer of the ONNX graph at ``path``, by name, as NumPy arrays."""
-    import onnx
-    from onnx import numpy_helper
+    import onnx  # optional: rebuilding from an entry only
+    from onnx import numpy_helper  # optional: rebuilding from an entry only
 
     try:
         model = onnx.load(str(path))
@@ -43,9 +45,6 @@ def system_from_entry(entry_dir: str | Path, device: str | torch.device = "cpu")
     graph's weights do not cover the system's parameters exactly (names and shapes; the exporter stores
     weights with identical values once, under one name, which only happens for untrained layers).
     """
-    from service.errors import ModelStoreError
-    from service.store import verify_files
-
     entry = Path(entry_dir)
     try:
         manifest = read_manifest(entry)
@@ -84,8 +83,9 @@ def system_from_entry(entry_dir: str | Path, device: str | torch.device = "cpu")
         prefix = part + "."
         sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         system.get_submodule(part).load_state_dict(sub, strict=True)
-    if manifest.extra.get("denoise", {}).get("encoder") == "denoiser":
-        system = _add_denoiser(system, entry / manifest.extra["denoise"]["onnx_file"])
+    denoise = manifest.denoise
+    if denoise is not None and denoise.encoder == "denoiser":
+        system = _add_denoiser(system, entry / denoise.onnx_file)
     return system.to(device).eval()
 
 
