@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from training.train.errors import DiRError
+from training.errors import DiRError
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from training.export.recover import system_from_entry
 from training.models import VARIANT_PARTS, DiRSystem
 from training.paths import data_root
 from training.train.config import config_to_dict, load_config
-from training.train.errors import CheckpointError
+from training.errors import CheckpointError
 
 
 def _export(system: DiRSystem, entry: Path) -> Path:

@@ -17,7 +17,7 @@ from training.models import (
     load_system,
     system_state,
 )
-from training.train.errors import CheckpointError
+from training.errors import CheckpointError
 
 SMALL = ModelConfig(latent_channels=4, widths=(8, 8, 12), align_width=8, disc_width=8)
 

@@ -14,7 +14,7 @@ from training.export import export_system
 from training.export.onnx_export import export_run
 from training.models import DiRSystem
 from training.train.config import TrainConfig, config_to_dict
-from training.train.errors import ConfigError
+from training.errors import ConfigError
 from training.train.loop import init_from_entry, train_stage
 from training.train.objectives import RestorationObjective
 

@@ -14,7 +14,7 @@ from training.cli import main
 from training.export import system_from_entry
 from training.isp import simulate, stable_seed
 from training.train.data import list_images, load_rgb
-from training.train.errors import CheckpointError
+from training.errors import CheckpointError
 from training.train.metrics import psnr
 from training.train.score import centre_crop, colour_fit, score_run, scores_path
 

@@ -267,7 +267,7 @@ def _checkpoint_builder(variant: DiRVariant) -> Callable[[MethodContext], Restor
             raise MethodUnavailableError(f"run folder not found: {ctx.run_dir}")
         try:
             from training.models import checkpoint_name, load_system
-            from training.train.errors import DiRError
+            from training.errors import DiRError
         except ImportError as exc:
             raise MethodUnavailableError(f"training.models is not importable: {exc}") from exc
         try:

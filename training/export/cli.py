@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.train.errors import DiRError
+from training.errors import DiRError
 
 
 def main(argv: list[str] | None = None) -> int:

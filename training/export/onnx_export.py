@@ -25,7 +25,7 @@ from service.manifest import (
 )
 from training.models import VARIANT_PARTS, DiRSystem, load_system
 from training.train.config import TrainConfig
-from training.train.errors import CheckpointError, ExportError
+from training.errors import CheckpointError, ExportError
 
 OPSET = 17
 PARITY_TOLERANCE_FP32 = 1e-4

@@ -17,7 +17,7 @@ import torch
 
 from service.manifest import read_manifest
 from training.models import VARIANT_PARTS, DiRSystem, model_config_from_dict
-from training.train.errors import CheckpointError
+from training.errors import CheckpointError
 
 #: The prefix ``ServingGraph`` puts before the system's own parameter names in the exported graph.
 _PREFIX = "system."

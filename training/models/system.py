@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from training.models.alignment import AlignmentNet, build_alignment
 from training.models.config import ModelConfig
 from training.models.networks import Decoder, DetailGate, Discriminator, GaussianEncoder, PlainEncoder
-from training.train.errors import CheckpointError
+from training.errors import CheckpointError
 
 Variant = Literal["full", "no_pilot", "r0_only", "autoencoder"]
 VARIANTS: tuple[Variant, ...] = ("full", "no_pilot", "r0_only", "autoencoder")

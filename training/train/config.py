@@ -19,7 +19,7 @@ from training.isp.presets import PRESETS
 from training.models.config import ModelConfig
 from training.paths import dataset_dir
 from training.train.data import preset_names
-from training.train.errors import ConfigError
+from training.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 

@@ -18,7 +18,7 @@ from training.models import VARIANT_PARTS, VARIANTS, DiRSystem, Variant, checkpo
 from training.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from training.train.config import StageConfig, TrainConfig, config_to_dict
 from training.train.data import StepBatches, center_crops, iterate_batches, load_store
-from training.train.errors import CheckpointError, ConfigError
+from training.errors import CheckpointError, ConfigError
 from training.train.metrics import append_record, metrics_path, psnr, truncate_log
 from training.train.objectives import DenoiseObjective, RestorationObjective, Stage1Objective
 from training.train.schedule import lr_at, prior_scale_at

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from training.train.errors import CheckpointError
+from training.errors import CheckpointError
 
 
 def psnr(pred: Tensor, target: Tensor) -> Tensor:
