@@ -16,13 +16,13 @@ from service.manifest import read_manifest, sha256_file
 from service.settings import DEFAULT_MODEL_STORE
 from service.store import make_session, resolve_entry
 from tests.export.test_export import SMALL, pool_sensitive
+from training.errors import CheckpointError
 from training.export import export_system
 from training.export.cli import main as export_main
 from training.export.recover import system_from_entry
 from training.models import VARIANT_PARTS, DiRSystem
 from training.paths import data_root
 from training.train.config import config_to_dict, load_config
-from training.errors import CheckpointError
 
 
 def _export(system: DiRSystem, entry: Path) -> Path:

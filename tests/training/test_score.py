@@ -11,10 +11,10 @@ import torch
 from service.settings import DEFAULT_MODEL_STORE
 from service.store import resolve_entry
 from training.cli import main
+from training.errors import CheckpointError
 from training.export import system_from_entry
 from training.isp import simulate, stable_seed
 from training.train.data import list_images, load_rgb
-from training.errors import CheckpointError
 from training.train.metrics import psnr
 from training.train.score import centre_crop, colour_fit, score_run, scores_path
 

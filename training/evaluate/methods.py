@@ -266,8 +266,8 @@ def _checkpoint_builder(variant: DiRVariant) -> Callable[[MethodContext], Restor
         if not ctx.run_dir.exists():
             raise MethodUnavailableError(f"run folder not found: {ctx.run_dir}")
         try:
-            from training.models import checkpoint_name, load_system
             from training.errors import DiRError
+            from training.models import checkpoint_name, load_system
         except ImportError as exc:
             raise MethodUnavailableError(f"training.models is not importable: {exc}") from exc
         try:

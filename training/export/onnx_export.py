@@ -23,9 +23,9 @@ from service.manifest import (
     sha256_file,
     write_manifest,
 )
+from training.errors import CheckpointError, ExportError
 from training.models import VARIANT_PARTS, DiRSystem, load_system
 from training.train.config import TrainConfig
-from training.errors import CheckpointError, ExportError
 
 OPSET = 17
 PARITY_TOLERANCE_FP32 = 1e-4

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from service.manifest import read_manifest
-from training.models import VARIANT_PARTS, DiRSystem, model_config_from_dict
 from training.errors import CheckpointError
+from training.models import VARIANT_PARTS, DiRSystem, model_config_from_dict
 
 #: The prefix ``ServingGraph`` puts before the system's own parameter names in the exported graph.
 _PREFIX = "system."

@@ -10,10 +10,10 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
+from training.errors import CheckpointError
 from training.models.alignment import AlignmentNet, build_alignment
 from training.models.config import ModelConfig
 from training.models.networks import Decoder, DetailGate, Discriminator, GaussianEncoder, PlainEncoder
-from training.errors import CheckpointError
 
 Variant = Literal["full", "no_pilot", "r0_only", "autoencoder"]
 VARIANTS: tuple[Variant, ...] = ("full", "no_pilot", "r0_only", "autoencoder")

@@ -14,11 +14,11 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from training.errors import CheckpointError, ConfigError
 from training.models import VARIANT_PARTS, VARIANTS, DiRSystem, Variant, checkpoint_name, system_state
 from training.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from training.train.config import StageConfig, TrainConfig, config_to_dict
 from training.train.data import StepBatches, center_crops, iterate_batches, load_store
-from training.errors import CheckpointError, ConfigError
 from training.train.metrics import append_record, metrics_path, psnr, truncate_log
 from training.train.objectives import DenoiseObjective, RestorationObjective, Stage1Objective
 from training.train.schedule import lr_at, prior_scale_at

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch.nn import functional
 
+from training.errors import CheckpointError, ConfigError
 from training.losses import affine_colour_fit
 from training.models import DiRSystem, Variant, load_system
 from training.paths import dataset_dir
 from training.train.data import list_images, load_rgb
-from training.errors import CheckpointError, ConfigError
 from training.train.metrics import psnr
 
 PAPER_TABLE5_PSNR = {
