@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import torch
 
-from training.isp import simulate, stable_seed
+from training.data import degrade_seeded, load_rgb, load_rgb_batch
 from training.paths import dataset_dir
-from training.train.data import list_images, load_rgb
+from training.train.data import list_images
 from training.train.score import psnr
 
 Correction = Callable[[torch.Tensor], torch.Tensor]
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.datasets:
         rows: dict[str, list[float]] = {"input": [], **{k: [] for k in fixes}}
         for f in list_images(dataset_dir(name)):
-            clean = load_rgb(f).float().div(255.0).unsqueeze(0)
-            x = simulate(clean, preset=args.preset, seed=[stable_seed(args.preset, name, f.name)]).degraded
+            clean = load_rgb_batch(f)
+            x = degrade_seeded(clean, args.preset, name, [f.name])
             rows["input"].append(float(psnr(x, clean)))
             for key, fix in fixes.items():
                 rows[key].append(float(psnr(fix(x), clean)))

@@ -12,11 +12,11 @@ import torch
 
 from service.manifest import read_manifest, sha256_file
 from training.cli import main as train_main
+from training.data import degrade_seeded, load_rgb
 from training.export.cli import main as export_main
 from training.models import load_system
 from training.train.config import load_config
-from training.train.data import center_crops, list_images, load_rgb
-from training.train.loop import degrade_fixed
+from training.train.data import center_crops, list_images
 from training.train.metrics import psnr
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def _held_out(run: Path, preset: str = "ablation") -> tuple[torch.Tensor, torch.
     cfg = load_config(run / "config.yaml")
     files = list_images(cfg.data_path())[-cfg.data.val_images :]
     clean = center_crops([load_rgb(f) for f in files], 128)
-    return clean, degrade_fixed(clean, preset, [f.name for f in files])
+    return clean, degrade_seeded(clean, preset, "held-out", [f.name for f in files])
 
 
 def test_tiny_model_restores_better_than_its_input(tiny_run: Path) -> None:

@@ -11,10 +11,11 @@ import torch
 from service.settings import DEFAULT_MODEL_STORE
 from service.store import resolve_entry
 from training.cli import main
+from training.data import load_rgb_batch
 from training.errors import CheckpointError
 from training.export import system_from_entry
 from training.isp import simulate, stable_seed
-from training.train.data import list_images, load_rgb
+from training.train.data import list_images
 from training.train.metrics import psnr
 from training.train.score import centre_crop, colour_fit, score_run, scores_path
 
@@ -36,7 +37,7 @@ def test_entry_scores_match_a_manual_restore(dataset: Callable[[str], Path]) -> 
     assert record["crop"] == 64 and record["protocol"] == "ablation" and row["images"] == 1
 
     first = list_images(folder)[0]
-    clean = centre_crop(load_rgb(first).float().div(255.0).unsqueeze(0), 64)
+    clean = centre_crop(load_rgb_batch(first), 64)
     x = simulate(clean, preset="ablation", seed=[stable_seed("ablation", "cset5", first.name)]).degraded
     with torch.no_grad():
         restored = system_from_entry(ENTRY).eval().restore(x)
@@ -74,7 +75,7 @@ def test_other_protocols_get_their_own_file(tmp_path: Path) -> None:
 
 
 def test_colour_fit_undoes_a_global_affine_colour_change(dataset: Callable[[str], Path]) -> None:
-    clean = load_rgb(list_images(dataset("cset5"))[0]).float().div(255.0).unsqueeze(0)[..., :96, :96]
+    clean = load_rgb_batch(list_images(dataset("cset5"))[0])[..., :96, :96]
     mix = torch.tensor([[0.8, 0.1, 0.0], [0.05, 0.7, 0.1], [0.0, 0.2, 0.6]])
     shifted = torch.einsum("ij,njhw->nihw", mix, clean) + torch.tensor([0.05, 0.1, 0.0]).view(1, 3, 1, 1)
     assert float(psnr(shifted, clean)) < 25

@@ -464,15 +464,18 @@ def parity_images(cfg: TrainConfig) -> list[Tensor]:
     Two batches of different shapes: two 128x128 centre crops and one 96x160 crop, degraded with the
     ``ablation`` preset (seeded per file).
     """
-    from training.train.data import center_crops, list_images, load_rgb
-    from training.train.loop import degrade_fixed
+    from training.data import degrade_seeded, load_rgb
+    from training.train.data import center_crops, list_images
 
     files = list_images(cfg.data_path())[-max(cfg.data.val_images, 2) :]
     images = [load_rgb(p) for p in files]
     square = center_crops(images[:2], 128)
     wide = center_crops(images[:1], 160)[:, :, 32:128, :]
     names = [p.name for p in files]
-    return [degrade_fixed(square, "ablation", names[:2]), degrade_fixed(wide, "ablation", names[:1])]
+    return [
+        degrade_seeded(square, "ablation", "held-out", names[:2]),
+        degrade_seeded(wide, "ablation", "held-out", names[:1]),
+    ]
 
 
 def parity_images_for_run(run_dir: Path) -> list[Tensor]:

@@ -7,13 +7,14 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from training.data import degrade_seeded, degrade_seeded_with_render
 from training.errors import CheckpointError, ConfigError
 from training.models import VARIANT_PARTS, VARIANTS, DiRSystem, Variant, checkpoint_name, system_state
 from training.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
@@ -22,9 +23,6 @@ from training.train.data import StepBatches, center_crops, iterate_batches, load
 from training.train.metrics import append_record, metrics_path, psnr, truncate_log
 from training.train.objectives import DenoiseObjective, RestorationObjective, Stage1Objective
 from training.train.schedule import lr_at, prior_scale_at
-
-if TYPE_CHECKING:
-    from training.isp import SimResult
 
 Stage = Literal["stage1", "stage2", "ablation", "denoise"]
 # Stage I networks that the restoration variants start from (frozen or not, see RestorationObjective).
@@ -58,30 +56,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _fixed_runs(clean: Tensor, preset: str, names: list[str]) -> list[SimResult]:
-    """One seeded ISP simulation per held-out image: seed stable_seed(preset, "held-out", name)."""
-    from training.isp import simulate, stable_seed
-
-    return [
-        simulate(clean[i : i + 1], preset=preset, seed=[stable_seed(preset, "held-out", n)])
-        for i, n in enumerate(names)
-    ]
-
-
-def degrade_fixed(clean: Tensor, preset: str, names: list[str]) -> Tensor:
-    """Reproducible degradation of held-out images: seed stable_seed(preset, "held-out", name) each."""
-    return torch.cat([r.degraded for r in _fixed_runs(clean, preset, names)])
-
-
-def degrade_fixed_with_render(clean: Tensor, preset: str, names: list[str]) -> tuple[Tensor, Tensor]:
-    """:func:`degrade_fixed` and the noise-free rendering of each degraded image (the ``denoise`` target),
-    both (N, 3, H, W) sRGB [0, 1]."""
-    from training.isp import render_without_noise
-
-    runs = _fixed_runs(clean, preset, names)
-    return torch.cat([r.degraded for r in runs]), torch.cat([render_without_noise(r) for r in runs])
 
 
 def _parts(objective: nn.Module) -> dict[str, nn.Module]:
@@ -345,9 +319,9 @@ def train_stage(
     val_x: Tensor | None = None
     if val_clean is not None and stage == "denoise":
         # The denoise stage is scored against the noise-free renderings of the held-out inputs.
-        val_x, val_clean = degrade_fixed_with_render(val_clean, cfg.data.val_preset, val_names)
+        val_x, val_clean = degrade_seeded_with_render(val_clean, cfg.data.val_preset, "held-out", val_names)
     elif val_clean is not None:
-        val_x = degrade_fixed(val_clean, cfg.data.val_preset, val_names)
+        val_x = degrade_seeded(val_clean, cfg.data.val_preset, "held-out", val_names)
     model: nn.Module = objective
     if world > 1:
         model = nn.parallel.DistributedDataParallel(

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from torch.nn import functional
 
+from training.data import degrade_seeded, load_rgb_batch
 from training.errors import CheckpointError, ConfigError
 from training.losses import affine_colour_fit
 from training.models import DiRSystem, Variant, load_system
 from training.paths import dataset_dir
-from training.train.data import list_images, load_rgb
+from training.train.data import list_images
 from training.train.metrics import psnr
 
 PAPER_TABLE5_PSNR = {
@@ -92,8 +93,6 @@ def score_variant(
     ``source``: a run folder or a model_store entry. ``crop``: score the centre ``crop`` x ``crop`` of each
     clean image (degraded with the same seed as the whole image) instead of the whole image.
     """
-    from training.isp import simulate, stable_seed
-
     if crop is not None and crop < 16:
         raise ConfigError(f"crop {crop!r}: needs at least 16 pixels")
     system = _load(source, variant)
@@ -105,10 +104,10 @@ def score_variant(
         }
         with_ceiling = variant in ("full", "no_pilot")
         for f in files:
-            clean = load_rgb(f).float().div(255.0).unsqueeze(0)
+            clean = load_rgb_batch(f)
             if crop is not None:
                 clean = centre_crop(clean, crop)
-            x = simulate(clean, preset=preset, seed=[stable_seed(preset, name, f.name)]).degraded
+            x = degrade_seeded(clean, preset, name, [f.name])
             restored = system.restore(x)
             rows["restored"].append(float(psnr(restored, clean)))
             rows["input"].append(float(psnr(x, clean)))
