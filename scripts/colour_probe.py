@@ -24,9 +24,9 @@ from collections.abc import Callable
 import torch
 
 from training.data import degrade_seeded, load_rgb, load_rgb_batch
+from training.evaluate.metrics import psnr
 from training.paths import dataset_dir
 from training.train.data import list_images
-from training.train.score import psnr
 
 Correction = Callable[[torch.Tensor], torch.Tensor]
 
@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         for f in list_images(dataset_dir(name)):
             clean = load_rgb_batch(f)
             x = degrade_seeded(clean, args.preset, name, [f.name])
-            rows["input"].append(float(psnr(x, clean)))
+            rows["input"].append(psnr(x, clean)[0])
             for key, fix in fixes.items():
-                rows[key].append(float(psnr(fix(x), clean)))
+                rows[key].append(psnr(fix(x), clean)[0])
         result[name] = {k: round(sum(v) / len(v), 2) for k, v in rows.items()}
     print(json.dumps(result, indent=2))
     return 0

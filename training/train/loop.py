@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from statistics import fmean
 from typing import Any, Literal
 
 import torch
@@ -16,12 +17,13 @@ from tqdm import tqdm
 
 from training.data import degrade_seeded, degrade_seeded_with_render
 from training.errors import CheckpointError, ConfigError
+from training.evaluate.metrics import psnr
 from training.models import VARIANT_PARTS, VARIANTS, DiRSystem, Variant, checkpoint_name, system_state
 from training.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from training.train.config import StageConfig, TrainConfig, config_to_dict
 from training.train.data import StepBatches, center_crops, iterate_batches, load_store
-from training.train.metrics import append_record, metrics_path, psnr, truncate_log
 from training.train.objectives import DenoiseObjective, RestorationObjective, Stage1Objective
+from training.train.runlog import append_record, metrics_path, truncate_log
 from training.train.schedule import lr_at, prior_scale_at
 
 Stage = Literal["stage1", "stage2", "ablation", "denoise"]
@@ -161,18 +163,18 @@ def evaluate(objective: nn.Module, clean: Tensor, degraded: Tensor) -> dict[str,
     objective.eval()
     if isinstance(objective, DenoiseObjective):
         out = {
-            "val_psnr": float(psnr(objective.system.denoise(degraded), clean).mean()),
-            "val_input_psnr": float(psnr(degraded, clean).mean()),
+            "val_psnr": fmean(psnr(objective.system.denoise(degraded), clean)),
+            "val_input_psnr": fmean(psnr(degraded, clean)),
         }
     elif isinstance(objective, RestorationObjective):
         restored = objective.system(degraded)["restored"]
         out = {
-            "val_psnr": float(psnr(restored, clean).mean()),
-            "val_input_psnr": float(psnr(degraded, clean).mean()),
+            "val_psnr": fmean(psnr(restored, clean)),
+            "val_input_psnr": fmean(psnr(degraded, clean)),
         }
     else:
         recon = objective.get_submodule("decoder")(objective.get_submodule("dfrnet")(clean)[0])
-        out = {"val_recon_psnr": float(psnr(recon, clean).mean())}
+        out = {"val_recon_psnr": fmean(psnr(recon, clean))}
     objective.train(was_training)
     return out
 

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch.nn import functional
 
+from training.colour import colour_fit
 from training.data import degrade_seeded, load_rgb_batch
 from training.errors import CheckpointError, ConfigError
-from training.losses import affine_colour_fit
+from training.evaluate.metrics import psnr
 from training.models import DiRSystem, Variant, load_system
 from training.paths import dataset_dir
 from training.train.data import list_images
-from training.train.metrics import psnr
 
 PAPER_TABLE5_PSNR = {
     "full": {"cset14": 24.1, "bsd100": 25.0},
@@ -39,20 +39,6 @@ def decoder_ceiling(system: DiRSystem, clean: torch.Tensor) -> torch.Tensor:
     x = functional.pad(clean, (0, (-w) % m, 0, (-h) % m), mode="replicate")
     r_star = system.get_submodule("dfrnet")(x)[0]
     return system.get_submodule("decoder")(r_star).clamp(0.0, 1.0)[..., :h, :w]
-
-
-def colour_fit(image: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """``image`` after the best global affine colour correction towards ``clean``: per image, the affine map
-    of RGB (a 3x4 matrix, least squares over every pixel in float64, ``training.losses.affine_colour_fit``)
-    fitted to ``clean`` and applied, clamped to [0, 1]. (N, 3, H, W) sRGB in [0, 1] each -> (N, 3, H, W)
-    sRGB in [0, 1].
-
-    A diagnostic that reads the clean image, not a restoration method: the PSNR it leaves is the error that
-    no global affine colour change removes (noise, artefacts, blur, local colour, the non-affine part of a
-    tone curve), so comparing it with the plain PSNR splits an error into a global-colour part and the rest.
-    """
-    fitted = affine_colour_fit(image.double(), clean.double(), ridge=1e-12)
-    return fitted.to(image.dtype).clamp(0.0, 1.0)
 
 
 def _load(source: Path, variant: Variant) -> DiRSystem:
@@ -109,12 +95,12 @@ def score_variant(
                 clean = centre_crop(clean, crop)
             x = degrade_seeded(clean, preset, name, [f.name])
             restored = system.restore(x)
-            rows["restored"].append(float(psnr(restored, clean)))
-            rows["input"].append(float(psnr(x, clean)))
-            rows["restored_colour_fit"].append(float(psnr(colour_fit(restored, clean), clean)))
-            rows["input_colour_fit"].append(float(psnr(colour_fit(x, clean), clean)))
+            rows["restored"].append(psnr(restored, clean)[0])
+            rows["input"].append(psnr(x, clean)[0])
+            rows["restored_colour_fit"].append(psnr(colour_fit(restored, clean), clean)[0])
+            rows["input_colour_fit"].append(psnr(colour_fit(x, clean), clean)[0])
             if with_ceiling:
-                rows["ceiling"].append(float(psnr(decoder_ceiling(system, clean), clean)))
+                rows["ceiling"].append(psnr(decoder_ceiling(system, clean), clean)[0])
         out[name] = {f"{key}_psnr": round(sum(v) / len(files), 3) for key, v in rows.items() if v}
         out[name]["images"] = len(files)
     return out
