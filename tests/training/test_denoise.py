@@ -18,8 +18,9 @@ from training.export.onnx_export import export_run
 from training.export.recover import system_from_entry
 from training.models import VARIANT_PARTS, DiRSystem, load_system
 from training.train.data import StepBatches
-from training.train.loop import _init_denoise, train_stage
+from training.train.loop import train_stage
 from training.train.objectives import DenoiseObjective
+from training.train.stages import _init_denoise
 
 __all__ = ["entry", "image_dir"]
 

@@ -20,6 +20,7 @@ from training.colour import colour_fit
 from training.data import degrade_seeded, load_rgb_batch
 from training.errors import CheckpointError, ConfigError
 from training.evaluate.metrics import psnr
+from training.export.recover import system_from_entry
 from training.models import DiRSystem, Variant, load_system
 from training.paths import dataset_dir
 from training.train.data import list_images
@@ -49,8 +50,6 @@ def _load(source: Path, variant: Variant) -> DiRSystem:
                 f"{source} is a model_store entry, which serves the full method only; "
                 f"variant {variant!r} needs a run folder"
             )
-        from training.export.recover import system_from_entry
-
         return system_from_entry(source).eval()
     return load_system(source, variant)
 
