@@ -304,17 +304,17 @@ def train_stage(
     params = [p for p in objective.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=recipe.budget(cfg).lr)
     run = _Run(
-        recipe,
-        cfg,
-        stage,
-        variant,
-        objective,
-        optimizer,
-        initialised,
-        run_dir,
-        run_dir / checkpoint_name(stage, variant),
-        metrics_path(run_dir, tag),
-        rank,
+        recipe=recipe,
+        cfg=cfg,
+        stage=stage,
+        variant=variant,
+        objective=objective,
+        optimizer=optimizer,
+        initialised=initialised,
+        run_dir=run_dir,
+        ckpt_path=run_dir / checkpoint_name(stage, variant),
+        log_path=metrics_path(run_dir, tag),
+        rank=rank,
     )
     batches = _batches(recipe, store, cfg, rank, device)
     step = run.resume(reset_steps=steps is None) if resume else 0
