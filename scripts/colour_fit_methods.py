@@ -2,7 +2,7 @@
 
 docs/log/2026-11-27-colour-fit-diagnostic.md splits the `ablation` protocol's error into a global part
 (exposure, white balance, gamma, tone: what one affine map of RGB fitted to the clean image removes,
-``training.train.score.colour_fit``) and the rest (noise, JPEG, blur, local colour). ``dir-train score`` does
+``training.colour.colour_fit``) and the rest (noise, JPEG, blur, local colour). ``dir-train score`` does
 this for DiR models; this script does it for any ``dir-eval`` method, peers included, on the same inputs
 (``training.evaluate.protocols.synthetic_samples``: one ``stable_seed(preset, dataset, file name)`` per
 image). Each method restores each degraded image ``(1, 3, H, W)`` sRGB in [0, 1]; the script prints, per
@@ -22,10 +22,10 @@ import json
 import torch
 from tqdm import tqdm
 
+from training.colour import colour_fit
 from training.evaluate.methods import MethodContext, resolve_methods
 from training.evaluate.metrics import psnr
 from training.evaluate.protocols import synthetic_samples
-from training.train.score import colour_fit
 
 
 def score(datasets: list[str], methods: str, preset: str) -> dict[str, dict[str, dict[str, float]]]:

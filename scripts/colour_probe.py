@@ -23,10 +23,10 @@ from collections.abc import Callable
 
 import torch
 
-from training.isp import simulate, stable_seed
+from training.data import degrade_seeded, load_rgb, load_rgb_batch
+from training.evaluate.metrics import psnr
 from training.paths import dataset_dir
-from training.train.data import list_images, load_rgb
-from training.train.score import psnr
+from training.train.data import list_images
 
 Correction = Callable[[torch.Tensor], torch.Tensor]
 
@@ -69,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.datasets:
         rows: dict[str, list[float]] = {"input": [], **{k: [] for k in fixes}}
         for f in list_images(dataset_dir(name)):
-            clean = load_rgb(f).float().div(255.0).unsqueeze(0)
-            x = simulate(clean, preset=args.preset, seed=[stable_seed(args.preset, name, f.name)]).degraded
-            rows["input"].append(float(psnr(x, clean)))
+            clean = load_rgb_batch(f)
+            x = degrade_seeded(clean, args.preset, name, [f.name])
+            rows["input"].append(psnr(x, clean)[0])
             for key, fix in fixes.items():
-                rows[key].append(float(psnr(fix(x), clean)))
+                rows[key].append(psnr(fix(x), clean)[0])
         result[name] = {k: round(sum(v) / len(v), 2) for k, v in rows.items()}
     print(json.dumps(result, indent=2))
     return 0

@@ -57,7 +57,7 @@ def start_server(store: Path, port: int) -> subprocess.Popen[bytes]:
 
 def shoot(url: str, image: Path, detections: bool) -> list[tuple[bytes, str, list[str]]]:
     """Per mode: (PNG screenshot of the page, its latency line, the detection labels drawn)."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # optional: screenshots only
 
     shots = []
     with sync_playwright() as pw:

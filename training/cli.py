@@ -17,7 +17,22 @@ import json
 import sys
 from pathlib import Path
 
-from training.train.errors import DiRError
+from training.errors import DiRError
+from training.train.config import config_from_dict, config_to_dict, load_config
+from training.train.loop import train_stage
+from training.train.runlog import plot_run
+from training.train.score import score_run
+
+STAGE_COMMANDS = (
+    ("stage1", "Stage I: DiRNet (Eq. 5) and DfRNet + decoder D* (Eq. 6)"),
+    ("stage2", "Stage II: alignment network A for restoration (Eq. 8)"),
+    ("ablation", "ablation variants with the Stage II budget (after stage1)"),
+    (
+        "denoise",
+        "the denoise mode's encoder (not in the paper): D*(denoiser(x)) = x's noise-free rendering, "
+        "full system frozen (after stage2, or from --init-from ENTRY)",
+    ),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,60 +40,65 @@ def _parser() -> argparse.ArgumentParser:
         prog="dir-train", description="Train the DiR networks (two stages, ablations)."
     )
     sub = p.add_subparsers(dest="command", required=True)
-    for name, text in (
-        ("stage1", "Stage I: DiRNet (Eq. 5) and DfRNet + decoder D* (Eq. 6)"),
-        ("stage2", "Stage II: alignment network A for restoration (Eq. 8)"),
-        ("ablation", "ablation variants with the Stage II budget (after stage1)"),
-        (
-            "denoise",
-            "the denoise mode's encoder (not in the paper): D*(denoiser(x)) = x's noise-free rendering, "
-            "full system frozen (after stage2, or from --init-from ENTRY)",
-        ),
-    ):
-        s = sub.add_parser(name, help=text, description=text)
-        s.add_argument("--config", required=True, help="a named config (tiny, paper, default) or a YAML path")
-        s.add_argument("--run-dir", help="override the config's run_dir")
+    for name, text in STAGE_COMMANDS:
+        _add_stage_command(sub, name, text)
+    _add_score_command(sub)
+    plot = sub.add_parser("plot", help="draw a run's loss curves to PNG")
+    plot.add_argument("run", type=Path, help="run folder with metrics-*.jsonl")
+    plot.add_argument("--out", type=Path, help="PNG path (default RUN/loss_curves.png)")
+    return p
+
+
+def _add_stage_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str
+) -> None:
+    """The subcommand of one training stage: the flags every stage shares, then the stage's own."""
+    s = sub.add_parser(name, help=text, description=text)
+    s.add_argument("--config", required=True, help="a named config (tiny, paper, default) or a YAML path")
+    s.add_argument("--run-dir", help="override the config's run_dir")
+    s.add_argument("--resume", action="store_true", help="continue from the stage's checkpoint in run_dir")
+    s.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this many steps")
+    s.add_argument("--steps", type=int, help="the stage's step count (replaces the config's)")
+    s.add_argument(
+        "--workers", type=int, help="processes that build batches on the CPU (replaces data.workers)"
+    )
+    s.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="fit the stage into this many seconds: the step count (at most the config's) is set from "
+        "the speed measured over the first 60 steps, and the lr schedule spans it",
+    )
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+    if name == "stage2":
         s.add_argument(
-            "--resume", action="store_true", help="continue from the stage's checkpoint in run_dir"
+            "--init-from",
+            type=Path,
+            metavar="ENTRY",
+            help="start from a model_store entry (e.g. model_store/dir-restore/3.3.0) instead of the "
+            "run's stage1.pt: its DiRNet, DfRNet and D* (frozen), and its A when the config's A has the "
+            "same shapes; no run folder of the entry needed",
         )
-        s.add_argument("--stop-at", type=int, help="stop (with a checkpoint) after this many steps")
-        s.add_argument("--steps", type=int, help="the stage's step count (replaces the config's)")
+    if name == "denoise":
         s.add_argument(
-            "--workers", type=int, help="processes that build batches on the CPU (replaces data.workers)"
+            "--init-from",
+            type=Path,
+            metavar="ENTRY",
+            help="take the full system from a model_store entry instead of the run's stage2.pt (the "
+            "config's model must match the entry's); an entry with a trained denoiser (exported by "
+            "dir-export --denoiser) is continued, others start the denoiser from DfRNet",
         )
+    if name == "ablation":
         s.add_argument(
-            "--time-limit",
-            type=float,
-            metavar="SECONDS",
-            help="fit the stage into this many seconds: the step count (at most the config's) is set from "
-            "the speed measured over the first 60 steps, and the lr schedule spans it",
+            "--variant",
+            choices=["no_pilot", "r0_only", "autoencoder"],
+            action="append",
+            help="variant(s) to train (default: all three)",
         )
-        s.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
-        if name == "stage2":
-            s.add_argument(
-                "--init-from",
-                type=Path,
-                metavar="ENTRY",
-                help="start from a model_store entry (e.g. model_store/dir-restore/3.3.0) instead of the "
-                "run's stage1.pt: its DiRNet, DfRNet and D* (frozen), and its A when the config's A has the "
-                "same shapes; no run folder of the entry needed",
-            )
-        if name == "denoise":
-            s.add_argument(
-                "--init-from",
-                type=Path,
-                metavar="ENTRY",
-                help="take the full system from a model_store entry instead of the run's stage2.pt (the "
-                "config's model must match the entry's); an entry with a trained denoiser (exported by "
-                "dir-export --denoiser) is continued, others start the denoiser from DfRNet",
-            )
-        if name == "ablation":
-            s.add_argument(
-                "--variant",
-                choices=["no_pilot", "r0_only", "autoencoder"],
-                action="append",
-                help="variant(s) to train (default: all three)",
-            )
+
+
+def _add_score_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dir-train score``: PSNR of a run (or an entry) on the ablation protocol."""
     score = sub.add_parser("score", help="PSNR on the ablation protocol (cset14, bsd100) -> RUN/scores.json")
     score.add_argument("run", type=Path, help="run folder, or a model_store entry (full method only)")
     score.add_argument(
@@ -99,10 +119,6 @@ def _parser() -> argparse.ArgumentParser:
         help="JSON record to write (default: RUN/scores.json for the ablation protocol on whole images, "
         "RUN/scores-<preset>[-crop<N>].json otherwise; an entry's scores are only printed)",
     )
-    plot = sub.add_parser("plot", help="draw a run's loss curves to PNG")
-    plot.add_argument("run", type=Path, help="run folder with metrics-*.jsonl")
-    plot.add_argument("--out", type=Path, help="PNG path (default RUN/loss_curves.png)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,13 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "plot":
-            from training.train.metrics import plot_run
-
             print(plot_run(args.run, args.out))
             return 0
         if args.command == "score":
-            from training.train.score import score_run
-
             record = score_run(
                 args.run,
                 args.variant or ["full"],
@@ -128,9 +140,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps(record["psnr_db"], indent=2))
             return 0
-        from training.train.config import config_from_dict, config_to_dict, load_config
-        from training.train.loop import train_stage
-
         cfg = load_config(args.config, {"run_dir": args.run_dir} if args.run_dir else None)
         if args.workers is not None:
             raw = config_to_dict(cfg)

@@ -21,11 +21,11 @@ from modelstore.manifest import (
     sha256_file,
     write_manifest,
 )
+from training.data import load_rgb_batch
 from training.evaluate.errors import MethodUnavailableError, UnknownNameError
 from training.evaluate.methods import MethodContext, get_method, method_names, resolve_methods
 from training.evaluate.methods.entries import OnnxRestorer, PilotDecodeRestorer, latest_store_entry
 from training.evaluate.metrics import psnr
-from training.evaluate.protocols import load_rgb
 from training.paths import REPO_ROOT
 
 NOISE_SIGMA = 0.08
@@ -34,7 +34,7 @@ NOISE_SIGMA = 0.08
 @pytest.fixture(scope="module")
 def noisy_pair(dataset: Callable[[str], Path]) -> tuple[torch.Tensor, torch.Tensor]:
     """A 96x96 crop of Set14 'lenna' (clean) and the same crop with Gaussian noise sigma 0.08 (seed 0)."""
-    clean = load_rgb(dataset("cset14") / "lenna.png")[..., 200:296, 200:296].contiguous()
+    clean = load_rgb_batch(dataset("cset14") / "lenna.png")[..., 200:296, 200:296].contiguous()
     g = torch.Generator().manual_seed(0)
     noisy = (clean + NOISE_SIGMA * torch.randn(clean.shape, generator=g)).clamp(0, 1)
     return clean, noisy
@@ -48,7 +48,7 @@ def isp_pair(dataset: Callable[[str], Path]) -> tuple[torch.Tensor, torch.Tensor
     docs/RESULTS.md."""
     from training.isp import simulate, stable_seed
 
-    clean = load_rgb(dataset("cset14") / "lenna.png")[..., 160:288, 160:288].contiguous()
+    clean = load_rgb_batch(dataset("cset14") / "lenna.png")[..., 160:288, 160:288].contiguous()
     degraded = simulate(
         clean, preset="lowlight", seed=stable_seed("lowlight", "cset14", "lenna.png")
     ).degraded

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from training.data import load_rgb_batch
 from training.evaluate.errors import DatasetMissingError
 from training.evaluate.niqe import PristineModel, fit_pristine, niqe
-from training.evaluate.protocols import load_rgb
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def pristine(dataset: Callable[[str], Path]) -> PristineModel:
 
 
 def test_niqe_prefers_the_clean_image(dataset: Callable[[str], Path], pristine: PristineModel) -> None:
-    clean = load_rgb(dataset("bsd100") / "img_001_SRF_4_HR.png")
+    clean = load_rgb_batch(dataset("bsd100") / "img_001_SRF_4_HR.png")
     g = torch.Generator().manual_seed(0)
     noisy = (clean + 0.1 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
     blurred = F.avg_pool2d(clean, 5, 1, 2, count_include_pad=False)

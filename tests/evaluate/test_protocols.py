@@ -40,9 +40,9 @@ def test_synthetic_seed_is_the_image_own_seed(dataset: Callable[[str], Path]) ->
 def test_grayscale_image_becomes_three_channels(dataset: Callable[[str], Path]) -> None:
     bridge = [p for p in dataset_files("cset14") if p.name == "bridge.png"]
     assert bridge, "cset14 lacks bridge.png"
-    from training.evaluate.protocols import load_rgb
+    from training.data import load_rgb_batch
 
-    img = load_rgb(bridge[0])
+    img = load_rgb_batch(bridge[0])
     assert img.shape[:2] == (1, 3)
     assert torch.equal(img[:, 0], img[:, 1])
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from modelstore.manifest import TileSpec, read_manifest, sha256_file
+from training.errors import ExportError
 from training.export import SERVING_OUTPUTS, export_system
 from training.models import DiRSystem, ModelConfig
-from training.train.errors import ExportError
 
 SMALL = ModelConfig(latent_channels=4, widths=(8, 8, 12), align_width=8, disc_width=8)
 

@@ -17,13 +17,13 @@ from modelstore.runner import make_session
 from modelstore.store import resolve_entry
 from service.settings import DEFAULT_MODEL_STORE
 from tests.export.test_export import SMALL, pool_sensitive
+from training.errors import CheckpointError
 from training.export import export_system
 from training.export.cli import main as export_main
 from training.models import VARIANT_PARTS, DiRSystem
 from training.models.checkpoint import system_from_entry
 from training.paths import data_root
 from training.train.config import config_to_dict, load_config
-from training.train.errors import CheckpointError
 
 
 def _export(system: DiRSystem, entry: Path) -> Path:

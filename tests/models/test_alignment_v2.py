@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from training.errors import ConfigError
 from training.export import export_system
 from training.models import DiRSystem, ModelConfig
 from training.models.alignment import AlignmentNetV2
 from training.train.config import config_from_dict
-from training.train.errors import ConfigError
 
 V2 = ModelConfig(latent_channels=4, widths=(8, 8, 12), align_width=8, disc_width=8, align_arch="v2")
 

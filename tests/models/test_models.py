@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.errors import CheckpointError
 from training.models import (
     MODEL_REGISTRY,
     VARIANTS,
@@ -17,7 +18,6 @@ from training.models import (
     load_system,
     system_state,
 )
-from training.train.errors import CheckpointError
 
 SMALL = ModelConfig(latent_channels=4, widths=(8, 8, 12), align_width=8, disc_width=8)
 

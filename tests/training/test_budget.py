@@ -10,9 +10,9 @@ import yaml
 
 from tests.training.test_resume import image_dir, micro  # noqa: F401  (fixture re-export)
 from training.cli import main
+from training.errors import ConfigError
 from training.train.config import config_to_dict
 from training.train.data import StepBatches, batch_presets, iterate_batches, load_store
-from training.train.errors import ConfigError
 from training.train.loop import PROBE_STEPS, budget_steps, train_stage
 
 

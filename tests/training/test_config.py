@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from training.errors import ConfigError, DataError
 from training.train.config import CONFIG_DIR, config_from_dict, config_to_dict, load_config
 from training.train.data import list_images
-from training.train.errors import ConfigError, DataError
 from training.train.loop import train_stage
 from training.train.schedule import lr_at, prior_scale_at
 

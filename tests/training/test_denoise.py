@@ -12,14 +12,15 @@ import torch
 from modelstore.manifest import read_manifest, sha256_file
 from tests.training.test_init_from import entry
 from tests.training.test_resume import MICRO_MODEL, image_dir, micro
+from training.errors import CheckpointError
 from training.export.cli import main as export_main
 from training.export.onnx_export import export_run
 from training.models import VARIANT_PARTS, DiRSystem, load_system
 from training.models.checkpoint import system_from_entry
 from training.train.data import StepBatches
-from training.train.errors import CheckpointError
-from training.train.loop import _init_denoise, train_stage
+from training.train.loop import train_stage
 from training.train.objectives import DenoiseObjective
+from training.train.stages import _init_denoise
 
 __all__ = ["entry", "image_dir"]
 

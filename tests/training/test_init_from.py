@@ -10,13 +10,14 @@ import torch
 
 from tests.training.test_resume import image_dir, micro
 from training.cli import main
+from training.errors import ConfigError
 from training.export import export_system
 from training.export.onnx_export import export_run
 from training.models import DiRSystem
 from training.train.config import TrainConfig, config_to_dict
-from training.train.errors import ConfigError
-from training.train.loop import init_from_entry, train_stage
+from training.train.loop import train_stage
 from training.train.objectives import RestorationObjective
+from training.train.stages import init_from_entry
 
 __all__ = ["image_dir"]
 

@@ -11,12 +11,14 @@ import torch
 from modelstore.store import resolve_entry
 from service.settings import DEFAULT_MODEL_STORE
 from training.cli import main
+from training.colour import colour_fit
+from training.data import load_rgb_batch
+from training.errors import CheckpointError
+from training.evaluate.metrics import psnr
 from training.isp import simulate, stable_seed
 from training.models.checkpoint import system_from_entry
-from training.train.data import list_images, load_rgb
-from training.train.errors import CheckpointError
-from training.train.metrics import psnr
-from training.train.score import centre_crop, colour_fit, score_run, scores_path
+from training.train.data import list_images
+from training.train.score import centre_crop, score_run, scores_path
 
 ENTRY = resolve_entry(DEFAULT_MODEL_STORE, "dir-restore", "restore").path
 
@@ -36,13 +38,13 @@ def test_entry_scores_match_a_manual_restore(dataset: Callable[[str], Path]) -> 
     assert record["crop"] == 64 and record["protocol"] == "ablation" and row["images"] == 1
 
     first = list_images(folder)[0]
-    clean = centre_crop(load_rgb(first).float().div(255.0).unsqueeze(0), 64)
+    clean = centre_crop(load_rgb_batch(first), 64)
     x = simulate(clean, preset="ablation", seed=[stable_seed("ablation", "cset5", first.name)]).degraded
     with torch.no_grad():
         restored = system_from_entry(ENTRY).eval().restore(x)
-    assert row["input_psnr"] == pytest.approx(float(psnr(x, clean)), abs=1e-3)
-    assert row["restored_psnr"] == pytest.approx(float(psnr(restored, clean)), abs=1e-3)
-    fitted = float(psnr(colour_fit(restored, clean), clean))
+    assert row["input_psnr"] == pytest.approx(psnr(x, clean)[0], abs=1e-3)
+    assert row["restored_psnr"] == pytest.approx(psnr(restored, clean)[0], abs=1e-3)
+    fitted = psnr(colour_fit(restored, clean), clean)[0]
     assert row["restored_colour_fit_psnr"] == pytest.approx(fitted, abs=1e-3)
     assert row["input_colour_fit_psnr"] >= row["input_psnr"]
     assert scores_path(ENTRY) is None
@@ -74,11 +76,11 @@ def test_other_protocols_get_their_own_file(tmp_path: Path) -> None:
 
 
 def test_colour_fit_undoes_a_global_affine_colour_change(dataset: Callable[[str], Path]) -> None:
-    clean = load_rgb(list_images(dataset("cset5"))[0]).float().div(255.0).unsqueeze(0)[..., :96, :96]
+    clean = load_rgb_batch(list_images(dataset("cset5"))[0])[..., :96, :96]
     mix = torch.tensor([[0.8, 0.1, 0.0], [0.05, 0.7, 0.1], [0.0, 0.2, 0.6]])
     shifted = torch.einsum("ij,njhw->nihw", mix, clean) + torch.tensor([0.05, 0.1, 0.0]).view(1, 3, 1, 1)
-    assert float(psnr(shifted, clean)) < 25
-    assert float(psnr(colour_fit(shifted, clean), clean)) > 60
+    assert psnr(shifted, clean)[0] < 25
+    assert psnr(colour_fit(shifted, clean), clean)[0] > 60
 
 
 def test_colour_fit_never_adds_error_and_fits_each_image_alone() -> None:
@@ -86,5 +88,5 @@ def test_colour_fit_never_adds_error_and_fits_each_image_alone() -> None:
     clean = torch.rand(2, 3, 16, 16, generator=generator)
     noisy = (clean + 0.2 * torch.randn(2, 3, 16, 16, generator=generator)).clamp(0, 1)
     both = colour_fit(noisy, clean)
-    assert float(psnr(both[:1], clean[:1])) >= float(psnr(noisy[:1], clean[:1]))
+    assert psnr(both[:1], clean[:1])[0] >= psnr(noisy[:1], clean[:1])[0]
     assert torch.allclose(both[1:], colour_fit(noisy[1:], clean[1:]))

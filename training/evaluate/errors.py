@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from training.errors import DiRError
 
-class EvaluationError(Exception):
+
+class EvaluationError(DiRError):
     """Base class of every error raised by ``training.evaluate``."""
 
 

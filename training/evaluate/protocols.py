@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import cv2
-import numpy as np
 import torch
 
+from training.data import degrade_seeded, load_rgb_batch
 from training.evaluate.errors import DatasetMissingError, ProtocolError, UnknownNameError
+from training.isp import stable_seed
 from training.paths import dataset_dir
 
 DatasetKind = Literal["clean", "pairs", "noref"]
@@ -71,15 +71,6 @@ class Sample:
         return self.degraded.shape[-2] * self.degraded.shape[-1] / 1e6
 
 
-def load_rgb(path: Path) -> torch.Tensor:
-    """Read an 8-bit image file as (1, 3, H, W) float32 sRGB in [0, 1]; grayscale repeated to 3 channels."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DatasetMissingError(f"cannot read image {path}")
-    rgb = np.ascontiguousarray(bgr[..., ::-1], dtype=np.float32) / 255.0
-    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
-
-
 def get_dataset(name: str) -> DatasetSpec:
     """The spec of a registered dataset (raises :class:`UnknownNameError` listing the valid names)."""
     if name not in DATASETS:
@@ -109,16 +100,12 @@ def synthetic_samples(preset: str, dataset: str, limit: int | None = None) -> li
     spec = get_dataset(dataset)
     if spec.kind != "clean":
         raise ProtocolError(f"protocol {preset!r} needs clean images; dataset {dataset!r} is {spec.kind!r}")
-    try:
-        from training.isp import simulate, stable_seed
-    except ImportError as exc:
-        raise ProtocolError(f"protocol {preset!r} needs the ISP simulator (training.isp): {exc}") from exc
     samples = []
     for path in dataset_files(dataset, limit):
-        clean = load_rgb(path)
+        clean = load_rgb_batch(path)
         seed = stable_seed(preset, dataset, path.name)
         with torch.no_grad():
-            degraded = simulate(clean, preset=preset, seed=[seed]).degraded
+            degraded = degrade_seeded(clean, preset, dataset, [path.name])
         samples.append(Sample(dataset, path.stem, degraded.float().clamp(0.0, 1.0).contiguous(), clean, seed))
     return samples
 
@@ -132,13 +119,13 @@ def real_samples(dataset: str, limit: int | None = None) -> list[Sample]:
         )
     samples = []
     for path in dataset_files(dataset, limit):
-        noisy = load_rgb(path)
+        noisy = load_rgb_batch(path)
         clean = None
         if spec.kind == "pairs":
             ref = path.with_name(path.name.replace("_real.png", "_mean.png"))
             if not ref.is_file():
                 raise DatasetMissingError(f"reference image not found: {ref}")
-            clean = load_rgb(ref)
+            clean = load_rgb_batch(ref)
         samples.append(Sample(dataset, path.stem.removesuffix("_real"), noisy, clean))
     return samples
 
@@ -151,7 +138,7 @@ def clean_samples(dataset: str, limit: int | None = None) -> list[Sample]:
         raise ProtocolError(f"protocol 'clean' needs clean images; dataset {dataset!r} is {spec.kind!r}")
     samples = []
     for path in dataset_files(dataset, limit):
-        image = load_rgb(path)
+        image = load_rgb_batch(path)
         samples.append(Sample(dataset, path.stem, image, image))
     return samples
 

@@ -21,6 +21,7 @@ from training.evaluate.errors import EvaluationError, MethodUnavailableError
 from training.evaluate.methods import MethodContext, MethodSpec
 from training.evaluate.metrics import psnr, ssim
 from training.evaluate.protocols import Sample, get_protocol
+from training.isp.jpeg import to_uint8
 
 NoReferenceScore = Callable[[torch.Tensor], float]
 """(1, 3, H, W) sRGB [0, 1] -> a no-reference quality score (lower is better)."""
@@ -175,11 +176,6 @@ def _crop_box(sample: Sample) -> tuple[slice, slice]:
     return slice(top, top + size), slice(left, left + size)
 
 
-def _to_uint8(img: torch.Tensor, box: tuple[slice, slice]) -> np.ndarray:
-    crop = img[0, :, box[0], box[1]].permute(1, 2, 0).clamp(0, 1).numpy()
-    return (crop * 255.0 + 0.5).astype(np.uint8)
-
-
 def run_protocol(
     protocol: str,
     methods: Sequence[MethodSpec],
@@ -216,9 +212,9 @@ def run_protocol(
     first = {ds: next(s for s in samples if s.dataset == ds) for ds in names}
     for ds, sample in first.items():
         box = _crop_box(sample)
-        run.crops[ds] = {"Degraded": _to_uint8(sample.degraded, box)}
+        run.crops[ds] = {"Degraded": to_uint8(sample.degraded[0, :, box[0], box[1]])}
         if sample.clean is not None:
-            run.crops[ds] = {"Clean": _to_uint8(sample.clean, box), **run.crops[ds]}
+            run.crops[ds] = {"Clean": to_uint8(sample.clean[0, :, box[0], box[1]]), **run.crops[ds]}
     for mspec in methods:
         result = MethodResult(mspec.name, mspec.label, mspec.family, mspec.description, mspec.table5)
         run.methods.append(result)
@@ -261,5 +257,6 @@ def run_protocol(
             if cache and key and cached is None:
                 cache.put(key, score)
             if is_first and mspec.family != "reference":
-                run.crops[sample.dataset][mspec.label] = _to_uint8(out, _crop_box(sample))
+                rows, cols = _crop_box(sample)
+                run.crops[sample.dataset][mspec.label] = to_uint8(out[0, :, rows, cols])
     return run

@@ -41,7 +41,7 @@ def _entry_specs(entry: Path, side: Side) -> dict[str, MethodSpec]:
     """The methods of one entry: ``<side>:default`` (the mode the service runs when a request names none:
     ``denoise`` where the entry has its graph), ``<side>:full`` and ``<side>:full-fit`` (``full`` after
     the per-image affine colour fit to the reference, an oracle: it isolates what is not global colour)."""
-    from training.losses import affine_colour_fit
+    from training.colour import affine_colour_fit
 
     def default(ctx: MethodContext) -> RestoreFn:
         try:

@@ -16,7 +16,7 @@
 
 Every graph passes ``onnx.checker`` and is compared with PyTorch on real degraded images (``model.onnx`` as
 served: fed the spatial mean of ``guide.onnx``'s output, against PyTorch on the whole image); a max-abs
-error above the tolerance raises :class:`~training.train.errors.ExportError`.
+error above the tolerance raises :class:`~training.errors.ExportError`.
 
 The other way (the PyTorch system rebuilt from an entry's ``model.onnx``) is
 :func:`training.models.checkpoint.system_from_entry`.

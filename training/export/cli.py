@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from modelstore.manifest import MANIFEST_NAME, TileSpec
+from training.errors import DiRError
 from training.export.onnx_export import DEFAULT_TILE, export_entry, export_run
-from training.train.errors import DiRError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,8 @@ from modelstore.manifest import (
     sha256_file,
     write_manifest,
 )
+from training.data import degrade_seeded, load_rgb
+from training.errors import CheckpointError, ExportError
 from training.export.graphs import (
     GUIDE_MEAN,
     OPSET,
@@ -44,9 +46,7 @@ from training.export.manifest import ExportResult, build_manifest
 from training.models import VARIANT_PARTS, DiRSystem, load_system
 from training.models.checkpoint import system_from_entry
 from training.train.config import TrainConfig, config_from_dict, load_config
-from training.train.data import center_crops, list_images, load_rgb
-from training.train.errors import CheckpointError, ExportError
-from training.train.loop import degrade_fixed
+from training.train.data import center_crops, list_images
 
 PARITY_TOLERANCE_FP32 = 1e-4
 #: fp16 graph vs fp32 PyTorch, max-abs error of ``restored`` (sRGB [0, 1]): 2 steps of 8-bit output.
@@ -285,7 +285,10 @@ def parity_images(cfg: TrainConfig) -> list[Tensor]:
     square = center_crops(images[:2], 128)
     wide = center_crops(images[:1], 160)[:, :, 32:128, :]
     names = [p.name for p in files]
-    return [degrade_fixed(square, "ablation", names[:2]), degrade_fixed(wide, "ablation", names[:1])]
+    return [
+        degrade_seeded(square, "ablation", "held-out", names[:2]),
+        degrade_seeded(wide, "ablation", "held-out", names[:1]),
+    ]
 
 
 def parity_images_for_run(run_dir: Path) -> list[Tensor]:

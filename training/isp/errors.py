@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from training.errors import DiRError
 
-class ISPError(ValueError):
+
+class ISPError(DiRError, ValueError):
     """Base class of every error the simulator raises on bad input or configuration."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,28 +79,46 @@ def sample_noise_levels(rng: np.random.Generator) -> tuple[float, float]:
     return float(np.exp(log_shot)), float(np.exp(log_read))
 
 
-def sample_params(preset: Preset, seed: int) -> ISPParams:
-    """Draw one image's parameters from ``preset`` with a NumPy generator seeded by ``seed``."""
-    rng = np.random.default_rng(seed)
-    # Camera and scene (inverse ISP), as in Brooks et al.: random colour matrix and gains.
+def _sample_camera(rng: np.random.Generator, preset: Preset) -> dict[str, Any]:
+    """Camera and scene (inverse ISP), as in Brooks et al.: CFA, random colour matrix and gains."""
     cfa = preset.cfa_patterns[int(rng.integers(len(preset.cfa_patterns)))]
     rgb2cam = random_rgb2cam(rng)
     rgb_gain = 1.0 / float(np.clip(rng.normal(0.8, 0.1), 0.5, 1.1))
     red_gain = float(rng.uniform(1.9, 2.4))
     blue_gain = float(rng.uniform(1.5, 1.9))
-    # Noise in RAW.
+    return {
+        "cfa": cfa,
+        "rgb2cam": rgb2cam,
+        "rgb_gain": rgb_gain,
+        "red_gain": red_gain,
+        "blue_gain": blue_gain,
+    }
+
+
+def _sample_noise(rng: np.random.Generator, preset: Preset) -> dict[str, Any]:
+    """Noise in RAW (sensor) and the protocol's Gaussian and Poisson noise, and the seed of their draws."""
     shot, read = sample_noise_levels(rng)
     if rng.random() >= preset.sensor_noise:
         shot, read = 0.0, 0.0
-    gaussian_sigma = _draw(rng, preset.gaussian_sigma, 0.0)
-    poisson_lambda = _draw(rng, preset.poisson_lambda, 0.0)
-    noise_seed = int(rng.integers(0, _SEED_LIMIT))
-    # Forward ISP: the true settings with errors, or the untuned defaults.
+    return {
+        "shot_noise": shot,
+        "read_noise": read,
+        "gaussian_sigma": _draw(rng, preset.gaussian_sigma, 0.0),
+        "poisson_lambda": _draw(rng, preset.poisson_lambda, 0.0),
+        "noise_seed": int(rng.integers(0, _SEED_LIMIT)),
+    }
+
+
+def _sample_forward(rng: np.random.Generator, preset: Preset, camera: dict[str, Any]) -> dict[str, Any]:
+    """Forward ISP: the true settings of ``camera`` with errors, or the untuned defaults; then the noise
+    domain and the neutral-ISP switch, drawn last so the draws before them do not depend on them."""
     ev = _draw(rng, preset.exposure_ev, 0.0)
     wb_red_err = _draw(rng, preset.wb_error, 1.0)
     wb_blue_err = _draw(rng, preset.wb_error, 1.0)
     mix = np.eye(3) + rng.uniform(-preset.ccm_perturbation, preset.ccm_perturbation, size=(3, 3))
     mix = mix / mix.sum(axis=1, keepdims=True)
+    rgb2cam, rgb_gain = camera["rgb2cam"], camera["rgb_gain"]
+    red_gain, blue_gain = camera["red_gain"], camera["blue_gain"]
     if preset.default_forward:
         digital_gain, wb_red, wb_blue = DEFAULT_DIGITAL_GAIN, DEFAULT_WB_RED_GAIN, DEFAULT_WB_BLUE_GAIN
         cam2rgb = np.linalg.inv(DEFAULT_RGB2CAM)
@@ -113,34 +132,34 @@ def sample_params(preset: Preset, seed: int) -> ISPParams:
     sharpen_amount = _draw(rng, preset.sharpen_amount, 0.0)
     sharpen_sigma = _draw(rng, preset.sharpen_sigma, 1.0)
     quality = _draw(rng, preset.jpeg_quality, 0.0)
-    # Drawn last, so the draws above are the same whatever these probabilities are.
     noise_domain = "srgb" if rng.random() < preset.srgb_noise else "raw"
     if rng.random() < preset.neutral_isp and not preset.default_forward:
         digital_gain, wb_red, wb_blue = rgb_gain, red_gain, blue_gain
         cam2rgb = np.linalg.inv(rgb2cam)
         denoise_sigma, gamma, tone_strength, sharpen_amount = 0.0, 2.2, 1.0, 0.0
+    return {
+        "digital_gain": digital_gain,
+        "wb_red_gain": wb_red,
+        "wb_blue_gain": wb_blue,
+        "cam2rgb": as_matrix3(cam2rgb),
+        "demosaic": demosaic,
+        "denoise_sigma": denoise_sigma,
+        "gamma": gamma,
+        "tone_strength": tone_strength,
+        "sharpen_amount": sharpen_amount,
+        "sharpen_sigma": sharpen_sigma,
+        "jpeg_quality": round(quality) if quality > 0 else None,
+        "noise_domain": noise_domain,
+    }
+
+
+def sample_params(preset: Preset, seed: int) -> ISPParams:
+    """Draw one image's parameters from ``preset`` with a NumPy generator seeded by ``seed``: the camera,
+    then the noise, then the forward ISP, in that order (the order fixes every draw)."""
+    rng = np.random.default_rng(seed)
+    camera = _sample_camera(rng, preset)
+    noise = _sample_noise(rng, preset)
+    forward = _sample_forward(rng, preset, camera)
     return ISPParams(
-        cfa=cfa,
-        rgb2cam=as_matrix3(rgb2cam),
-        rgb_gain=rgb_gain,
-        red_gain=red_gain,
-        blue_gain=blue_gain,
-        shot_noise=shot,
-        read_noise=read,
-        gaussian_sigma=gaussian_sigma,
-        poisson_lambda=poisson_lambda,
-        noise_seed=noise_seed,
-        digital_gain=digital_gain,
-        wb_red_gain=wb_red,
-        wb_blue_gain=wb_blue,
-        cam2rgb=as_matrix3(cam2rgb),
-        demosaic=demosaic,
-        denoise_sigma=denoise_sigma,
-        gamma=gamma,
-        tone_strength=tone_strength,
-        sharpen_amount=sharpen_amount,
-        sharpen_sigma=sharpen_sigma,
-        jpeg_quality=round(quality) if quality > 0 else None,
-        noise_domain=noise_domain,
-        preset=preset.name,
+        **{**camera, "rgb2cam": as_matrix3(camera["rgb2cam"])}, **noise, **forward, preset=preset.name
     )

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
+from training.colour import affine_colour_fit
+
 LOG4 = float(torch.log(torch.tensor(4.0)))
 
 
@@ -90,25 +92,6 @@ def dfrnet_loss(
 
 
 TaskLoss = Callable[[Tensor], Tensor]
-
-
-def affine_colour_fit(image: Tensor, target: Tensor, ridge: float = 1e-6) -> Tensor:
-    """``image`` recoloured by its best global affine map of RGB towards ``target``, differentiably.
-
-    Per image, the 3x4 matrix ``M`` minimising ``sum_p |M [x_p; 1] - t_p|^2`` over the pixels, from the normal
-    equations with ``ridge`` added to the diagonal (in the inputs' dtype; a flat image stays solvable),
-    applied to ``image``. (N, 3, H, W) each -> (N, 3, H, W), not clamped. An image that already is an affine
-    map of ``target`` comes back as ``target`` (up to the ridge).
-    """
-    n, c, h, w = image.shape
-    ones = torch.ones(n, 1, h * w, dtype=image.dtype, device=image.device)
-    features = torch.cat([image.reshape(n, c, h * w), ones], dim=1)
-    pixels = float(h * w)
-    gram = features @ features.transpose(1, 2) / pixels
-    gram = gram + ridge * torch.eye(c + 1, dtype=image.dtype, device=image.device)
-    cross = features @ target.reshape(n, c, h * w).transpose(1, 2) / pixels
-    matrix = torch.linalg.solve(gram, cross)
-    return (matrix.transpose(1, 2) @ features).reshape(n, c, h, w)
 
 
 def stage2_loss(

@@ -11,7 +11,7 @@ Contract for users of a trained model::
 ``variant`` is one of ``VARIANTS``: "full" (r+ = A(r0, pilot), the paper's method), "no_pilot" (A guided
 by r0), "r0_only" (a decoder on r0) and "autoencoder" (plain encoder/decoder of equal size). A run folder
 holds stage2.pt (full) and ablation-<variant>.pt; a checkpoint file carries its own variant.
-Errors are :class:`training.train.errors.DiRError` subclasses (``CheckpointError`` here).
+Errors are :class:`training.errors.DiRError` subclasses (``CheckpointError`` here).
 """
 
 from training.models.alignment import AlignmentNet, GuidedLayer, dynamic_depthwise_conv

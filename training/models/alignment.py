@@ -197,9 +197,9 @@ class AlignmentNetV2(AlignmentNet):
 
 def _identity_init(net: nn.Module) -> None:
     """Zero the last convolution of every residual branch (each :class:`ResBlock`'s body and each
-    :class:`ContextLevel`'s up-projection), so every branch starts as the identity and the stack of unnormalised
-    blocks starts no deeper than its skips; at lr 1e-3 the default initialisation blew the loss up within
-    100 steps (docs/log/2026-12-04-align-v2-cpu-check.md)."""
+    :class:`ContextLevel`'s up-projection), so every branch starts as the identity and the stack of
+    unnormalised blocks starts no deeper than its skips; at lr 1e-3 the default initialisation blew the loss
+    up within 100 steps (docs/log/2026-12-04-align-v2-cpu-check.md)."""
     for module in net.modules():
         last = None
         if isinstance(module, ResBlock):

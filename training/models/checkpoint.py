@@ -18,8 +18,8 @@ import torch
 from modelstore.errors import ModelStoreError
 from modelstore.manifest import read_manifest
 from modelstore.store import verify_files
+from training.errors import CheckpointError
 from training.models import VARIANT_PARTS, DiRSystem, model_config_from_dict
-from training.train.errors import CheckpointError
 
 #: The prefix ``ServingGraph`` puts before the system's own parameter names in the exported graph.
 _PREFIX = "system."

@@ -10,10 +10,11 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
+from modelstore.manifest import sha256_file
+from training.errors import CheckpointError
 from training.models.alignment import AlignmentNet, build_alignment
 from training.models.config import ModelConfig
 from training.models.networks import Decoder, DetailGate, Discriminator, GaussianEncoder, PlainEncoder
-from training.train.errors import CheckpointError
 
 Variant = Literal["full", "no_pilot", "r0_only", "autoencoder"]
 VARIANTS: tuple[Variant, ...] = ("full", "no_pilot", "r0_only", "autoencoder")
@@ -235,8 +236,6 @@ def load_system(
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"cannot read checkpoint {file}: {exc}") from exc
-    from modelstore.manifest import sha256_file
-
     started = ckpt.get("init_from") or {}
     stage2 = file.parent / checkpoint_name("stage2")
     if "stage2_sha256" in started and stage2.is_file() and sha256_file(stage2) != started["stage2_sha256"]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from training.train.errors import CheckpointError
+from training.errors import CheckpointError
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
+from training.errors import ConfigError
 from training.isp.presets import PRESETS
 from training.models.config import ModelConfig
 from training.paths import dataset_dir
 from training.train.data import preset_names
-from training.train.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 

@@ -7,12 +7,12 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from training.train.errors import DataError
+from training.data import load_rgb
+from training.errors import DataError
+from training.isp import render_without_noise, simulate, simulate_two_views
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # Provenance / documentation files that may sit next to images in a dataset folder (COCO-style sets keep
@@ -37,16 +37,6 @@ def list_images(folder: Path) -> list[Path]:
     if not images:
         raise DataError(f"training data folder {folder} holds no images ({sorted(IMAGE_SUFFIXES)})")
     return images
-
-
-def load_rgb(path: Path) -> Tensor:
-    """One image file -> (3, H, W) uint8 sRGB tensor (raises :class:`DataError` on unreadable files)."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 @dataclass
@@ -171,8 +161,6 @@ class StepBatches(torch.utils.data.Dataset[tuple[Tensor, ...]]):
         return 2**62
 
     def __getitem__(self, step: int) -> tuple[Tensor, ...]:
-        from training.isp import render_without_noise, simulate, simulate_two_views
-
         g = step_generator(self.base_seed, step)
         clean = sample_batch(self.images, self.batch_size, self.patch, g).to(self.device)
         preset = batch_presets(self.preset, self.batch_size, g)

@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from torch.nn import functional
 
-from training.losses import affine_colour_fit
+from training.colour import colour_fit
+from training.data import degrade_seeded, load_rgb_batch
+from training.errors import CheckpointError, ConfigError
+from training.evaluate.metrics import psnr
 from training.models import DiRSystem, Variant, load_system
+from training.models.checkpoint import system_from_entry
 from training.paths import dataset_dir
-from training.train.data import list_images, load_rgb
-from training.train.errors import CheckpointError, ConfigError
-from training.train.metrics import psnr
+from training.train.data import list_images
 
 PAPER_TABLE5_PSNR = {
     "full": {"cset14": 24.1, "bsd100": 25.0},
@@ -40,20 +42,6 @@ def decoder_ceiling(system: DiRSystem, clean: torch.Tensor) -> torch.Tensor:
     return system.get_submodule("decoder")(r_star).clamp(0.0, 1.0)[..., :h, :w]
 
 
-def colour_fit(image: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """``image`` after the best global affine colour correction towards ``clean``: per image, the affine map
-    of RGB (a 3x4 matrix, least squares over every pixel in float64, ``training.losses.affine_colour_fit``)
-    fitted to ``clean`` and applied, clamped to [0, 1]. (N, 3, H, W) sRGB in [0, 1] each -> (N, 3, H, W)
-    sRGB in [0, 1].
-
-    A diagnostic that reads the clean image, not a restoration method: the PSNR it leaves is the error that
-    no global affine colour change removes (noise, artefacts, blur, local colour, the non-affine part of a
-    tone curve), so comparing it with the plain PSNR splits an error into a global-colour part and the rest.
-    """
-    fitted = affine_colour_fit(image.double(), clean.double(), ridge=1e-12)
-    return fitted.to(image.dtype).clamp(0.0, 1.0)
-
-
 def _load(source: Path, variant: Variant) -> DiRSystem:
     """The system to score: a run folder's checkpoint, or a model_store entry's weights (full method only)."""
     if (source / "manifest.json").is_file():
@@ -62,8 +50,6 @@ def _load(source: Path, variant: Variant) -> DiRSystem:
                 f"{source} is a model_store entry, which serves the full method only; "
                 f"variant {variant!r} needs a run folder"
             )
-        from training.models.checkpoint import system_from_entry
-
         return system_from_entry(source).eval()
     return load_system(source, variant)
 
@@ -92,8 +78,6 @@ def score_variant(
     ``source``: a run folder or a model_store entry. ``crop``: score the centre ``crop`` x ``crop`` of each
     clean image (degraded with the same seed as the whole image) instead of the whole image.
     """
-    from training.isp import simulate, stable_seed
-
     if crop is not None and crop < 16:
         raise ConfigError(f"crop {crop!r}: needs at least 16 pixels")
     system = _load(source, variant)
@@ -105,17 +89,17 @@ def score_variant(
         }
         with_ceiling = variant in ("full", "no_pilot")
         for f in files:
-            clean = load_rgb(f).float().div(255.0).unsqueeze(0)
+            clean = load_rgb_batch(f)
             if crop is not None:
                 clean = centre_crop(clean, crop)
-            x = simulate(clean, preset=preset, seed=[stable_seed(preset, name, f.name)]).degraded
+            x = degrade_seeded(clean, preset, name, [f.name])
             restored = system.restore(x)
-            rows["restored"].append(float(psnr(restored, clean)))
-            rows["input"].append(float(psnr(x, clean)))
-            rows["restored_colour_fit"].append(float(psnr(colour_fit(restored, clean), clean)))
-            rows["input_colour_fit"].append(float(psnr(colour_fit(x, clean), clean)))
+            rows["restored"].append(psnr(restored, clean)[0])
+            rows["input"].append(psnr(x, clean)[0])
+            rows["restored_colour_fit"].append(psnr(colour_fit(restored, clean), clean)[0])
+            rows["input_colour_fit"].append(psnr(colour_fit(x, clean), clean)[0])
             if with_ceiling:
-                rows["ceiling"].append(float(psnr(decoder_ceiling(system, clean), clean)))
+                rows["ceiling"].append(psnr(decoder_ceiling(system, clean), clean)[0])
         out[name] = {f"{key}_psnr": round(sum(v) / len(files), 3) for key, v in rows.items() if v}
         out[name]["images"] = len(files)
     return out

@@ -20,11 +20,11 @@ from modelstore.errors import ModelStoreError
 from modelstore.manifest import DECODER_FILE, MANIFEST_NAME, PILOT_FILE, Manifest, read_manifest, sha256_file
 from modelstore.runner import entry_session
 from modelstore.store import version_dirs
+from training.errors import DiRError
 from training.evaluate.errors import MethodUnavailableError
 from training.evaluate.methods.base import MethodContext, RestoreFn
 from training.models import checkpoint_name, load_system
 from training.models.system import Variant
-from training.train.errors import DiRError
 
 DEFAULT_STORE_ENTRY = "dir-restore"
 _CPU = ["CPUExecutionProvider"]

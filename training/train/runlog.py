@@ -1,4 +1,4 @@
-"""Metrics: PSNR, the JSONL log of a run, and the loss-curve plot (``dir-train plot``)."""
+"""The JSONL log of a run (one record per logged step) and its loss-curve plot (``dir-train plot``)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
-from training.train.errors import CheckpointError
-
-
-def psnr(pred: Tensor, target: Tensor) -> Tensor:
-    """PSNR in dB per image of (N, 3, H, W) sRGB images in [0, 1] (pred is clamped) -> (N,)."""
-    mse = (pred.clamp(0.0, 1.0) - target).pow(2).flatten(1).mean(dim=1).clamp_min(1e-10)
-    return -10.0 * torch.log10(mse)
+from training.errors import CheckpointError
 
 
 def metrics_path(run_dir: Path, tag: str) -> Path:
@@ -44,10 +35,10 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     """Draw every metrics-*.jsonl of ``run_dir`` to one PNG (a row per log: losses, then PSNR) -> its path."""
-    import matplotlib
+    import matplotlib  # optional: plots only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: plots only
 
     logs = sorted(run_dir.glob("metrics-*.jsonl"))
     if not logs:

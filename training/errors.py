@@ -1,10 +1,11 @@
-"""The one exception hierarchy of the learning code (models, training, export)."""
+"""The one exception root of the training package: every error raised on purpose by training/ (models, train,
+export, the ISP simulator, evaluation) is a :class:`DiRError`."""
 
 from __future__ import annotations
 
 
 class DiRError(Exception):
-    """Base class of every error raised on purpose by training/models, training/train and training/export."""
+    """Base class of every error raised on purpose by the training package."""
 
 
 class ConfigError(DiRError):
