@@ -2,11 +2,12 @@
 
 Each command is listed in ``EXAMPLES`` (a new or changed doc command fails
 ``test_every_doc_command_is_listed`` until it is given a tiny form here) with the arguments that make it
-small: ``--steps 2``, ``--limit 1``, the tiny test entry of tests/service/fixture_model.py, outputs in a
-scratch folder. Commands run from that scratch folder, through bash, with ``.venv/bin/<script>`` and
-``<script>`` resolved to this tree's pyproject console scripts. A command that needs the shared data skips,
-naming it, where it is absent; one that cannot run here (a browser, docker, CUDA, a file the user supplies)
-skips with the reason. The README's Redis pair runs in ``test_serve_and_worker_through_redis``.
+small: ``--steps 2``, ``--limit 1``, 96 x 96 crops of the evaluation sets, the tiny test entry of
+tests/service/fixture_model.py, outputs in a scratch folder. Commands run from that scratch folder, through
+bash, with ``.venv/bin/<script>`` and ``<script>`` resolved to this tree's pyproject console scripts. A
+command that needs the shared data skips, naming it, where it is absent; one that cannot run here (a
+browser, docker, a GPU-sized config, a file the user supplies) skips with the reason. The README's Redis
+pair runs in ``test_serve_and_worker_through_redis``.
 """
 
 from __future__ import annotations
@@ -255,11 +256,34 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+#: Evaluation sets the tiny data root holds as 96 x 96 crops of their first files by name (plus ``lenna``).
+CROPPED = {"cset14": 2, "bsd100": 2, "cc15": 3, "rni15": 2}
+
+
+def tiny_data(scratch: Path) -> Path:
+    """``data`` of the scratch folder: the evaluation sets of ``CROPPED`` as top-left 96 x 96 crops (a cc15
+    pair keeps its alignment), every other folder of the shared data linked."""
+    root = scratch / "data"
+    if root.is_dir() or not data_root().is_dir():
+        return root
+    root.mkdir()
+    for folder in sorted(data_root().iterdir()):
+        if folder.name not in CROPPED:
+            (root / folder.name).symlink_to(folder)
+            continue
+        (root / folder.name).mkdir()
+        images = sorted(f for f in folder.iterdir() if f.suffix.lower() in (".png", ".jpg"))
+        for image in [*images[: CROPPED[folder.name]], *(f for f in images if f.name == "lenna.png")]:
+            with Image.open(image) as full:
+                full.crop((0, 0, 96, 96)).save(root / folder.name / image.name)
+    return root
+
+
 def environment(scratch: Path) -> dict[str, str]:
-    """This tree first on the Python path, the wrappers first on PATH, the shared data where tests find it."""
+    """This tree first on the Python path, the wrappers first on PATH, the tiny data root as the data."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     bins = os.pathsep.join([str(scratch / ".venv" / "bin"), os.environ.get("PATH", "")])
-    return os.environ | {"PYTHONPATH": path, "PATH": bins, "DIR_DATA_ROOT": str(data_root())}
+    return os.environ | {"PYTHONPATH": path, "PATH": bins, "DIR_DATA_ROOT": str(tiny_data(scratch))}
 
 
 def free_port() -> int:
@@ -326,7 +350,7 @@ def tiny_run(scratch: Path) -> Path:
 
 def execute(command: str, scratch: Path, port: int = 0) -> None:
     """Run a tiny form through bash in the scratch folder; fails with its output when it does."""
-    line = command.format(root=ROOT, data=data_root(), port=port)
+    line = command.format(root=ROOT, data=tiny_data(scratch), port=port)
     done = subprocess.run(
         ["bash", "-c", f"set -o pipefail; {line}"],
         cwd=scratch,
