@@ -151,8 +151,8 @@ EXAMPLES: dict[str, dict[str, Tiny | Skip]] = {
         ),
         ".venv/bin/dir-export model_store/dir-restore/3.3.0 --to model_store/dir-restore/3.4.0 --denoiser "
         "runs/denoise-cpu/denoise.pt": Skip(
-            "needs a denoise checkpoint (hours of `dir-train denoise`);"
-            " tests/export/test_export.py re-exports"
+            "needs a denoise checkpoint (hours of `dir-train denoise`); tests/training/test_denoise.py"
+            " re-exports an entry with a tiny one"
         ),
         ".venv/bin/dir-eval --protocol ablation --datasets cset14,bsd100 --methods all --run runs/tiny "
         "--json out.json --report out.md": Tiny(
@@ -197,8 +197,8 @@ EXAMPLES: dict[str, dict[str, Tiny | Skip]] = {
             "needs a denoise run folder (hours of `dir-train denoise`); the entry form runs below"
         ),
         "dir-eval scorecard model_store/dir-restore/3.3.0 --shipped /tmp/older-entry --limit 20": Skip(
-            "every protocol, twice, with the timing rows: minutes even at --limit 1 (tests/evaluate/"
-            "test_scorecard.py runs it on tiny entries)"
+            "every protocol for two entries plus the timing rows: about a minute here even at --limit 1 on"
+            " 96-px crops (tests/evaluate/test_scorecard.py runs it on two tiny entries)"
         ),
     },
 }
