@@ -1,9 +1,10 @@
 """Decoding request images and encoding results.
 
-Decoded pixels are ``(H, W, 3)`` sRGB, EXIF orientation applied: uint8 (0..255) for 8-bit sources, float32
-in [0, 1] for 16-bit ones (uint8 keeps tiles, queues and Redis payloads 4x smaller). The pixel-count limit and
-the caller's admission check (cost, shape) run on the header, before any pixel is decoded (decompression
-bombs, thin or costly images).
+Decoded pixels are ``(H, W, 3)`` sRGB, EXIF orientation applied: uint8 (0..255) for 8-bit sources and for
+16-bit colour ones (Pillow keeps the high byte of each sample), float32 in [0, 1] for 16-bit greyscale ones
+(uint8 keeps tiles, queues and Redis payloads 4x smaller). The pixel-count limit and the caller's admission
+check (cost, shape) run on the header, before any pixel is decoded (decompression bombs, thin or costly
+images).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ OUTPUT_MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 @dataclass(frozen=True)
 class DecodedImage:
     """A decoded request image: ``pixels`` (H, W, 3) sRGB, uint8 when ``bit_depth`` is 8, float32 in [0, 1]
-    when it is 16."""
+    when it is 16 (16-bit greyscale sources only)."""
 
     pixels: np.ndarray
     source_format: str
@@ -49,7 +50,8 @@ class DecodedImage:
 def decode_image(
     data: bytes, max_pixels: int, admit: Callable[[int, int], object] | None = None
 ) -> DecodedImage:
-    """Decode PNG (8/16-bit), JPEG or WebP bytes to ``(H, W, 3)`` sRGB (uint8, or float32 [0, 1] for 16 bit).
+    """Decode PNG (8/16-bit), JPEG or WebP bytes to ``(H, W, 3)`` sRGB: uint8, or float32 [0, 1] for 16-bit
+    greyscale (16-bit colour is decoded to uint8).
 
     Raises ``UnsupportedMedia`` (not an image / other format), ``TooLarge`` (width*height > ``max_pixels``,
     checked from the header) and ``BadInput`` (truncated or corrupt pixel data). ``admit(width, height)``

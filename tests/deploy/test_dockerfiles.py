@@ -1,15 +1,19 @@
-"""Dockerfiles: multi-stage, non-root, health-checked, model store baked in, commands = console scripts."""
+"""Dockerfiles: multi-stage, non-root, health-checked, model store baked in, commands = console scripts
+that run as the README gives them."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from service.settings import Settings
 from tests.deploy import deployfiles as df
+from tests.doc_commands import flags, program, shell_commands
 
 
 @pytest.fixture(params=df.DOCKERFILES, ids=lambda p: p.name)
@@ -36,7 +40,7 @@ def test_multi_stage_non_root_with_healthcheck(dockerfile: Path) -> None:
     )
 
 
-def test_command_is_the_console_script_compose_and_the_docs_use(dockerfile: Path) -> None:
+def test_command_is_the_console_script_compose_and_make_use(dockerfile: Path) -> None:
     final = df.final_stage(df.dockerfile(dockerfile))
     cmd = [i for i in final if i.keyword == "CMD"][-1].exec_form()
     assert cmd == ["dir-serve"]
@@ -44,9 +48,24 @@ def test_command_is_the_console_script_compose_and_the_docs_use(dockerfile: Path
     assert df.compose()["services"]["api"]["command"] == cmd
     makefile = (df.ROOT / "Makefile").read_text()
     assert re.search(r"\$\(BIN\)/dir-serve\b", makefile), "make serve runs the same console script"
-    for doc in ("README.md", "docs/DEPLOY.md"):
-        text = (df.ROOT / doc).read_text()
-        assert "dir-serve" in text and "dir-worker" in text, f"{doc} names the image's commands"
+
+
+def test_the_readme_runs_the_image_commands_as_console_scripts_with_flags_they_take() -> None:
+    scripts = df.console_scripts()
+    commands = [c for c in shell_commands("README.md") if program(c) in ("dir-serve", "dir-worker")]
+    assert {program(c) for c in commands} == {"dir-serve", "dir-worker"}
+    for command in commands:
+        module, function = scripts[program(command)].split(":")
+        call = (
+            f"import sys; from {module} import {function}; sys.argv[0] = {program(command)!r}; {function}()"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", call, "--help"], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert flags(command) <= set(re.findall(r"--[a-z][a-z0-9-]*", done.stdout)), (
+            f"{command}: flags its --help does not list"
+        )
 
 
 def test_environment_is_settings_only(dockerfile: Path, monkeypatch: pytest.MonkeyPatch) -> None:
