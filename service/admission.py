@@ -24,8 +24,8 @@ import math
 from dataclasses import dataclass
 
 from service.errors import BadInput, TooLarge
+from service.inference import Restorer
 from service.manifest import TensorSpec
-from service.pipeline import Restorer
 from service.settings import Settings
 from service.tiling import tile_pixels
 

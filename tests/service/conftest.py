@@ -25,7 +25,7 @@ import pytest
 import redis
 from PIL import Image
 
-from service.app import create_app
+from service.api.app import create_app
 from service.errors import ModelStoreError
 from service.settings import DEFAULT_MODEL_STORE, Settings
 from service.store import ModelEntry, resolve_entry

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from service.app import create_app
+from service.api.app import create_app
 from service.detection import load_detector
 from service.errors import ModelStoreError
 from service.manifest import ModelFile, read_manifest, sha256_file, write_manifest
