@@ -70,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_boundary(app, lambda: app.state.metrics)
     app.add_middleware(ReleaseMemory)
     for routes in (ops, models, restore, represent, detect):
-        app.include_router(routes.router)
+        # Flat, in path order: app.routes lists every path served (include_router would nest them).
+        app.router.routes.extend(routes.router.routes)
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
         app.get("/", include_in_schema=False)(_index)
