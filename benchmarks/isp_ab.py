@@ -6,8 +6,8 @@ session on one machine (GPU clocks and neighbours drift between machines and min
 JSON line with the median and fastest call and the sha256 of the output, which must be equal across trees
 when a change is meant to be bit-identical.
 
-    PYTHONPATH=/tmp/old python benchmarks/isp_ab.py --label old --device cuda
-    PYTHONPATH=$PWD python benchmarks/isp_ab.py --label new --device cuda
+    PYTHONPATH=/tmp/old python -m benchmarks.isp_ab --label old --device cuda
+    PYTHONPATH=$PWD python -m benchmarks.isp_ab --label new --device cuda
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from benchmarks.common import add_isp_arguments, check_device
 from training.isp import get_preset, sample_params, stable_seed
 from training.isp.pipeline import degrade
 
@@ -62,15 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry: print one JSON line for the tree on ``PYTHONPATH``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", default="tree", help="name printed with the result (old, new, ...)")
-    parser.add_argument("--device", default="cuda", help="cpu or cuda")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--preset", default="ablation")
+    add_isp_arguments(parser, device="cuda", batch=64, size=512)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--calls", type=int, default=15)
     args = parser.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: no CUDA device is available")
+    check_device(parser, args.device)
     result = measure(args.batch, args.size, args.preset, args.device, args.warmup, args.calls)
     print(json.dumps({"label": args.label, "device": args.device, **result}))
     return 0

@@ -8,7 +8,7 @@ single-threaded NumPy path); on CPU the batched path is also timed, in the same 
 ``--all-threads`` torch threads (default: all cores; 0 skips it). Rewrites its section of docs/BENCHMARKS.md
 (between the ``isp_throughput`` markers) unless ``--no-write``.
 
-    python benchmarks/isp_throughput.py --json [--device cpu|cuda]
+    python -m benchmarks.isp_throughput --json [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -16,38 +16,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from benchmarks.common import add_isp_arguments, check_device, cpu_model, write_section
 from training.isp import get_preset, sample_params, stable_seed
 from training.isp.pipeline import degrade
 from training.isp.reference import degrade_image
-
-DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 
 
 def markers(device: str) -> tuple[str, str]:
     """The BENCHMARKS.md section markers for ``device``: CPU and CUDA results live in separate sections."""
     name = "isp_throughput_cuda" if device.startswith("cuda") else "isp_throughput"
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or the platform's description)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
@@ -206,19 +192,6 @@ def markdown(r: dict[str, object], command: str) -> str:
     )
 
 
-def write_section(section: str, doc: Path = DOC) -> None:
-    """Replace the section in ``doc`` between its own first and last lines (its markers); append if absent."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start, end = section.splitlines()[0], section.splitlines()[-1]
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        tail = rest.split(end, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text)
-
-
 def publish(result: dict[str, object], section: str, write: bool, as_json: bool) -> None:
     """Write ``section`` into docs/BENCHMARKS.md when ``write``; print ``result`` as JSON or the section."""
     if write:
@@ -230,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry: measure, print (JSON with ``--json``) and update docs/BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--preset", default="ablation")
+    add_isp_arguments(parser, device="cpu", batch=16, size=256)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (default 1, like the NumPy path)"
@@ -246,12 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: no CUDA device is available")
+    check_device(parser, args.device)
     torch.set_num_threads(args.threads)
     all_threads = 0 if args.device.startswith("cuda") else args.all_threads
     result = run(args.batch, args.size, args.preset, args.repeats, args.device, args.threads, all_threads)
-    command = "python benchmarks/isp_throughput.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.isp_throughput " + shlex.join(sys.argv[1:] if argv is None else argv)
     publish(result, markdown(result, command.strip()), write=not args.no_write, as_json=args.json)
     return 0
 

@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.serve import wait_ready
+from benchmarks.common import wait_ready
 from service.memory import TRIM_ABOVE_PIXELS
 from service.settings import DEFAULT_MODEL_STORE
 

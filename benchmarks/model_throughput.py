@@ -65,7 +65,7 @@ def torch_variants(system: DiRSystem, tiles: torch.Tensor) -> dict[str, Callable
 
 def onnx_variant(entry: Path, tiles: np.ndarray) -> tuple[str, Callable[[], object]]:
     """An ONNX Runtime session on ``entry``'s serving graph (CUDA provider first when present)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional: onnxruntime, only with --onnx
 
     manifest = json.loads((entry / "manifest.json").read_text())
     providers = [

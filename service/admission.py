@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from modelstore.manifest import TensorSpec
 from service.errors import BadInput, TooLarge
-from service.pipeline import Restorer
+from service.inference import Restorer
 from service.settings import Settings
 from service.tiling import tile_pixels
 

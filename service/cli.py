@@ -15,7 +15,7 @@ from prometheus_client import start_http_server
 from prometheus_client.multiprocess import mark_process_dead
 
 from modelstore.store import resolve_entry
-from service.app import create_app
+from service.api.app import create_app
 from service.errors import InferenceError
 from service.metrics import Metrics, multiprocess_dir
 from service.redact import Redactor, install_log_redaction

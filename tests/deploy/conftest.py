@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.service.fixture_model import build_entry
 from training.detect.export import install_yolo_fastestv2

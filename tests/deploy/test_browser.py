@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.deploy.conftest import app_for, serve
 

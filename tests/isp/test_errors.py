@@ -44,7 +44,9 @@ def test_errors_are_value_errors() -> None:
 
 
 def test_unknown_preset_lists_valid_names() -> None:
-    with pytest.raises(ParamsError, match=r"'nope'.*'ablation', 'default-isp', 'lowlight', 'mild', 'still', 'train'"):
+    with pytest.raises(
+        ParamsError, match=r"'nope'.*'ablation', 'default-isp', 'lowlight', 'mild', 'still', 'train'"
+    ):
         simulate(torch.rand(1, 3, 8, 8), "nope", seed=0)
 
 

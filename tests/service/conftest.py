@@ -27,7 +27,7 @@ from PIL import Image
 
 from modelstore.errors import ModelStoreError
 from modelstore.store import ModelEntry, resolve_entry
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import DEFAULT_MODEL_STORE, Settings
 from tests.service.fixture_model import build_entry
 

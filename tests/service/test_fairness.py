@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import service.app
+import service.api.work
 from service.batching import BatchPolicy
 from service.deadline import Deadline
 from service.embedded import EmbeddedQueue
@@ -162,13 +162,13 @@ async def test_deadline_covers_decoding(
 ) -> None:
     """Decoding slower than the whole deadline: 504 at the deadline (not when decoding ends), naming the
     configured deadline."""
-    slow = service.app.decode_image
+    slow = service.api.work.decode_image
 
     def slow_decode(*args: Any) -> Any:
         time.sleep(1.0)
         return slow(*args)
 
-    monkeypatch.setattr(service.app, "decode_image", slow_decode)
+    monkeypatch.setattr(service.api.work, "decode_image", slow_decode)
     async with serve(make_settings(request_timeout_s=0.1)) as client:
         started = time.perf_counter()
         response = await client.post("/v1/restore", content=noise_png(64, 64))

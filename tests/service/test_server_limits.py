@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from service.app import create_app
+from service.api.app import create_app
 from service.server import uvicorn_config
 from service.settings import Settings
 from tests.service.conftest import free_port

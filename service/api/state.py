@@ -1,0 +1,148 @@
+"""The app state: what the lifespan builds (model, queue, restorer, detector) and the routes use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from modelstore.errors import ModelStoreError
+from modelstore.store import resolve_entry
+from service import detection
+from service.batching import BatchPolicy
+from service.deadline import Deadline
+from service.embedded import EmbeddedQueue
+from service.errors import BadInput, InferenceError
+from service.inference import Restorer
+from service.metrics import Metrics
+from service.queue import TileQueue
+from service.redis_queue import RedisQueue
+from service.settings import Settings
+from service.store import RestoreModel, tile_geometry
+
+log = logging.getLogger("dir.service")
+
+NO_DETECTOR = (
+    "no detector installed; run `dir-models add-detector yolo-fastestv2 PATH/TO/weights.pth` "
+    "(or add a YOLOv5/YOLOv8 ONNX export) to create a task=detect entry under the model store"
+)
+
+
+@dataclass
+class ServiceState:
+    """What the lifespan builds and the routes use."""
+
+    settings: Settings
+    metrics: Metrics
+    model: RestoreModel
+    queue: TileQueue
+    restorer: Restorer
+    detector: detection.Detector | None
+    detector_error: str
+    detector_scanned: float = field(default_factory=time.monotonic)
+    detector_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def current_detector(self) -> detection.Detector | None:
+        """The loaded detector. While none is, the store is searched again (at most every
+        ``DIR_DETECTOR_RESCAN_S``), so a detector installed while the server runs serves without a restart."""
+        if self.detector is None and self._rescan_due():
+            async with self.detector_lock:
+                if self.detector is None and self._rescan_due():
+                    found = await asyncio.to_thread(load_detector, self.settings)
+                    self.detector, self.detector_error = found
+                    self.detector_scanned = time.monotonic()
+                    if self.detector is not None:
+                        log.info("detector %s found in the model store; serving it", self.detector.entry_dir)
+        return self.detector
+
+    def _rescan_due(self) -> bool:
+        return time.monotonic() - self.detector_scanned >= self.settings.detector_rescan_s
+
+    def deadline(self, started: float) -> Deadline:
+        """The deadline of a request that arrived at ``started`` (perf_counter): ``DIR_REQUEST_TIMEOUT_S``
+        later. It covers reading the body, decoding, tiling, both passes and stitching."""
+        return Deadline.after(self.settings.request_timeout_s, time.perf_counter() - started)
+
+
+def load_detector(settings: Settings) -> tuple[detection.Detector | None, str]:
+    """The detector ``DIR_DETECT_MODEL`` names (or the store's newest) and ``""``, or ``None`` and why."""
+    name, _, version = settings.detect_model.partition("/")
+    path = (
+        settings.model_store / name / version
+        if version
+        else detection.find_detector(settings.model_store, name or None)
+    )
+    if path is None or not path.is_dir():
+        return None, NO_DETECTOR
+    try:
+        return detection.load_detector(path, settings.provider_list, settings.threads, settings.pins), ""
+    except ModelStoreError as exc:
+        log.error("detector entry %s refused: %s", path, exc.message)
+        return None, f"detector entry {path} could not be loaded: {exc.message}"
+
+
+def _build_queue(settings: Settings, metrics: Metrics, model: RestoreModel) -> TileQueue:
+    policy = BatchPolicy(settings.max_batch, settings.max_queue_delay_ms / 1000.0, settings.queue_bound)
+    if settings.uses_redis:
+        return RedisQueue(
+            settings.queue,
+            model.ref,
+            policy,
+            settings.stream_prefix,
+            graphs=model.graphs,
+            priority_tiles=settings.priority_tiles,
+            on_live=metrics.live_workers.labels(model.ref).set,
+        )
+    return EmbeddedQueue(model.ref, model.run, policy, metrics)
+
+
+def _build_restorer(
+    settings: Settings, model: RestoreModel, queue: TileQueue, tiles: tuple[int, ...], overlap: int
+) -> Restorer:
+    try:
+        restorer = Restorer(model, queue, tiles, overlap)
+    except BadInput as exc:
+        raise ModelStoreError(
+            f"DIR_TILE_SIZE / DIR_TILE_SIZES / DIR_TILE_OVERLAP do not fit {model.ref}: {exc.message}"
+        ) from exc
+    try:
+        restorer.default_mode = restorer.resolve_mode(settings.restore_mode)
+    except BadInput as exc:
+        raise ModelStoreError(f"DIR_RESTORE_MODE={settings.restore_mode}: {exc.message}") from exc
+    return restorer
+
+
+async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
+    """Load and verify the restoration entry, build the queue, load the detector when one is installed.
+
+    Raises ``ModelStoreError`` (missing entry, sha256 mismatch, bad graph): the service refuses to start.
+    """
+    entry = resolve_entry(settings.model_store, settings.restore_model, "restore")
+    model = await asyncio.to_thread(RestoreModel.from_settings, entry, settings, not settings.uses_redis)
+    queue = _build_queue(settings, metrics, model)
+    _, tiles, overlap = tile_geometry(model.entry, settings)
+    restorer = _build_restorer(settings, model, queue, tiles, overlap)
+    if not settings.uses_redis and settings.warms_up(model.on_gpu):
+        try:
+            seconds = await asyncio.to_thread(model.warm_up, tiles)
+        except InferenceError as exc:
+            raise ModelStoreError(f"{model.ref} failed its start-up run: {exc.message}") from exc
+        log.info(
+            "warmed up %s: %d graph(s) x tiles %s px in %.1f s", model.ref, len(model.graphs), tiles, seconds
+        )
+    await queue.start()
+    detector, detector_error = await asyncio.to_thread(load_detector, settings)
+    log.info(
+        "serving %s %s (%s, tiles %s px overlapping by %d, queue %s%s)",
+        model.ref,
+        model.precision,
+        "two-pass" if model.guide else "single-pass",
+        " or ".join(map(str, tiles)),
+        overlap,
+        settings.queue.split("@")[-1],
+        ""
+        if settings.uses_redis
+        else f", {model.parallel} parts x {settings.run_threads(model.parallel)} threads",
+    )
+    return ServiceState(settings, metrics, model, queue, restorer, detector, detector_error)
