@@ -27,7 +27,8 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import admission, detection
+from modelstore import detector as detection
+from service import admission
 from service.batching import BatchPolicy
 from service.deadline import Deadline
 from service.embedded import EmbeddedQueue

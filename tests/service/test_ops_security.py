@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.detection import load_detector
+from modelstore.detector import load_detector
 from service.errors import ModelStoreError
 from service.manifest import ModelFile, read_manifest, sha256_file, write_manifest
 from service.redact import Redactor, install_log_redaction, redact_url

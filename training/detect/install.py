@@ -3,7 +3,7 @@
 The Yolo-FastestV2 weights carry no licence, so the entry is built at install time from the user's own
 file (``dir-models add-detector yolo-fastestv2 PATH``) and never committed. The exported graph includes the
 decode (see :class:`training.detect.model.YoloFastestV2Export`) and so emits the YOLOv5 layout that
-:mod:`service.detection` decodes for every entry.
+:mod:`modelstore.detector` decodes for every entry.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
-from service.errors import ModelStoreError
-from service.manifest import Manifest, ModelFile, TensorSpec, sha256_file, write_manifest
+from modelstore.errors import ModelStoreError
+from modelstore.manifest import Manifest, ModelFile, TensorSpec, sha256_file, write_manifest
 from training.detect.entries import new_entry_dir, utc_now
 from training.detect.model import (
     ANCHORS,
@@ -106,8 +107,6 @@ def export_onnx(model: YoloFastestV2, path: Path, opset: int = OPSET) -> None:
 def parity_check(model: YoloFastestV2, onnx_path: Path, seed: int = 0) -> dict[str, float]:
     """Run torch and ONNX Runtime on the same (2, 3, 352, 352) input; raise when they differ beyond
     ``BOX_ATOL`` pixels / ``PROB_ATOL``. Returns the max abs differences."""
-    import onnxruntime as ort
-
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE, generator=gen)
     with torch.no_grad():

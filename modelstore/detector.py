@@ -1,7 +1,8 @@
 """Object detection on ONNX Runtime: load a ``task="detect"`` entry, pre-process, decode, NMS, draw.
 
-Runs on onnxruntime + numpy + pillow only (no torch). One decoder serves every supported entry because each
-entry states its graph's output layout in ``manifest.extra["output_layout"]``:
+Shared by the service (``POST /v1/detect``), ``dir-models`` and the ``detect`` evaluation protocol.
+Runs on onnxruntime + numpy + pillow only (no torch, no service). One decoder serves every supported
+entry because each entry states its graph's output layout in ``manifest.extra["output_layout"]``:
 
 - ``"yolov5"``: ``(N, B, 5 + C)`` rows of cx, cy, w, h (pixels of the model input), objectness, C class
   probabilities; score = objectness x class probability, a box is kept when objectness > conf and
@@ -26,12 +27,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import onnxruntime as ort
 from PIL import Image, ImageDraw
 from pydantic import BaseModel
 
-from service.errors import BadInput, ModelStoreError
-from service.manifest import Manifest, read_manifest
-from service.store import verify_files
+from modelstore.errors import ModelStoreError
+from modelstore.manifest import Manifest, read_manifest
+from modelstore.store import verify_files, version_key
 
 Layout = Literal["yolov5", "yolov8"]
 LAYOUTS: tuple[str, ...] = ("yolov5", "yolov8")
@@ -41,6 +43,10 @@ REQUIRED_EXTRA = ("class_names", "input_size", "channel_order", "resize", "outpu
 
 class DetectorLayoutError(ModelStoreError):
     """A detector graph's output shape does not match the layout it was declared with."""
+
+
+class DetectorInputError(ValueError):
+    """A caller passed an image or a threshold the detector cannot use (not an entry problem)."""
 
 
 class Detection(BaseModel):
@@ -74,12 +80,12 @@ class Letterbox:
 
 
 def check_image(image_rgb: np.ndarray) -> None:
-    """Raise :class:`BadInput` unless ``image_rgb`` is an (H, W, 3) uint8 array with H, W >= 1."""
+    """Raise :class:`DetectorInputError` unless ``image_rgb`` is an (H, W, 3) uint8 array with H, W >= 1."""
     if not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8:
         kind = getattr(image_rgb, "dtype", type(image_rgb).__name__)
-        raise BadInput(f"detector input must be a uint8 numpy array, got {kind}")
+        raise DetectorInputError(f"detector input must be a uint8 numpy array, got {kind}")
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or min(image_rgb.shape[:2]) < 1:
-        raise BadInput(f"detector input must have shape (H, W, 3), got {image_rgb.shape}")
+        raise DetectorInputError(f"detector input must have shape (H, W, 3), got {image_rgb.shape}")
 
 
 RESIZE_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS: interpolation weights in 1/2048 steps
@@ -282,7 +288,7 @@ class Detector:
         conf = self.conf if conf is None else conf
         iou = self.iou if iou is None else iou
         if not (0.0 <= conf <= 1.0 and 0.0 <= iou <= 1.0):
-            raise BadInput(f"conf and iou must lie in [0, 1], got conf={conf} iou={iou}")
+            raise DetectorInputError(f"conf and iou must lie in [0, 1], got conf={conf} iou={iou}")
         boxes, scores, ids = decode(pred, self.layout, conf)
         keep = nms(boxes, scores, iou, ids)[: self.max_det]
         boxes = boxes[keep]
@@ -318,8 +324,6 @@ class Detector:
 
 def default_providers() -> list[str]:
     """CUDA EP first where this onnxruntime build offers it, CPU EP always."""
-    import onnxruntime as ort
-
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
@@ -331,9 +335,7 @@ def load_detector(
     pins: Mapping[str, str] | None = None,
 ) -> Detector:
     """Load ``model_store/<name>/<version>/`` (task "detect") after checking its pin (``pins``, see
-    :func:`service.store.check_pin`) and every file's sha256."""
-    import onnxruntime as ort
-
+    :func:`modelstore.store.check_pin`) and every file's sha256."""
     entry_dir = Path(entry_dir)
     try:
         manifest = read_manifest(entry_dir)
@@ -354,18 +356,14 @@ def load_detector(
     return Detector(session, manifest, entry_dir)
 
 
-def _version_key(version: str) -> tuple[int, int | str]:
-    return (1, int(version)) if version.isdigit() else (0, version)
-
-
 def find_detector(store: Path, name: str | None = None) -> Path | None:
     """The highest-version ``task="detect"`` entry under ``store`` (of ``name`` if given), else None.
 
     Without ``name``: "yolo-fastestv2" where installed, else the alphabetically first detector name.
-    Versions compare as integers when numeric (numeric above non-numeric).
+    Versions compare by :func:`modelstore.store.version_key`.
     """
     store = Path(store)
-    found: dict[str, list[tuple[tuple[int, int | str], Path]]] = {}
+    found: dict[str, list[tuple[tuple[tuple[int, int | str], ...], Path]]] = {}
     for manifest_path in sorted(store.glob("*/*/manifest.json")):
         entry = manifest_path.parent
         if name is not None and entry.parent.name != name:
@@ -375,7 +373,7 @@ def find_detector(store: Path, name: str | None = None) -> Path | None:
         except (OSError, ValueError):
             continue
         if manifest.task == "detect":
-            found.setdefault(entry.parent.name, []).append((_version_key(entry.name), entry))
+            found.setdefault(entry.parent.name, []).append((version_key(entry.name), entry))
     if not found:
         return None
     chosen = DEFAULT_DETECTOR_NAME if DEFAULT_DETECTOR_NAME in found else sorted(found)[0]
