@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from training.evaluate.errors import DatasetMissingError, ProtocolError, UnknownNameError
+from training.isp import simulate, stable_seed
 from training.paths import dataset_dir
 
 DatasetKind = Literal["clean", "pairs", "noref"]
@@ -109,10 +110,6 @@ def synthetic_samples(preset: str, dataset: str, limit: int | None = None) -> li
     spec = get_dataset(dataset)
     if spec.kind != "clean":
         raise ProtocolError(f"protocol {preset!r} needs clean images; dataset {dataset!r} is {spec.kind!r}")
-    try:
-        from training.isp import simulate, stable_seed
-    except ImportError as exc:
-        raise ProtocolError(f"protocol {preset!r} needs the ISP simulator (training.isp): {exc}") from exc
     samples = []
     for path in dataset_files(dataset, limit):
         clean = load_rgb(path)
