@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from service.app import create_app
 from modelstore.detector import load_detector
+from service.app import create_app
 from service.errors import ModelStoreError
 from service.manifest import ModelFile, read_manifest, sha256_file, write_manifest
 from service.redact import Redactor, install_log_redaction, redact_url
