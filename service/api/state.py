@@ -7,9 +7,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from modelstore import detector as detection
 from modelstore.errors import ModelStoreError
 from modelstore.store import resolve_entry
-from service import detection
 from service.batching import BatchPolicy
 from service.deadline import Deadline
 from service.embedded import EmbeddedQueue

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from service.api.app import create_app
 from service.settings import Settings
 from tests.service.fixture_model import build_entry
-from training.detect.export import install_yolo_fastestv2
+from training.detect.install import install_yolo_fastestv2
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ def yf_dir(dataset) -> Path:
 @pytest.fixture(scope="session")
 def yf_entry(yf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An installed yolo-fastestv2/1 entry in a temporary store (never in the repository)."""
-    from training.detect.export import install_yolo_fastestv2
+    from training.detect.install import install_yolo_fastestv2
 
     return install_yolo_fastestv2(yf_dir / WEIGHTS, tmp_path_factory.mktemp("store"))
 

@@ -1,4 +1,5 @@
-"""service.detection: decode, NMS, letterbox and entry handling on hand-made tensors and tiny ONNX graphs."""
+"""modelstore.detector: decode, NMS, letterbox and entry handling on hand-made tensors and tiny ONNX
+graphs."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelstore.detector import DetectorLayoutError, check_output_shape
-from modelstore.errors import ModelStoreError
-from service.detection import (
+from modelstore.detector import (
     Detection,
+    DetectorInputError,
+    DetectorLayoutError,
+    check_output_shape,
     decode,
     draw_detections,
     find_detector,
@@ -21,7 +23,7 @@ from service.detection import (
     nms,
     resize_bilinear,
 )
-from service.errors import BadInput
+from modelstore.errors import ModelStoreError
 from tests.detect.conftest import constant_detector_onnx
 from training.detect.entries import install_onnx, read_names
 
@@ -186,11 +188,11 @@ def test_find_detector_picks_highest_version(tmp_path: Path, names_file: Path) -
 
 def test_bad_images_and_thresholds_are_rejected(tmp_path: Path, names_file: Path) -> None:
     det = load_detector(_install(tmp_path, names_file, np.zeros((1, 3, 7), np.float32), "yolov5"))
-    with pytest.raises(BadInput, match=r"shape \(H, W, 3\), got \(4, 4\)"):
+    with pytest.raises(DetectorInputError, match=r"shape \(H, W, 3\), got \(4, 4\)"):
         det.detect(np.zeros((4, 4), np.uint8))
-    with pytest.raises(BadInput, match="float32"):
+    with pytest.raises(DetectorInputError, match="float32"):
         det.detect(np.zeros((4, 4, 3), np.float32))
-    with pytest.raises(BadInput, match=r"conf=1\.5"):
+    with pytest.raises(DetectorInputError, match=r"conf=1\.5"):
         det.detect(np.zeros((4, 4, 3), np.uint8), conf=1.5)
 
 
@@ -205,7 +207,7 @@ def test_draw_detections_marks_the_box() -> None:
 
 def test_runtime_side_imports_no_torch() -> None:
     code = (
-        "import sys, service.detection, training.detect.entries, training.detect.metrics; "
+        "import sys, modelstore.detector, training.detect.entries, training.detect.coco_map; "
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

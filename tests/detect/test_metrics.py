@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.detect.metrics import (
+from training.detect.coco_map import (
     Boxes,
     average_precision,
     evaluate_detector,

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from service.detection import load_detector
+from modelstore.detector import load_detector
 from tests.detect.conftest import WEIGHTS
+from training.detect.coco_map import coco128_dirs, evaluate_detector
 from training.detect.entries import read_names
-from training.detect.export import COCO_NAMES, WeightLoadError, load_yolo_fastestv2
-from training.detect.metrics import coco128_dirs, evaluate_detector
+from training.detect.install import COCO_NAMES, WeightLoadError, load_yolo_fastestv2
 from training.detect.model import YoloFastestV2, YoloFastestV2Export
 
 SAMPLES = ("000004", "000139", "000148", "000181", "000230")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.detection import find_detector
+from modelstore.detector import find_detector
 from training.evaluate.detect import DegradedCache, run_detect
 from training.evaluate.errors import ProtocolError
 from training.evaluate.methods import MethodContext, resolve_methods

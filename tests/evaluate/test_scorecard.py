@@ -13,7 +13,7 @@ import torch
 from tests.service.fixture_model import build_entry
 from training.evaluate.cli import main as eval_main
 from training.evaluate.protocols import get_protocol
-from training.evaluate.scorecard import ROWS, Line, Row, decide
+from training.evaluate.scorecard_rows import ROWS, Line, Row, decide
 
 
 def _line(stat: str, candidate: float, shipped: float, primary: bool = False) -> Line:

@@ -104,7 +104,7 @@ def fixture_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def detector_store(fixture_store: Path, tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     """The fixture store plus a ``yolo-fastestv2`` entry built with ``install_yolo_fastestv2``."""
-    from training.detect.export import install_yolo_fastestv2
+    from training.detect.install import install_yolo_fastestv2
 
     weights = shared_data / "yolo_fastestv2" / "modelzoo" / "coco2017-0.241078ap-model.pth"
     if not weights.is_file():

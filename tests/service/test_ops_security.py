@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from modelstore.detector import load_detector
 from modelstore.errors import ModelStoreError
 from modelstore.manifest import ModelFile, read_manifest, sha256_file, write_manifest
 from modelstore.store import resolve_entry
 from service.api.app import create_app
-from service.detection import load_detector
 from service.redact import Redactor, install_log_redaction, redact_url
 from service.settings import Settings
 from service.store import RestoreModel

@@ -16,10 +16,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from modelstore.detector import Detector, draw_detections, find_detector, load_detector
 from modelstore.errors import ModelStoreError
 from modelstore.manifest import read_manifest
-from service.detection import Detector, draw_detections, find_detector, load_detector
-from service.errors import ServiceError
+from training.detect.coco_map import coco128_dirs, evaluate_detector
+from training.detect.entries import install_onnx, read_names
 from training.paths import REPO_ROOT
 
 DEFAULT_STORE = REPO_ROOT / "model_store"
@@ -33,8 +37,7 @@ def _entry_name(text: str) -> str:
 
 
 def _add_yolo_fastestv2(args: argparse.Namespace) -> int:
-    from training.detect.entries import read_names
-    from training.detect.export import install_yolo_fastestv2
+    from training.detect.install import install_yolo_fastestv2  # optional: torch, yolo-fastestv2 only
 
     names = read_names(args.names) if args.names else None
     entry = install_yolo_fastestv2(args.path, args.store, args.name, args.version, names, args.force)
@@ -44,8 +47,6 @@ def _add_yolo_fastestv2(args: argparse.Namespace) -> int:
 
 
 def _add_onnx(args: argparse.Namespace) -> int:
-    from training.detect.entries import install_onnx, read_names
-
     entry = install_onnx(
         args.path,
         args.store,
@@ -91,9 +92,6 @@ def _load(args: argparse.Namespace) -> Detector:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
     detector = _load(args)
     with Image.open(args.image) as im:
         image = np.asarray(im.convert("RGB"))
@@ -106,8 +104,6 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from training.detect.metrics import coco128_dirs, evaluate_detector
-
     detector = _load(args)
     images, labels = coco128_dirs()
     result = evaluate_detector(
@@ -192,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ServiceError, ModelStoreError, FileNotFoundError, ValueError) as exc:
+    except (ModelStoreError, FileNotFoundError, ValueError) as exc:
         print(f"dir-models: error: {exc}", file=sys.stderr)
         return 2
 

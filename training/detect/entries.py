@@ -1,7 +1,7 @@
 """model_store detector entries without torch: a user's YOLOv5/YOLOv8 ONNX export, and shared helpers.
 
 Needs onnx (to read the graph's declared shapes and opset) and onnxruntime (to check the shape of a real
-run); :mod:`training.detect.export` adds the torch-based Yolo-FastestV2 install on top.
+run); :mod:`training.detect.install` adds the torch-based Yolo-FastestV2 install on top.
 """
 
 from __future__ import annotations

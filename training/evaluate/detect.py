@@ -3,7 +3,7 @@
 Each image (H, W, 3) uint8 RGB is cropped to even H, W, degraded by the ISP preset ``default-isp`` (the
 paper's "default params ISP" baseline of Table 2) at a seed fixed by the image content, optionally restored
 by a method, and re-quantised to uint8 before the detector sees it. mAP is computed by
-``training.detect.metrics.evaluate_detector`` (COCO 101-point AP at IoU 0.5 and 0.5:0.95).
+``training.detect.coco_map.evaluate_detector`` (COCO 101-point AP at IoU 0.5 and 0.5:0.95).
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from modelstore.detector import Detector, find_detector, load_detector
+from training.detect.coco_map import coco128_dirs, evaluate_detector
 from training.evaluate.errors import DatasetMissingError, MethodUnavailableError, ProtocolError
 from training.evaluate.methods import MethodContext, MethodSpec
 from training.evaluate.runner import CACHE_VERSION, CACHED_FAMILIES, machine_description
+from training.isp import simulate, stable_seed
 
 DETECT_PRESET = "default-isp"
 DETECT_DATASET = "coco128_val"
@@ -83,8 +86,6 @@ def degrade_for_detection(image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
 
     The seed is ``stable_seed("default-isp", "coco128_val", <sha256 of the pixels, 16 hex>)``.
     """
-    from training.isp import simulate, stable_seed
-
     clean = _to_tensor(image)
     key = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
     with torch.no_grad():
@@ -183,6 +184,58 @@ def _subset(images: Path, labels: Path, limit: int, tmp: Path) -> tuple[Path, Pa
     return tmp / "images", tmp / "labels"
 
 
+def _installed_detector(ctx: MethodContext) -> Detector:
+    """The highest-version ``task="detect"`` entry of ``ctx.model_store`` on the CPU EP.
+
+    Raises :class:`ProtocolError` where none is installed.
+    """
+    entry = find_detector(ctx.model_store)
+    if entry is None:
+        raise ProtocolError(
+            f"protocol 'detect' needs a detector under {ctx.model_store}: install one with "
+            "`dir-models add-detector yolo-fastestv2 <weights.pth>`"
+        )
+    return load_detector(entry, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class _MethodScoring:
+    """What scoring one method needs besides the method: the images, caches and progress settings."""
+
+    ctx: MethodContext
+    score: Callable[[Callable[[np.ndarray], np.ndarray] | None], dict[str, float]]
+    degraded: DegradedCache
+    key_suffix: str
+    n_images: int
+    progress: bool
+    rows: RowCache | None
+
+
+def _method_row(spec: MethodSpec, job: _MethodScoring) -> DetectRow:
+    """One method's row: from the row cache where its outputs are deterministic, else scored now."""
+    try:
+        restore = spec.bind(job.ctx)
+    except MethodUnavailableError as exc:
+        return DetectRow(spec.label, spec.name, None, None, None, str(exc))
+    weights = f"@{restore.fingerprint}" if restore.fingerprint else ""
+    key = f"v{CACHE_VERSION}/{spec.name}{weights}/{job.key_suffix}"
+    cacheable = job.rows is not None and (spec.family in CACHED_FAMILIES or restore.fingerprint is not None)
+    cached = job.rows.get(key) if job.rows is not None and cacheable else None
+    if cached is not None:
+        return cached
+    bar = tqdm(total=job.n_images, desc=f"detect:{spec.name}", unit="img", disable=not job.progress)
+    timer = _Timer()
+    result = job.score(_restoring_transform(restore, timer, bar, job.degraded))
+    bar.close()
+    label = "Degraded (default ISP)" if spec.family == "reference" else spec.label
+    row = DetectRow(
+        label, spec.name, result["map50"], result["map50_95"], timer.s_per_mp, None, restore.version
+    )
+    if job.rows is not None and cacheable:
+        job.rows.put(key, row)
+    return row
+
+
 def run_detect(
     methods: Sequence[MethodSpec],
     ctx: MethodContext,
@@ -196,16 +249,7 @@ def run_detect(
     ``dir-models add-detector``); raises :class:`ProtocolError` where none is installed. ``cache_dir``:
     reuse the rows of the deterministic methods, keyed by detector and the bytes of every degraded input.
     """
-    from service.detection import find_detector, load_detector
-    from training.detect.metrics import coco128_dirs, evaluate_detector
-
-    entry = find_detector(ctx.model_store)
-    if entry is None:
-        raise ProtocolError(
-            f"protocol 'detect' needs a detector under {ctx.model_store}: install one with "
-            "`dir-models add-detector yolo-fastestv2 <weights.pth>`"
-        )
-    detector = load_detector(entry, providers=["CPUExecutionProvider"])
+    detector = _installed_detector(ctx)
     images, labels = coco128_dirs()
     if not images.is_dir():
         raise DatasetMissingError(f"dataset folder not found: {images}")
@@ -220,7 +264,6 @@ def run_detect(
         clean = score(None)
         degraded_cache = DegradedCache()
         digest = degraded_cache.fill(images)
-        rows = RowCache(cache_dir) if cache_dir is not None else None
         run = DetectRun(
             detector=f"{detector.name}/{detector.version}",
             n_images=int(clean["n_images"]),
@@ -232,29 +275,14 @@ def run_detect(
         run.rows.append(
             DetectRow("Clean (no ISP degradation)", None, clean["map50"], clean["map50_95"], None)
         )
-        for spec in methods:
-            try:
-                restore = spec.bind(ctx)
-            except MethodUnavailableError as exc:
-                run.rows.append(DetectRow(spec.label, spec.name, None, None, None, str(exc)))
-                continue
-            weights = f"@{restore.fingerprint}" if restore.fingerprint else ""
-            key = f"v{CACHE_VERSION}/{spec.name}{weights}/{run.detector}/{digest}"
-            cacheable = spec.family in CACHED_FAMILIES or restore.fingerprint is not None
-            cached = rows.get(key) if rows is not None and cacheable else None
-            if cached is not None:
-                run.rows.append(cached)
-                continue
-            bar = tqdm(total=n, desc=f"detect:{spec.name}", unit="img", disable=not progress)
-            timer = _Timer()
-            transform = _restoring_transform(restore, timer, bar, degraded_cache)
-            result = score(transform)
-            bar.close()
-            label = "Degraded (default ISP)" if spec.family == "reference" else spec.label
-            row = DetectRow(
-                label, spec.name, result["map50"], result["map50_95"], timer.s_per_mp, None, restore.version
-            )
-            run.rows.append(row)
-            if rows is not None and cacheable:
-                rows.put(key, row)
+        job = _MethodScoring(
+            ctx,
+            score,
+            degraded_cache,
+            f"{run.detector}/{digest}",
+            n,
+            progress,
+            RowCache(cache_dir) if cache_dir is not None else None,
+        )
+        run.rows.extend(_method_row(spec, job) for spec in methods)
     return run

@@ -413,7 +413,7 @@ def write_report(
                 "## Protocol `detect`",
                 "",
                 f"{run.description}. Detector `{run.detector}` (COCO 101-point AP, "
-                f"`training.detect.metrics.evaluate_detector`), {run.n_images} images, {run.n_boxes} boxes. "
+                f"`training.detect.coco_map.evaluate_detector`), {run.n_images} images, {run.n_boxes} boxes. "
                 "Paper reference: Table 2.",
                 "",
                 detect_table(run),

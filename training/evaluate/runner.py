@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from training.evaluate.errors import EvaluationError, MethodUnavailableError
 from training.evaluate.methods import MethodContext, MethodSpec
+from training.evaluate.methods.base import BoundMethod
 from training.evaluate.metrics import psnr, ssim
 from training.evaluate.protocols import Sample, get_protocol
 from training.isp.jpeg import to_uint8
@@ -176,6 +177,41 @@ def _crop_box(sample: Sample) -> tuple[slice, slice]:
     return slice(top, top + size), slice(left, left + size)
 
 
+def _score_sample(
+    mspec: MethodSpec,
+    restore: BoundMethod,
+    sample: Sample,
+    nr_score: tuple[str, NoReferenceScore] | None,
+    cache: ScoreCache | None,
+    recompute: bool,
+) -> tuple[ImageScore, torch.Tensor | None]:
+    """One method's score on one sample, and its (1, 3, H, W) sRGB [0, 1] output where it was run.
+
+    Deterministic methods are read from / written to ``cache``; ``recompute`` runs the method even when
+    cached (the first image of each dataset, whose output the figure crops); its fresh score is returned.
+    """
+    nr_name = nr_score[0] if nr_score else None
+    cacheable = mspec.family in CACHED_FAMILIES or restore.fingerprint is not None
+    key = ScoreCache.key(mspec.name, sample, nr_name, restore.fingerprint) if cache and cacheable else None
+    cached = cache.get(key) if cache and key else None
+    if cached is not None and not recompute:
+        return cached, None
+    start = time.perf_counter()
+    out = restore(sample.degraded, sample.clean)
+    seconds = time.perf_counter() - start
+    if out.shape != sample.degraded.shape:
+        shapes = f"{tuple(out.shape)} for input {tuple(sample.degraded.shape)}"
+        raise EvaluationError(f"method {mspec.name} returned shape {shapes}")
+    p = s = None
+    if sample.clean is not None:
+        p, s = psnr(out, sample.clean)[0], ssim(out, sample.clean)[0]
+    nr = nr_score[1](out) if nr_score is not None else None
+    score = ImageScore(sample.dataset, sample.name, p, s, nr, seconds, sample.megapixels)
+    if cache and key and cached is None:
+        cache.put(key, score)
+    return score, out
+
+
 def run_protocol(
     protocol: str,
     methods: Sequence[MethodSpec],
@@ -228,35 +264,11 @@ def run_protocol(
             continue
         result.version = restore.version
         usable = [s for s in samples if s.clean is not None] if mspec.oracle else samples
-        nr_name = nr_score[0] if nr_score else None
         for sample in tqdm(usable, desc=f"{protocol}:{mspec.name}", unit="img", disable=not progress):
             is_first = sample is first[sample.dataset]
-            cacheable = mspec.family in CACHED_FAMILIES or restore.fingerprint is not None
-            key = (
-                ScoreCache.key(mspec.name, sample, nr_name, restore.fingerprint)
-                if cache and cacheable
-                else None
-            )
-
-            cached = cache.get(key) if cache and key else None
-            if cached is not None and not is_first:
-                result.scores.append(cached)
-                continue
-            start = time.perf_counter()
-            out = restore(sample.degraded, sample.clean)
-            seconds = time.perf_counter() - start
-            if out.shape != sample.degraded.shape:
-                shapes = f"{tuple(out.shape)} for input {tuple(sample.degraded.shape)}"
-                raise EvaluationError(f"method {mspec.name} returned shape {shapes}")
-            p = s = None
-            if sample.clean is not None:
-                p, s = psnr(out, sample.clean)[0], ssim(out, sample.clean)[0]
-            nr = nr_score[1](out) if nr_score is not None else None
-            score = ImageScore(sample.dataset, sample.name, p, s, nr, seconds, sample.megapixels)
+            score, out = _score_sample(mspec, restore, sample, nr_score, cache, recompute=is_first)
             result.scores.append(score)
-            if cache and key and cached is None:
-                cache.put(key, score)
-            if is_first and mspec.family != "reference":
+            if out is not None and is_first and mspec.family != "reference":
                 rows, cols = _crop_box(sample)
                 run.crops[sample.dataset][mspec.label] = to_uint8(out[0, :, rows, cols])
     return run

@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from PIL import Image
 
-from service import detection
+from modelstore import detector as detection
 from service.api.deps import AUTH, StateDep
 from service.api.spec import ERRORS, IMAGE_BODY, MODE_HELP
 from service.api.work import decode, infer

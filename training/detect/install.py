@@ -3,7 +3,7 @@
 The Yolo-FastestV2 weights carry no licence, so the entry is built at install time from the user's own
 file (``dir-models add-detector yolo-fastestv2 PATH``) and never committed. The exported graph includes the
 decode (see :class:`training.detect.model.YoloFastestV2Export`) and so emits the YOLOv5 layout that
-:mod:`service.detection` decodes for every entry.
+:mod:`modelstore.detector` decodes for every entry.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from modelstore.errors import ModelStoreError
@@ -106,8 +107,6 @@ def export_onnx(model: YoloFastestV2, path: Path, opset: int = OPSET) -> None:
 def parity_check(model: YoloFastestV2, onnx_path: Path, seed: int = 0) -> dict[str, float]:
     """Run torch and ONNX Runtime on the same (2, 3, 352, 352) input; raise when they differ beyond
     ``BOX_ATOL`` pixels / ``PROB_ATOL``. Returns the max abs differences."""
-    import onnxruntime as ort
-
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(2, 3, INPUT_SIZE, INPUT_SIZE, generator=gen)
     with torch.no_grad():
@@ -128,6 +127,60 @@ def parity_check(model: YoloFastestV2, onnx_path: Path, seed: int = 0) -> dict[s
     return diffs
 
 
+def yolo_fastestv2_manifest(
+    name: str, version: str, names: list[str], weights: Path, onnx_path: Path, diffs: dict[str, float]
+) -> Manifest:
+    """The entry's manifest: (N, 3, 352, 352) BGR [0, 1] in, (N, B, 5 + C) YOLOv5-layout rows out."""
+    boxes = len(ANCHORS[0]) * sum((INPUT_SIZE // s) ** 2 for s in STRIDES)
+    return Manifest(
+        name=name,
+        version=version,
+        task="detect",
+        size_multiple=1,
+        description="Yolo-FastestV2 COCO detector (352x352, decode in-graph, YOLOv5 output layout)",
+        opset=OPSET,
+        inputs=[
+            TensorSpec(
+                name="images",
+                shape=["N", 3, INPUT_SIZE, INPUT_SIZE],
+                value_range=(0.0, 1.0),
+                color_space="BGR",
+                description="plain bilinear resize to 352x352 (no letterbox), /255, no mean/std",
+            )
+        ],
+        outputs=[
+            TensorSpec(
+                name="detections",
+                shape=["N", boxes, 5 + len(names)],
+                layout="N,B,5+C",
+                description="cx, cy, w, h (pixels of the 352 input), objectness, softmax class probs",
+            )
+        ],
+        files=[ModelFile(path="model.onnx", sha256=sha256_file(onnx_path))],
+        extra={
+            "class_names": names,
+            "input_size": INPUT_SIZE,
+            "channel_order": "BGR",
+            "resize": "stretch",
+            "output_layout": "yolov5",
+            "conf_threshold": 0.3,
+            "nms_iou": 0.4,
+            "max_det": 300,
+            "eval_conf_threshold": 0.01,
+            "strides": list(STRIDES),
+            "anchors": [[list(a) for a in scale] for scale in ANCHORS],
+        },
+        training={
+            "source": UPSTREAM,
+            "weights_file": Path(weights).name,
+            "weights_sha256": sha256_file(Path(weights)),
+            "licence": "none stated upstream: local use only, never redistribute",
+        },
+        metrics={"onnx_parity": diffs},
+        created=utc_now(),
+    )
+
+
 def install_yolo_fastestv2(
     weights: Path,
     store: Path,
@@ -144,55 +197,7 @@ def install_yolo_fastestv2(
         onnx_path = entry / "model.onnx"
         export_onnx(model, onnx_path)
         diffs = parity_check(model, onnx_path)
-        boxes = len(ANCHORS[0]) * sum((INPUT_SIZE // s) ** 2 for s in STRIDES)
-        manifest = Manifest(
-            name=name,
-            version=version,
-            task="detect",
-            size_multiple=1,
-            description="Yolo-FastestV2 COCO detector (352x352, decode in-graph, YOLOv5 output layout)",
-            opset=OPSET,
-            inputs=[
-                TensorSpec(
-                    name="images",
-                    shape=["N", 3, INPUT_SIZE, INPUT_SIZE],
-                    value_range=(0.0, 1.0),
-                    color_space="BGR",
-                    description="plain bilinear resize to 352x352 (no letterbox), /255, no mean/std",
-                )
-            ],
-            outputs=[
-                TensorSpec(
-                    name="detections",
-                    shape=["N", boxes, 5 + len(names)],
-                    layout="N,B,5+C",
-                    description="cx, cy, w, h (pixels of the 352 input), objectness, softmax class probs",
-                )
-            ],
-            files=[ModelFile(path="model.onnx", sha256=sha256_file(onnx_path))],
-            extra={
-                "class_names": names,
-                "input_size": INPUT_SIZE,
-                "channel_order": "BGR",
-                "resize": "stretch",
-                "output_layout": "yolov5",
-                "conf_threshold": 0.3,
-                "nms_iou": 0.4,
-                "max_det": 300,
-                "eval_conf_threshold": 0.01,
-                "strides": list(STRIDES),
-                "anchors": [[list(a) for a in scale] for scale in ANCHORS],
-            },
-            training={
-                "source": UPSTREAM,
-                "weights_file": Path(weights).name,
-                "weights_sha256": sha256_file(Path(weights)),
-                "licence": "none stated upstream: local use only, never redistribute",
-            },
-            metrics={"onnx_parity": diffs},
-            created=utc_now(),
-        )
-        write_manifest(entry, manifest)
+        write_manifest(entry, yolo_fastestv2_manifest(name, version, names, weights, onnx_path, diffs))
     except BaseException:
         shutil.rmtree(entry, ignore_errors=True)
         raise

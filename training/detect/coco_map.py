@@ -224,7 +224,7 @@ def map_range(
 
 
 class SupportsDetect(Protocol):
-    """What :func:`evaluate_detector` needs: ``service.detection.Detector`` or anything alike."""
+    """What :func:`evaluate_detector` needs: ``modelstore.detector.Detector`` or anything alike."""
 
     def detect(self, image_rgb: np.ndarray, conf: float | None = None, iou: float | None = None) -> list[Any]:
         """(H, W, 3) uint8 RGB -> objects with ``.box`` (x1, y1, x2, y2 pixels), ``.score``, ``.class_id``."""
