@@ -24,6 +24,7 @@ from modelstore.errors import ModelStoreError
 from modelstore.manifest import read_manifest
 from training.detect.coco_map import coco128_dirs, evaluate_detector
 from training.detect.entries import install_onnx, read_names
+from training.detect.install import install_yolo_fastestv2
 from training.paths import REPO_ROOT
 
 DEFAULT_STORE = REPO_ROOT / "model_store"
@@ -37,8 +38,6 @@ def _entry_name(text: str) -> str:
 
 
 def _add_yolo_fastestv2(args: argparse.Namespace) -> int:
-    from training.detect.install import install_yolo_fastestv2  # optional: torch, yolo-fastestv2 only
-
     names = read_names(args.names) if args.names else None
     entry = install_yolo_fastestv2(args.path, args.store, args.name, args.version, names, args.force)
     parity = read_manifest(entry).metrics["onnx_parity"]

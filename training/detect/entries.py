@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 
 from modelstore.detector import LAYOUTS, DetectorLayoutError, check_output_shape, input_dtype
 from modelstore.errors import ModelStoreError
@@ -42,8 +44,6 @@ def utc_now() -> str:
 
 def _graph_info(onnx_path: Path) -> tuple[str, list[Any], list[Any], int]:
     """(first input name, its dims, first output's dims, default-domain opset); symbolic dims are str."""
-    import onnx
-
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for a non-ONNX file
@@ -81,8 +81,6 @@ def install_onnx(
     The declared output shape must fit ``layout`` with ``len(class_names)`` classes, both in the graph's
     declared shape and in the shape of a real run on a zero image; otherwise :class:`DetectorLayoutError`.
     """
-    import onnxruntime as ort
-
     if layout not in LAYOUTS:
         raise DetectorLayoutError(f"unknown layout {layout!r}; supported: {', '.join(LAYOUTS)}")
     input_name, in_shape, out_shape, opset = _graph_info(onnx_file)

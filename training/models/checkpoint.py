@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 
 from modelstore.errors import ModelStoreError
 from modelstore.manifest import read_manifest
@@ -27,9 +29,6 @@ _PREFIX = "system."
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
     """Every initializer of the ONNX graph at ``path``, by name, as NumPy arrays."""
-    import onnx  # optional: rebuilding from an entry only
-    from onnx import numpy_helper  # optional: rebuilding from an entry only
-
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError, OSError ... for unreadable files

@@ -279,10 +279,11 @@ def train_stage(
     checkpoint and ``config.yaml`` record it. Under ``torchrun`` (WORLD_SIZE > 1) the objective is wrapped in
     DistributedDataParallel and rank 0 writes; a time budget is refused there (each rank would choose its
     own step count, and ranks that stop at different steps hang). ``init_from`` (stage2 and denoise, not with
-    ``resume``): a model_store entry to start from instead of ``stage1.pt`` (:func:`training.train.stages.init_from_entry`), or
-    for ``denoise`` instead of the run's ``stage2.pt``. ``denoise`` (not in the paper) trains the full
-    system's denoiser on the noise-free renderings of its batches (:class:`DenoiseObjective`) and writes
-    ``denoise.pt``, the whole full system plus the denoiser; its budget is the config's ``denoise`` section.
+    ``resume``): a model_store entry to start from instead of ``stage1.pt``
+    (:func:`training.train.stages.init_from_entry`), or for ``denoise`` instead of the run's ``stage2.pt``.
+    ``denoise`` (not in the paper) trains the full system's denoiser on the noise-free renderings of its
+    batches (:class:`DenoiseObjective`) and writes ``denoise.pt``, the whole full system plus the denoiser;
+    its budget is the config's ``denoise`` section.
     """
     recipe = RECIPES[stage]
     world = int(os.environ.get("WORLD_SIZE", "1"))
