@@ -43,13 +43,11 @@ SHIPPED = "dir-restore/3.3.0"
 class Tiny:
     """The small form of a doc command: a bash line run in the scratch folder. ``{data}`` is the shared data
     folder, ``{port}`` the port of a ``dir-serve`` on the tiny test entry (started when used). ``needs``:
-    paths under the shared data without which it skips; ``run``: it reads the tiny training run; ``bug``: a
-    known defect it meets, reported as an expected failure while it fails."""
+    paths under the shared data without which it skips; ``run``: it reads the tiny training run."""
 
     command: str
     needs: tuple[str, ...] = ()
     run: bool = False
-    bug: str = ""
 
 
 @dataclass(frozen=True)
@@ -179,8 +177,6 @@ EXAMPLES: dict[str, dict[str, Tiny | Skip]] = {
             " && test -s runs/eval-cache/scores.jsonl",
             needs=("cset14",),
             run=True,
-            bug="identity scores inf dB on the clean protocol and the report's PSNR chart refuses an infinite"
-            " axis limit (training/evaluate/report.py write_psnr_chart)",
         ),
         "dir-eval --protocol real --methods identity,onnx:model_store/dir-restore/3.3.0": Tiny(
             f"dir-eval --protocol real --datasets cc15 --methods identity,onnx:model_store/{SHIPPED}"
@@ -380,12 +376,6 @@ def test_doc_command_runs(doc: str, command: str, scratch: Path, request: pytest
             assert (run / f"{example.command.split()[1]}.pt").is_file(), "trained by the tiny_run fixture"
             return
     port = request.getfixturevalue("server") if "{port}" in example.command else 0
-    if example.bug:
-        try:
-            execute(example.command, scratch, port)
-        except AssertionError:
-            pytest.xfail(example.bug)
-        return
     execute(example.command, scratch, port)
 
 

@@ -168,6 +168,13 @@ def write_figure(run: RunResult, path: Path) -> Path:
     return path
 
 
+def _chart_top(values: Sequence[float | None], base: float | None) -> float:
+    """The right end of a PSNR bar chart's axis: 1 dB past the highest finite value (an output identical to
+    its reference scores inf dB and is drawn to this end, labelled)."""
+    finite = [v for v in (*values, base) if v is not None and math.isfinite(v)]
+    return max(finite, default=99.0) + 1.0
+
+
 def write_psnr_chart(run: RunResult, path: Path) -> Path | None:
     """Horizontal bars of each method's mean PSNR per dataset, the degraded input as a dashed line and the
     paper's Table 5 value as a diamond where it has one; None when no method has a PSNR (no reference)."""
@@ -182,17 +189,21 @@ def write_psnr_chart(run: RunResult, path: Path) -> Path | None:
     for ax, ds in zip(axes, datasets, strict=True):
         values = [_psnr(m, ds) for m in shown]
         ys = range(len(shown))
+        base = _psnr(reference, ds)
+        top = _chart_top(values, base)
         ax.barh(
             list(ys),
-            [v or 0.0 for v in values],
+            [min(v, top) if v is not None else 0.0 for v in values],
             color=[FAMILY_COLOURS.get(m.family, "#4c72b0") for m in shown],
         )
-        base = _psnr(reference, ds)
-        if base is not None:
+        for y, v in zip(ys, values, strict=True):
+            if v is not None and math.isinf(v):
+                ax.text(top, y, " identical (inf)", va="center", ha="right", fontsize=6, color="white")
+        if base is not None and math.isfinite(base):
             ax.axvline(
                 base, color="black", linestyle="--", linewidth=1, label=f"degraded input {base:.2f} dB"
             )
-        known = [v for v in values if v is not None] + ([base] if base is not None else [])
+        known = [min(v, top) for v in (*values, base) if v is not None]
         for y, m in zip(ys, shown, strict=True):
             paper = PAPER_TABLE5.get(_paper_key(m), {}).get(ds) if run.protocol == "ablation" else None
             if paper is not None:
