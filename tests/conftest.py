@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.service.fixture_model import build_entry
 from training.paths import data_root
 
 
@@ -29,3 +30,11 @@ def dataset(shared_data: Path):  # type: ignore[no-untyped-def]
         return d
 
     return get
+
+
+@pytest.fixture(scope="session")
+def fixture_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store with the tiny test entry ``dir-restore/0.0.1`` (tiles 64, overlap 16), nothing else."""
+    store = tmp_path_factory.mktemp("store")
+    build_entry(store)
+    return store

@@ -33,7 +33,6 @@ from PIL import Image
 
 from tests.deploy.deployfiles import console_scripts
 from tests.doc_commands import ROOT, shell_commands
-from tests.service.fixture_model import build_entry
 from training.paths import data_root
 
 SHIPPED = "dir-restore/3.3.0"
@@ -319,18 +318,10 @@ def running(command: list[str], scratch: Path, port: int | None = None, **env: s
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model store with the tiny test entry only."""
-    store = tmp_path_factory.mktemp("tiny_store")
-    build_entry(store)
-    return store
-
-
-@pytest.fixture(scope="module")
-def server(scratch: Path, tiny_store: Path) -> Iterator[int]:
+def server(scratch: Path, fixture_store: Path) -> Iterator[int]:
     """The port of ``dir-serve`` (embedded queue) on the tiny test entry."""
     port = free_port()
-    with running(["dir-serve", "--model-store", str(tiny_store), "--port", str(port)], scratch, port):
+    with running(["dir-serve", "--model-store", str(fixture_store), "--port", str(port)], scratch, port):
         yield port
 
 
@@ -379,7 +370,7 @@ def test_doc_command_runs(doc: str, command: str, scratch: Path, request: pytest
     execute(example.command, scratch, port)
 
 
-def test_serve_and_worker_through_redis(scratch: Path, tiny_store: Path) -> None:
+def test_serve_and_worker_through_redis(scratch: Path, fixture_store: Path) -> None:
     """The README's ``dir-serve --queue redis://...`` and ``dir-worker --queue redis://...`` together, on
     the tiny entry with keys of their own, restore a photo."""
     with socket.socket() as s:
@@ -388,7 +379,7 @@ def test_serve_and_worker_through_redis(scratch: Path, tiny_store: Path) -> None
     commands = [shlex.split(c) for c in shell_commands("README.md") if "--queue redis://" in c]
     assert sorted(Path(c[0]).name for c in commands) == ["dir-serve", "dir-worker"]
     port, prefix = free_port(), f"docs-{uuid.uuid4().hex[:8]}"
-    store = ["--model-store", str(tiny_store)]
+    store = ["--model-store", str(fixture_store)]
     serve, work = sorted(([Path(c[0]).name, *c[1:], *store] for c in commands), key=lambda c: c[0])
     with (
         running(work, scratch, DIR_STREAM_PREFIX=prefix),

@@ -58,14 +58,6 @@ def serve(app: Any, ready_path: str = "/healthz") -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def restore_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model store holding only the tiny stand-in restoration entry (no detector installed)."""
-    store = tmp_path_factory.mktemp("store-restore")
-    build_entry(store)
-    return store
-
-
-@pytest.fixture(scope="session")
 def detector_store(tmp_path_factory: pytest.TempPathFactory, dataset: Callable[[str], Path]) -> Path:
     """The stand-in restoration entry plus Yolo-FastestV2 installed from the shared weights (as
     ``dir-models add-detector`` does); skips where the weights are absent."""

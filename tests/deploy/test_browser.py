@@ -95,10 +95,10 @@ def test_restore_split_and_detection_boxes(browser: Any, detector_store: Path, s
 
 
 def test_mode_switch_restores_again_in_full_mode(
-    browser: Any, restore_store: Path, sample_jpeg: Path
+    browser: Any, fixture_store: Path, sample_jpeg: Path
 ) -> None:
     """The page starts on the server's default (denoise: the stand-in entry has the graph), then full."""
-    with serve(app_for(restore_store)) as url:
+    with serve(app_for(fixture_store)) as url:
         page, problems = _open_page(browser, url)
         page.set_input_files("#file", str(sample_jpeg))
         _wait_restored(page)
@@ -112,8 +112,8 @@ def test_mode_switch_restores_again_in_full_mode(
         assert problems == []
 
 
-def test_errors_are_shown_in_the_page(browser: Any, restore_store: Path, sample_jpeg: Path) -> None:
-    with serve(app_for(restore_store)) as url:
+def test_errors_are_shown_in_the_page(browser: Any, fixture_store: Path, sample_jpeg: Path) -> None:
+    with serve(app_for(fixture_store)) as url:
         page, problems = _open_page(browser, url)
         page.set_input_files("#file", str(sample_jpeg))
         _wait_restored(page)
@@ -131,10 +131,10 @@ def test_errors_are_shown_in_the_page(browser: Any, restore_store: Path, sample_
         assert problems == []
 
 
-def test_drop_an_image_with_an_api_key(browser: Any, restore_store: Path, sample_jpeg: Path) -> None:
+def test_drop_an_image_with_an_api_key(browser: Any, fixture_store: Path, sample_jpeg: Path) -> None:
     """Drag-and-drop into the drop zone; 401 shown without the key, restored once the key is entered."""
     settings = Settings(
-        model_store=restore_store, queue="embedded", providers="CPUExecutionProvider", api_keys="demo-key"
+        model_store=fixture_store, queue="embedded", providers="CPUExecutionProvider", api_keys="demo-key"
     )
     with serve(create_app(settings)) as url:
         page, problems = _open_page(browser, url)

@@ -16,8 +16,8 @@ from tests.deploy.conftest import app_for, free_port, serve
 
 
 @pytest.fixture(scope="module")
-def plain_url(restore_store: Path) -> Iterator[str]:
-    with serve(app_for(restore_store)) as url:
+def plain_url(fixture_store: Path) -> Iterator[str]:
+    with serve(app_for(fixture_store)) as url:
         yield url
 
 

@@ -24,9 +24,9 @@ CONTRACT = {
 
 
 @pytest.fixture(scope="module")
-def scraped(restore_store: Path, sample_jpeg: Path) -> tuple[str, set[str]]:
+def scraped(fixture_store: Path, sample_jpeg: Path) -> tuple[str, set[str]]:
     """The real app's /metrics text after one restore, and the paths the app serves."""
-    app = app_for(restore_store)
+    app = app_for(fixture_store)
     with TestClient(app) as client:
         client.post("/v1/restore", content=sample_jpeg.read_bytes()).raise_for_status()
         text = client.get("/metrics").text

@@ -29,7 +29,6 @@ from modelstore.errors import ModelStoreError
 from modelstore.store import ModelEntry, resolve_entry
 from service.api.app import create_app
 from service.settings import DEFAULT_MODEL_STORE, Settings
-from tests.service.fixture_model import build_entry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,14 +90,6 @@ def prefix(redis_url: str) -> Iterator[str]:
         for key in client.scan_iter(f"{value}:*"):
             client.delete(key)
     client.close()
-
-
-@pytest.fixture(scope="session")
-def fixture_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model store with the tiny test entry ``dir-restore/0.0.1`` (tiles 64, overlap 16)."""
-    store = tmp_path_factory.mktemp("store")
-    build_entry(store)
-    return store
 
 
 @pytest.fixture(scope="session")
