@@ -165,7 +165,7 @@ async def test_deadline_covers_decoding(
     slow = service.api.work.decode_image
 
     def slow_decode(*args: Any) -> Any:
-        time.sleep(1.0)
+        time.sleep(2.5)
         return slow(*args)
 
     monkeypatch.setattr(service.api.work, "decode_image", slow_decode)
@@ -176,7 +176,7 @@ async def test_deadline_covers_decoding(
     assert response.status_code == 504
     assert "within its 0.1 s deadline" in response.json()["message"]
     assert "decoding" in response.json()["message"]
-    assert elapsed < 0.6
+    assert elapsed < 1.5  # at the 0.1 s deadline, not when decoding ends (2.5 s); margin for a loaded machine
 
 
 async def test_disconnected_client_tiles_are_dropped(make_settings: Callable[..., Settings]) -> None:
