@@ -7,47 +7,32 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 from training.evaluate.detect import PAPER_TABLE2, DetectRun
+from training.evaluate.figures import (
+    PAPER_TABLE5,
+    dataset_label,
+    mean_psnr,
+    paper_key,
+    write_figure,
+    write_psnr_chart,
+)
 from training.evaluate.protocols import DATASETS
 from training.evaluate.runner import MethodResult, RunResult
-
-PAPER_TABLE5: dict[str, dict[str, tuple[float, float]]] = {
-    "autoencoder": {"cset14": (21.6, 0.378), "bsd100": (23.1, 0.408)},
-    "dir-r0": {"cset14": (22.4, 0.359), "bsd100": (23.8, 0.379)},
-    "dir-no-pilot": {"cset14": (23.9, 0.243), "bsd100": (24.6, 0.313)},
-    "dir-full": {"cset14": (24.1, 0.228), "bsd100": (25.0, 0.288)},
-    "onnx": {"cset14": (24.1, 0.228), "bsd100": (25.0, 0.288)},
-}
-"""Paper Table 5: (PSNR dB, LPIPS) per method and dataset; the shipped model is compared with the full row."""
 
 PEERS = ("bm3d", "nlm", "dncnn", "ffdnet")
 """Blind peers: the issue's 'best peer' target is checked against these."""
 ORACLE_PEERS = ("bm3d-oracle", "ffdnet-oracle")
 ABLATION_ORDER = ("autoencoder", "dir-r0", "dir-no-pilot", "dir-full")
-FAMILY_COLOURS = {"peer": "#999999", "diagnostic": "#dd8452"}
-"""PSNR chart bar colours by method family; our models (``dir``, ``shipped``) are blue."""
 
 
 def _fmt(value: float | None, digits: int) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def _label(ds: str) -> str:
-    return DATASETS[ds].label if ds in DATASETS else ds
-
-
 def _flags(m: MethodResult) -> list[str]:
     if m.table5 is None:
         return ["", "", ""]
     return ["✓" if f else "" for f in m.table5]
-
-
-def _paper_key(m: MethodResult) -> str:
-    """The paper-table key of a method: the shipped full method's graphs (``onnx``, ``onnx:<dir>``) are
-    scored against the paper's full DiR; the denoise mode has no paper counterpart."""
-    return "onnx" if m.family == "shipped" and m.method != "onnx-denoise" else m.method
 
 
 def markdown_table(run: RunResult) -> str:
@@ -61,13 +46,13 @@ def markdown_table(run: RunResult) -> str:
     head = ["Method", "r(0)", "A", "pilot"] if run.protocol == "ablation" else ["Method"]
     for ds in run.datasets:
         if refs[ds]:
-            head += [f"{_label(ds)} PSNR ↑", f"{_label(ds)} SSIM ↑"]
+            head += [f"{dataset_label(ds)} PSNR ↑", f"{dataset_label(ds)} SSIM ↑"]
             if run.protocol == "real":
-                head.append(f"{_label(ds)} ΔPSNR vs input")
+                head.append(f"{dataset_label(ds)} ΔPSNR vs input")
             if run.protocol == "ablation":
-                head += [f"{_label(ds)} paper PSNR", f"{_label(ds)} ours − paper"]
+                head += [f"{dataset_label(ds)} paper PSNR", f"{dataset_label(ds)} ours − paper"]
         if run.nr_name:
-            head.append(f"{_label(ds)} {run.nr_name} ↓")
+            head.append(f"{dataset_label(ds)} {run.nr_name} ↓")
     head.append("s / MP")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     identity = next((m for m in run.methods if m.method == "identity"), None)
@@ -97,7 +82,7 @@ def markdown_table(run: RunResult) -> str:
                     )
                     row.append(_fmt(gain, 2))
                 if run.protocol == "ablation":
-                    paper = PAPER_TABLE5.get(_paper_key(m), {}).get(ds)
+                    paper = PAPER_TABLE5.get(paper_key(m), {}).get(ds)
                     row.append(_fmt(paper[0], 1) if paper else "")
                     diff = s.psnr - paper[0] if paper and s and s.psnr is not None else None
                     row.append(f"{diff:+.2f}" if diff is not None else "")
@@ -114,117 +99,8 @@ def image_counts(run: RunResult) -> str:
     if ran is None:
         return "no method ran"
     return ", ".join(
-        f"{_label(ds)}: {sum(1 for s in ran.scores if s.dataset == ds)} images" for ds in run.datasets
+        f"{dataset_label(ds)}: {sum(1 for s in ran.scores if s.dataset == ds)} images" for ds in run.datasets
     )
-
-
-def write_figure(run: RunResult, path: Path) -> Path:
-    """A PNG grid: one row per dataset (the centre crop of its first image), one column per image shown:
-    clean (where there is one), degraded, then every method that ran, each titled with its PSNR there."""
-    rows = [ds for ds in run.datasets if ds in run.crops]
-    cols = max(len(run.crops[ds]) for ds in rows)
-    fig = Figure(figsize=(1.9 * cols, 2.2 * len(rows)))
-    axes = fig.subplots(len(rows), cols, squeeze=False)
-    by_label = {m.label: m for m in run.methods}
-    for r, ds in enumerate(rows):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.axis("off")
-            items = list(run.crops[ds].items())
-            if c >= len(items):
-                continue
-            label, crop = items[c]
-            ax.imshow(crop)
-            m = by_label.get(label)
-            score = next((s for s in m.scores if s.dataset == ds), None) if m else None
-            title = label if score is None or score.psnr is None else f"{label}\n{score.psnr:.2f} dB"
-            if label == "Degraded":
-                ident = next((mm for mm in run.methods if mm.family == "reference"), None)
-                di = next((s for s in ident.scores if s.dataset == ds), None) if ident else None
-                title = label if di is None or di.psnr is None else f"{label}\n{di.psnr:.2f} dB"
-            ax.set_title(title, fontsize=7)
-            if c == 0:
-                name = (
-                    next(s.name for s in run.methods[0].scores if s.dataset == ds)
-                    if run.methods[0].scores
-                    else ""
-                )
-                ax.text(
-                    -0.05,
-                    0.5,
-                    f"{_label(ds)}\n{name}",
-                    transform=ax.transAxes,
-                    ha="right",
-                    va="center",
-                    fontsize=7,
-                )
-    fig.suptitle(
-        f"protocol {run.protocol}: centre crops of the first image per dataset (PSNR on the whole image)",
-        fontsize=8,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _chart_top(values: Sequence[float | None], base: float | None) -> float:
-    """The right end of a PSNR bar chart's axis: 1 dB past the highest finite value (an output identical to
-    its reference scores inf dB and is drawn to this end, labelled)."""
-    finite = [v for v in (*values, base) if v is not None and math.isfinite(v)]
-    return max(finite, default=99.0) + 1.0
-
-
-def write_psnr_chart(run: RunResult, path: Path) -> Path | None:
-    """Horizontal bars of each method's mean PSNR per dataset, the degraded input as a dashed line and the
-    paper's Table 5 value as a diamond where it has one; None when no method has a PSNR (no reference)."""
-    ran = [m for m in run.methods if m.reason is None]
-    datasets = [ds for ds in run.datasets if any((s := m.summary(ds)) and s.psnr is not None for m in ran)]
-    if not datasets:
-        return None
-    shown = [m for m in ran if m.family != "reference"]
-    reference = next((m for m in ran if m.family == "reference"), None)
-    fig = Figure(figsize=(4.2 * len(datasets), 0.32 * len(shown) + 1.2))
-    axes = fig.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
-    for ax, ds in zip(axes, datasets, strict=True):
-        values = [_psnr(m, ds) for m in shown]
-        ys = range(len(shown))
-        base = _psnr(reference, ds)
-        top = _chart_top(values, base)
-        ax.barh(
-            list(ys),
-            [min(v, top) if v is not None else 0.0 for v in values],
-            color=[FAMILY_COLOURS.get(m.family, "#4c72b0") for m in shown],
-        )
-        for y, v in zip(ys, values, strict=True):
-            if v is not None and math.isinf(v):
-                ax.text(top, y, " identical (inf)", va="center", ha="right", fontsize=6, color="white")
-        if base is not None and math.isfinite(base):
-            ax.axvline(
-                base, color="black", linestyle="--", linewidth=1, label=f"degraded input {base:.2f} dB"
-            )
-        known = [min(v, top) for v in (*values, base) if v is not None]
-        for y, m in zip(ys, shown, strict=True):
-            paper = PAPER_TABLE5.get(_paper_key(m), {}).get(ds) if run.protocol == "ablation" else None
-            if paper is not None:
-                ax.plot(paper[0], y, marker="D", color="#c44e52", markersize=5)
-                known.append(paper[0])
-        ax.set_xlim(min(known) - 2.0, max(known) + 1.0)
-        ax.set_title(f"{_label(ds)}: mean PSNR (dB)", fontsize=8)
-        ax.set_yticks(list(ys))
-        ax.set_yticklabels([m.label for m in shown], fontsize=7)
-        ax.tick_params(axis="x", labelsize=7)
-        ax.invert_yaxis()
-        if base is not None:
-            ax.legend(fontsize=6, loc="lower right")
-    note = "; red diamonds: the paper's Table 5" if run.protocol == "ablation" else ""
-    if any(m.family == "diagnostic" for m in shown):
-        note = ", orange = diagnostics" + note
-    fig.suptitle(f"protocol {run.protocol}: blue = our models, grey = peers{note}", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 NOTES = """\
@@ -266,29 +142,24 @@ def _our_models(run: RunResult) -> list[MethodResult]:
     return shipped or [m for m in ran if m.method == "dir-full"]
 
 
-def _psnr(m: MethodResult | None, ds: str) -> float | None:
-    s = m.summary(ds) if m else None
-    return s.psnr if s else None
-
-
 def _target_lines(run: RunResult, ours: MethodResult, ds: str, peers: list[MethodResult]) -> list[str]:
     """The issue's targets on dataset ``ds`` for one of our models (the paper's value only for the full
     method: the denoise mode is not the paper's restoration)."""
     out: list[str] = []
-    label = _label(ds)
+    label = dataset_label(ds)
     by_name = {m.method: m for m in run.methods if m.reason is None and m.scores}
-    best = max(peers, key=lambda m: _psnr(m, ds) or -math.inf, default=None)
-    ours_p, best_p = _psnr(ours, ds), _psnr(best, ds)
+    best = max(peers, key=lambda m: mean_psnr(m, ds) or -math.inf, default=None)
+    ours_p, best_p = mean_psnr(ours, ds), mean_psnr(best, ds)
     if ours_p is None:
         return out
-    paper = PAPER_TABLE5["dir-full"].get(ds) if _paper_key(ours) in ("onnx", "dir-full") else None
+    paper = PAPER_TABLE5["dir-full"].get(ds) if paper_key(ours) in ("onnx", "dir-full") else None
     if run.protocol == "ablation" and paper is not None:
         verdict = "reproduced" if ours_p >= paper[0] else f"NOT reproduced: {paper[0] - ours_p:.2f} dB short"
         out.append(
             f"{label}: {ours.label} {ours_p:.2f} dB vs the paper's full DiR {paper[0]:.1f} dB: {verdict}."
         )
     if best is not None and best_p is not None:
-        base = _psnr(by_name.get("identity"), ds)
+        base = mean_psnr(by_name.get("identity"), ds)
         if run.protocol == "real" and base is not None:
             g_ours, g_best = ours_p - base, best_p - base
             verdict = "met" if g_ours >= g_best else f"NOT met ({g_best - g_ours:.2f} dB less)"
@@ -302,10 +173,10 @@ def _target_lines(run: RunResult, ours: MethodResult, ds: str, peers: list[Metho
                 f"{label}: {ours.label} {ours_p - best_p:+.2f} dB vs the best blind peer ({best.label}, "
                 f"{best_p:.2f} dB); target '>= 1 dB above the best peer': {target}."
             )
-    oracles = [m for n in ORACLE_PEERS if (m := by_name.get(n)) is not None and _psnr(m, ds) is not None]
+    oracles = [m for n in ORACLE_PEERS if (m := by_name.get(n)) is not None and mean_psnr(m, ds) is not None]
     if oracles:
-        top = max(oracles, key=lambda m: _psnr(m, ds) or -math.inf)
-        top_p = _psnr(top, ds) or 0.0
+        top = max(oracles, key=lambda m: mean_psnr(m, ds) or -math.inf)
+        top_p = mean_psnr(top, ds) or 0.0
         out.append(
             f"{label}: told the true noise level, the best peer ({top.label}) reaches {top_p:.2f} dB; "
             f"{ours.label} is {ours_p - top_p:+.2f} dB from it."
@@ -327,7 +198,9 @@ def findings(run: RunResult) -> list[str]:
             out.extend(_target_lines(run, ours, ds, peers))
         if run.protocol == "ablation":
             chain = [
-                (by_name[n].label, p) for n in ABLATION_ORDER if n in by_name and (p := _psnr(by_name[n], ds))
+                (by_name[n].label, p)
+                for n in ABLATION_ORDER
+                if n in by_name and (p := mean_psnr(by_name[n], ds))
             ]
             if len(chain) >= 2:
                 expected = " < ".join(lab for lab, _ in chain)
@@ -335,16 +208,17 @@ def findings(run: RunResult) -> list[str]:
                 broken = [f"{a} >= {b}" for (a, pa), (b, pb) in itertools.pairwise(chain) if pa >= pb]
                 verdict = "holds" if not broken else "does NOT hold (" + "; ".join(broken) + ")"
                 out.append(
-                    f"{_label(ds)}: the paper's ablation ordering {expected} {verdict}; ours: {ours_text} dB."
+                    f"{dataset_label(ds)}: the paper's ablation ordering {expected} {verdict}; "
+                    f"ours: {ours_text} dB."
                 )
     for m in (m for m in by_name.values() if m.family == "diagnostic"):
         for ds in ref_sets:
-            p, base = _psnr(m, ds), _psnr(by_name.get("identity"), ds)
+            p, base = mean_psnr(m, ds), mean_psnr(by_name.get("identity"), ds)
             if p is None:
                 continue
             gain = f" ({p - base:+.2f} dB vs the degraded input)" if base is not None else ""
             out.append(
-                f"{_label(ds)}: {m.label} {p:.2f} dB{gain}. A diagnostic (`{m.method}`): neither the "
+                f"{dataset_label(ds)}: {m.label} {p:.2f} dB{gain}. A diagnostic (`{m.method}`): neither the "
                 "paper's method nor a served output; it is not counted in the targets above."
             )
     if run.protocol == "real" and ours_all and run.nr_name:
@@ -352,7 +226,7 @@ def findings(run: RunResult) -> list[str]:
         for ds in run.datasets:
             nr = [(m.label, s.nr) for m in shown if (s := m.summary(ds)) and s.nr is not None]
             text = ", ".join(f"{k} {v:.2f}" for k, v in sorted(nr, key=lambda kv: kv[1]))
-            out.append(f"{_label(ds)}: {run.nr_name} (lower is better): {text}.")
+            out.append(f"{dataset_label(ds)}: {run.nr_name} (lower is better): {text}.")
     return out
 
 
