@@ -158,6 +158,16 @@ async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+async def restore_latencies(client: httpx.AsyncClient, body: bytes, n: int = 5) -> list[float]:
+    """Seconds of ``n`` restores of ``body``, one after another; each must answer 200."""
+    latencies = []
+    for _ in range(n):
+        started = time.perf_counter()
+        assert (await client.post("/v1/restore", content=body)).status_code == 200
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
 def image_bytes(path: Path, fmt: str | None = None, **save: Any) -> bytes:
     """File bytes, or the image re-encoded as ``fmt`` (e.g. "WEBP") with PIL save options."""
     if fmt is None:

@@ -46,7 +46,7 @@ from service.settings import Settings
 from service.store import RestoreModel
 from service.tiling import choose_tile, extract_tiles, owned_window, plan_tiles
 from service.worker import DEAD_CLAIM_IDLE_MS, Worker
-from tests.service.conftest import free_port, noise_png, serve, start_redis_server
+from tests.service.conftest import free_port, noise_png, restore_latencies, serve, start_redis_server
 from tests.service.fixture_model import build_entry
 
 pytestmark = pytest.mark.redis
@@ -641,19 +641,11 @@ async def test_small_requests_keep_their_latency_next_to_a_costly_one(
     async with serve(settings) as client:
         with worker_thread(settings):
             assert (await client.post("/v1/restore", content=small)).status_code == 200
-            usual = []
-            for _ in range(5):
-                started = time.perf_counter()
-                assert (await client.post("/v1/restore", content=small)).status_code == 200
-                usual.append(time.perf_counter() - started)
+            usual = await restore_latencies(client, small)
             costly = asyncio.create_task(client.post("/v1/restore", content=costly_body))
             while sum(probe.xlen(stream) for stream in backlog) < 20 and not costly.done():
                 await asyncio.sleep(0.01)
-            beside = []
-            for _ in range(5):
-                started = time.perf_counter()
-                assert (await client.post("/v1/restore", content=small)).status_code == 200
-                beside.append(time.perf_counter() - started)
+            beside = await restore_latencies(client, small)
             still_queued = sum(probe.xlen(stream) for stream in backlog)
             assert (await costly).status_code == 200
     probe.close()
