@@ -15,8 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from service.client.client import DEFAULT_URL, AsyncDirClient, DirClient
+from service.client.async_client import AsyncDirClient
+from service.client.client import DirClient
 from service.client.errors import DirClientError, ServerUnavailableError
+from service.client.protocol import DEFAULT_URL
 from service.client.results import Detection, DetectResult
 
 EXIT_FAILED = 1

@@ -1,172 +1,42 @@
-"""Synchronous and asynchronous HTTP clients for the DiR-ISP service.
+"""The synchronous HTTP client of the DiR-ISP service.
 
-Both clients share request building and response parsing (:class:`_Protocol`); they differ only in the
-transport and in how they wait between attempts.
+:class:`DirClient` blocks; ``service.client.async_client.AsyncDirClient`` has the same methods as
+coroutines. Both share request building and response parsing (:class:`ClientBase`). Images above
+``job_above`` megapixels go through the jobs API (``/v1/jobs/{task}``: submit, poll with progress, fetch
+the result); the result is the same either way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from service.client.errors import DirClientError, HTTPStatusError, RequestTimeoutError, ServerUnavailableError
-from service.client.results import Detection, DetectResult, Representation, RestoreResult
-from service.client.retry import RetryPolicy, parse_retry_after
-
-ImageInput = str | os.PathLike[str] | bytes
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-MODEL_HEADER = "x-model"
-
-_MEDIA_TYPES = {
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-}
-
-
-def read_image(image: ImageInput) -> tuple[bytes, str]:
-    """Body bytes and Content-Type for a path or raw bytes."""
-    if isinstance(image, bytes):
-        return image, "application/octet-stream"
-    path = Path(image)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DirClientError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return data, _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+from service.client.errors import DirClientError
+from service.client.jobs import (
+    DEFAULT_JOB_ABOVE_MP,
+    JobHandle,
+    JobPolling,
+    JobStatus,
+    Progress,
+    ProgressReporter,
+    wants_job,
+)
+from service.client.protocol import DEFAULT_URL, Call, ClientBase, Decode, ImageInput, JobResult, R, job_id
+from service.client.protocol import server_timings as server_timings
+from service.client.results import DetectResult, Representation, RestoreResult
+from service.client.retry import NO_RETRY, RetryPolicy, parse_retry_after
 
 
-def server_timings(headers: httpx.Headers) -> dict[str, float]:
-    """Server-reported timings in seconds from ``Server-Timing: name;dur=<ms>, ...``."""
-    out: dict[str, float] = {}
-    for metric in headers.get("server-timing", "").split(","):
-        name, *params = (part.strip() for part in metric.split(";"))
-        for param in params:
-            key, _, value = param.partition("=")
-            if name and key == "dur":
-                try:
-                    out[name] = float(value) / 1000.0
-                except ValueError:
-                    continue
-    return out
-
-
-def _error_message(response: httpx.Response) -> str:
-    """The server's error message from its JSON body, or the body text."""
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text.strip() or response.reason_phrase
-    if isinstance(body, dict):
-        for key in ("message", "detail", "error"):
-            if isinstance(body.get(key), str):
-                return str(body[key])
-    return json.dumps(body)
-
-
-def _mode(mode: str | None) -> dict[str, str]:
-    """The ``mode`` query parameter, left out for None (the server's default mode)."""
-    return {} if mode is None else {"mode": mode}
-
-
-class _Protocol:
-    """What both clients share: base URL, headers, request description and response decoding."""
-
-    def __init__(self, base_url: str, api_key: str | None, retry: RetryPolicy) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.retry = retry
-        self.headers = {"User-Agent": "dir-client"}
-        if api_key:
-            self.headers["Authorization"] = f"Bearer {api_key}"
-
-    def failed_attempt(self, exc: httpx.HTTPError, attempt: int, what: str) -> float:
-        """Seconds to wait before retrying a transport failure, or raise the client error it maps to.
-
-        Only failures to connect are retried: the request never reached the server.
-        """
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-            if self.retry.should_retry_connect(attempt):
-                return self.retry.delay(attempt)
-            raise ServerUnavailableError(self.base_url, str(exc) or type(exc).__name__) from exc
-        if isinstance(exc, httpx.TimeoutException):
-            raise RequestTimeoutError(f"{what}: no answer within the timeout ({exc})") from exc
-        raise DirClientError(f"{what}: {exc}") from exc
-
-    def retry_delay(self, response: httpx.Response, attempt: int) -> float | None:
-        """None for a 2xx answer; seconds to wait for a retryable one; else raise :class:`HTTPStatusError`."""
-        if response.is_success:
-            return None
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        if self.retry.should_retry_status(response.status_code, attempt, retry_after):
-            return self.retry.delay(attempt, retry_after)
-        raise HTTPStatusError(response.status_code, _error_message(response), retry_after)
-
-    @staticmethod
-    def restore_result(response: httpx.Response, latency_s: float) -> RestoreResult:
-        """Decode a /v1/restore answer."""
-        return RestoreResult(
-            content=response.content,
-            media_type=response.headers.get("content-type", "application/octet-stream"),
-            model=response.headers.get(MODEL_HEADER),
-            timings=server_timings(response.headers),
-            latency_s=latency_s,
-        )
-
-    @staticmethod
-    def represent_result(response: httpx.Response, latency_s: float) -> Representation:
-        """Decode a /v1/represent answer (``.npy`` bytes)."""
-        try:
-            return Representation.from_npy(
-                response.content,
-                response.headers.get(MODEL_HEADER),
-                server_timings(response.headers),
-                latency_s,
-            )
-        except ValueError as exc:
-            raise DirClientError(f"server sent an unreadable .npy body: {exc}") from exc
-
-    @staticmethod
-    def detect_result(response: httpx.Response, latency_s: float) -> DetectResult:
-        """Decode a /v1/detect answer (JSON)."""
-        try:
-            body = response.json()
-            detections = [Detection.from_json(d) for d in body["detections"]]
-            baseline = body.get("input_detections")
-            unrestored = None if baseline is None else [Detection.from_json(d) for d in baseline]
-            timings = {str(k): float(v) / 1000.0 for k, v in body.get("timings_ms", {}).items()}
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise DirClientError(f"server sent an unexpected /v1/detect body: {exc}") from exc
-        return DetectResult(
-            detections=detections,
-            unrestored=unrestored,
-            model=body.get("model"),
-            detector=body.get("detector"),
-            timings=timings,
-            latency_s=latency_s,
-            raw=body,
-        )
-
-    @staticmethod
-    def image_request(image: ImageInput) -> dict[str, Any]:
-        """Keyword arguments of ``httpx.Client.request`` for an image body."""
-        body, media_type = read_image(image)
-        return {"content": body, "headers": {"Content-Type": media_type}}
-
-
-class DirClient(_Protocol):
+class DirClient(ClientBase):
     """Blocking client. Use as a context manager or call :meth:`close`.
 
     ``timeout`` (seconds) bounds each attempt; 429/503 answers and refused connections are retried per
-    ``retry``. ``transport`` and ``sleep`` exist for tests and custom networking.
+    ``retry``; jobs are polled per ``polling``. ``transport`` and ``sleep`` exist for tests and custom
+    networking.
     """
 
     def __init__(
@@ -176,10 +46,11 @@ class DirClient(_Protocol):
         api_key: str | None = None,
         timeout: float = 120.0,
         retry: RetryPolicy | None = None,
+        polling: JobPolling | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        super().__init__(base_url, api_key, retry or RetryPolicy())
+        super().__init__(base_url, api_key, retry or RetryPolicy(), polling or JobPolling())
         self._sleep = sleep
         self._http = httpx.Client(
             base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport
@@ -195,8 +66,11 @@ class DirClient(_Protocol):
         """Close the connection pool."""
         self._http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, float]:
-        """Send with retries; return the successful response and the latency of its attempt (s)."""
+    def request(
+        self, method: str, path: str, *, policy: RetryPolicy | None = None, **kwargs: Any
+    ) -> tuple[httpx.Response, float]:
+        """Send with retries (``policy``, default the client's); return the successful response and the
+        latency of its attempt (s)."""
         attempt = 0
         while True:
             attempt += 1
@@ -204,35 +78,133 @@ class DirClient(_Protocol):
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
-                self._sleep(self.failed_attempt(exc, attempt, f"{method} {path}"))
+                self._sleep(self.failed_attempt(exc, attempt, f"{method} {path}", policy))
                 continue
-            wait = self.retry_delay(response, attempt)
+            wait = self.retry_delay(response, attempt, policy)
             if wait is None:
                 return response, time.perf_counter() - start
             self._sleep(wait)
 
-    def restore(self, image: ImageInput, *, fmt: str = "png", mode: str | None = None) -> RestoreResult:
+    def restore(
+        self,
+        image: ImageInput,
+        *,
+        fmt: str = "png",
+        mode: str | None = None,
+        job_above: float | None = DEFAULT_JOB_ABOVE_MP,
+        progress: Progress | None = None,
+    ) -> RestoreResult:
         """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``; ``mode`` ``full`` (DiR, corrects the
         ISP's colour and tone too), ``denoise`` (keeps the camera's colour and tone) or None (the server's
-        default, ``default_restore_mode`` of :meth:`models`; the result's headers name the mode run)."""
-        response, latency = self.request(
-            "POST", "/v1/restore", params={"format": fmt, **_mode(mode)}, **self.image_request(image)
-        )
-        return self.restore_result(response, latency)
+        default, ``default_restore_mode`` of :meth:`models`; the result's headers name the mode run).
+        Above ``job_above`` megapixels (0: always, None: never) it runs as a job reporting
+        ``progress(tiles_done, tiles_total)``."""
+        call = Call.build("restore", image, fmt=fmt, mode=mode)
+        return self._run(call, job_above, progress, self.restore_result)
 
-    def represent(self, image: ImageInput, *, output: str = "r_plus") -> Representation:
-        """One DiR array of an image (``r_plus``, ``r0`` or ``pilot``; C x H/s x W/s float32)."""
-        response, latency = self.request(
-            "POST", "/v1/represent", params={"format": "npy", "outputs": output}, **self.image_request(image)
-        )
-        return self.represent_result(response, latency)
+    def represent(
+        self,
+        image: ImageInput,
+        *,
+        output: str = "r_plus",
+        job_above: float | None = DEFAULT_JOB_ABOVE_MP,
+        progress: Progress | None = None,
+    ) -> Representation:
+        """One DiR array of an image (``r_plus``, ``r0`` or ``pilot``; C x H/s x W/s float32); a job above
+        ``job_above`` megapixels, as in :meth:`restore`."""
+        call = Call.build("represent", image, output=output)
+        return self._run(call, job_above, progress, self.represent_result)
 
-    def detect(self, image: ImageInput, *, compare: bool = False, mode: str | None = None) -> DetectResult:
+    def detect(
+        self,
+        image: ImageInput,
+        *,
+        compare: bool = False,
+        mode: str | None = None,
+        job_above: float | None = DEFAULT_JOB_ABOVE_MP,
+        progress: Progress | None = None,
+    ) -> DetectResult:
         """Detections on the image restored in ``mode`` (``full``, ``denoise``, None: the server's default),
-        and on the unrestored input when ``compare``."""
-        params = {**_mode(mode), **({"compare": "true"} if compare else {})}
-        response, latency = self.request("POST", "/v1/detect", params=params, **self.image_request(image))
-        return self.detect_result(response, latency)
+        and on the unrestored input when ``compare``; a job above ``job_above`` megapixels, as in
+        :meth:`restore`."""
+        call = Call.build("detect", image, compare=compare, mode=mode)
+        return self._run(call, job_above, progress, self.detect_result)
+
+    def _run(self, call: Call, job_above: float | None, progress: Progress | None, decode: Decode[R]) -> R:
+        """``call`` synchronously, or as a job when its image is above ``job_above`` megapixels."""
+        if not wants_job(call.body, job_above):
+            response, latency = self.request("POST", f"/v1/{call.task}", **call.kwargs())
+            return decode(response, latency)
+        start = time.perf_counter()
+        response = self._wait(self._submit(call), progress)
+        return decode(response, time.perf_counter() - start)
+
+    def submit_job(self, task: str, image: ImageInput, **params: Any) -> JobHandle:
+        """Submit ``task`` (restore, represent, detect) on ``image`` as a job, with the keyword arguments of
+        the matching method (``fmt``, ``mode``, ``output``, ``compare``)."""
+        return self._submit(Call.build(task, image, **params))
+
+    def _submit(self, call: Call) -> JobHandle:
+        response, _ = self.request("POST", f"/v1/jobs/{call.task}", **call.kwargs())
+        return self.job_handle(response)
+
+    def job_status(self, job: JobHandle | str) -> JobStatus:
+        """The job's current status (:class:`HTTPStatusError` 404 once unknown or expired)."""
+        return self.parse_job_status(self.request("GET", f"/v1/jobs/{job_id(job)}")[0])
+
+    def job_result(self, job: JobHandle | str) -> JobResult:
+        """A finished job's result, typed as the sync call's; :class:`HTTPStatusError` with the job's own
+        status and error when it failed, 409 while it runs, 410 when cancelled, 404 once expired."""
+        handle = job if isinstance(job, JobHandle) else self._handle(job)
+        response, latency = self.request("GET", f"{handle.path}/result")
+        return self.decoder(handle.task)(response, latency)
+
+    def _handle(self, job_id: str) -> JobHandle:
+        status = self.job_status(job_id)
+        return JobHandle(job_id, status.task, status)
+
+    def cancel_job(self, job: JobHandle | str) -> None:
+        """Cancel a queued or running job, or delete a finished one's result."""
+        self.request("DELETE", f"/v1/jobs/{job_id(job)}")
+
+    def wait_job(self, job: JobHandle, *, progress: Progress | None = None) -> JobResult:
+        """Poll ``job`` until it ends (``progress(tiles_done, tiles_total)`` on each change) and return its
+        result, as :meth:`job_result`; an interrupt while waiting cancels the job, then re-raises."""
+        start = time.perf_counter()
+        response = self._wait(job, progress)
+        return self.decoder(job.task)(response, time.perf_counter() - start)
+
+    def _wait(self, job: JobHandle, progress: Progress | None) -> httpx.Response:
+        """The result answer of ``job`` once it ends; cancels the job on an interrupt or after
+        ``max_wait_s``."""
+        try:
+            status = self._poll(job, ProgressReporter(progress))
+            policy = NO_RETRY if status.state == "failed" else None
+            return self.request("GET", f"{job.path}/result", policy=policy)[0]
+        except KeyboardInterrupt:
+            self._cancel_quietly(job)
+            raise
+
+    def _poll(self, job: JobHandle, reporter: ProgressReporter) -> JobStatus:
+        status, retry_after, poll = job.status, None, 0
+        give_up = self.polling.give_up_at(time.monotonic())
+        while True:
+            reporter.update(status)
+            if status.terminal:
+                return status
+            if time.monotonic() >= give_up:
+                self._cancel_quietly(job)
+                raise self.job_timeout(job)
+            poll += 1
+            self._sleep(self.polling.delay(poll, retry_after))
+            response, _ = self.request("GET", job.path)
+            status = self.parse_job_status(response)
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+
+    def _cancel_quietly(self, job: JobHandle) -> None:
+        """One DELETE of ``job``; a failure is ignored (the server expires the job after its TTL anyway)."""
+        with contextlib.suppress(DirClientError):
+            self.request("DELETE", job.path, policy=NO_RETRY)
 
     def models(self) -> Any:
         """The server's /v1/models listing (JSON)."""
@@ -242,89 +214,5 @@ class DirClient(_Protocol):
         """True when /healthz answers 2xx (one attempt, no retries)."""
         try:
             return self._http.get("/healthz").is_success
-        except httpx.HTTPError:
-            return False
-
-
-class AsyncDirClient(_Protocol):
-    """Asynchronous client with the same methods as :class:`DirClient` (coroutines)."""
-
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        *,
-        api_key: str | None = None,
-        timeout: float = 120.0,
-        retry: RetryPolicy | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        super().__init__(base_url, api_key, retry or RetryPolicy())
-        self._sleep = sleep
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=self.headers, timeout=timeout, transport=transport
-        )
-
-    async def __aenter__(self) -> AsyncDirClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, float]:
-        """Send with retries; return the successful response and the latency of its attempt (s)."""
-        attempt = 0
-        while True:
-            attempt += 1
-            start = time.perf_counter()
-            try:
-                response = await self._http.request(method, path, **kwargs)
-            except httpx.HTTPError as exc:
-                await self._sleep(self.failed_attempt(exc, attempt, f"{method} {path}"))
-                continue
-            wait = self.retry_delay(response, attempt)
-            if wait is None:
-                return response, time.perf_counter() - start
-            await self._sleep(wait)
-
-    async def restore(self, image: ImageInput, *, fmt: str = "png", mode: str | None = None) -> RestoreResult:
-        """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``; ``mode`` ``full`` (DiR, corrects the
-        ISP's colour and tone too), ``denoise`` (keeps the camera's colour and tone) or None (the server's
-        default, ``default_restore_mode`` of :meth:`models`; the result's headers name the mode run)."""
-        response, latency = await self.request(
-            "POST", "/v1/restore", params={"format": fmt, **_mode(mode)}, **self.image_request(image)
-        )
-        return self.restore_result(response, latency)
-
-    async def represent(self, image: ImageInput, *, output: str = "r_plus") -> Representation:
-        """One DiR array of an image (``r_plus``, ``r0`` or ``pilot``; C x H/s x W/s float32)."""
-        response, latency = await self.request(
-            "POST", "/v1/represent", params={"format": "npy", "outputs": output}, **self.image_request(image)
-        )
-        return self.represent_result(response, latency)
-
-    async def detect(
-        self, image: ImageInput, *, compare: bool = False, mode: str | None = None
-    ) -> DetectResult:
-        """Detections on the image restored in ``mode`` (``full``, ``denoise``, None: the server's default),
-        and on the unrestored input when ``compare``."""
-        params = {**_mode(mode), **({"compare": "true"} if compare else {})}
-        response, latency = await self.request(
-            "POST", "/v1/detect", params=params, **self.image_request(image)
-        )
-        return self.detect_result(response, latency)
-
-    async def models(self) -> Any:
-        """The server's /v1/models listing (JSON)."""
-        return (await self.request("GET", "/v1/models"))[0].json()
-
-    async def healthy(self) -> bool:
-        """True when /healthz answers 2xx (one attempt, no retries)."""
-        try:
-            return (await self._http.get("/healthz")).is_success
         except httpx.HTTPError:
             return False

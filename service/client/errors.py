@@ -24,10 +24,14 @@ class RequestTimeoutError(DirClientError):
 
 
 class HTTPStatusError(DirClientError):
-    """The server answered with a non-2xx status; ``message`` is the server's own error message."""
+    """The server answered with a non-2xx status; ``server_message`` is the server's own error message and
+    ``code`` its error code (``queue_full``, ``job_cancelled``, ...; None when the body had none)."""
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, retry_after: float | None = None, code: str | None = None
+    ) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.server_message = message
         self.retry_after = retry_after
+        self.code = code
