@@ -18,11 +18,23 @@ from tqdm import tqdm
 from service.client.async_client import AsyncDirClient
 from service.client.client import DirClient
 from service.client.errors import DirClientError, ServerUnavailableError
+from service.client.jobs import DEFAULT_JOB_ABOVE_MP
 from service.client.protocol import DEFAULT_URL
 from service.client.results import Detection, DetectResult
 
 EXIT_FAILED = 1
 EXIT_UNAVAILABLE = 3
+
+
+def _megapixels(text: str) -> float:
+    """``--job-above``: a number of megapixels, 0 or more (``inf`` for never)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of megapixels") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: megapixels must be 0 or more (inf: never)")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +59,6 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the server's, see 'dir models')",
     )
     restore.add_argument("-j", "--jobs", type=int, default=4, help="requests in flight at once")
-    restore.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     represent = sub.add_parser("represent", help="save the DiR representation of IN as .npy")
     represent.add_argument("input", type=Path, metavar="IN")
@@ -64,8 +75,41 @@ def _parser() -> argparse.ArgumentParser:
         "--mode", choices=("full", "denoise"), help="restore mode before the detector (default: the server's)"
     )
 
+    for command in (restore, represent, detect):
+        command.add_argument(
+            "--job-above",
+            type=_megapixels,
+            default=DEFAULT_JOB_ABOVE_MP,
+            metavar="MP",
+            help="send images above MP megapixels as jobs, with a tile progress bar each (0: every image; "
+            f"inf: none; default {DEFAULT_JOB_ABOVE_MP:g})",
+        )
+        command.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
     sub.add_parser("models", help="list the models the server has loaded")
     return parser
+
+
+class _TileBar:
+    """``progress(tiles_done, tiles_total)`` of one image sent as a job: a tqdm bar of its tiles, opened at
+    the first report (an image sent synchronously never reports, so gets no bar) and removed when closed."""
+
+    def __init__(self, name: str, disable: bool) -> None:
+        self.name = name
+        self.disable = disable
+        self.bar: tqdm[None] | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.name, unit="tile", leave=False, disable=self.disable)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        """Remove the bar (if one was opened)."""
+        if self.bar is not None:
+            self.bar.close()
 
 
 async def _restore_all(args: argparse.Namespace) -> int:
@@ -78,8 +122,11 @@ async def _restore_all(args: argparse.Namespace) -> int:
     async def one(client: AsyncDirClient, path: Path) -> None:
         nonlocal failures
         async with gate:
+            tiles = _TileBar(path.name, args.no_progress)
             try:
-                result = await client.restore(path, fmt=args.fmt, mode=args.mode)
+                result = await client.restore(
+                    path, fmt=args.fmt, mode=args.mode, job_above=args.job_above, progress=tiles
+                )
             except ServerUnavailableError:
                 raise
             except DirClientError as exc:
@@ -87,6 +134,8 @@ async def _restore_all(args: argparse.Namespace) -> int:
                 tqdm.write(f"{path}: {exc.message}", file=sys.stderr)
             else:
                 result.save(args.out / f"{path.stem}{result.extension}")
+            finally:
+                tiles.close()
             bar.update(1)
 
     async with AsyncDirClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
@@ -96,6 +145,7 @@ async def _restore_all(args: argparse.Namespace) -> int:
         finally:
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # their jobs are cancelled (DELETE) first
             bar.close()
     if failures:
         print(f"{failures} of {len(args.inputs)} images failed", file=sys.stderr)
@@ -124,15 +174,24 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "restore":
         return asyncio.run(_restore_all(args))
     with DirClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
-        if args.command == "represent":
-            rep = client.represent(args.input, output=args.output)
-            rep.save(args.out)
-            print(f"{args.out}: shape {tuple(rep.array.shape)} dtype {rep.array.dtype}")
-        elif args.command == "detect":
-            result = client.detect(args.input, compare=args.compare, mode=args.mode)
-            print(json.dumps(result.raw, indent=2) if args.json else _format_detections(result))
-        else:
+        if args.command == "models":
             print(json.dumps(client.models(), indent=2))
+            return 0
+        tiles = _TileBar(args.input.name, args.no_progress)
+        try:
+            if args.command == "represent":
+                rep = client.represent(
+                    args.input, output=args.output, job_above=args.job_above, progress=tiles
+                )
+                rep.save(args.out)
+                print(f"{args.out}: shape {tuple(rep.array.shape)} dtype {rep.array.dtype}")
+            else:
+                result = client.detect(
+                    args.input, compare=args.compare, mode=args.mode, job_above=args.job_above, progress=tiles
+                )
+                print(json.dumps(result.raw, indent=2) if args.json else _format_detections(result))
+        finally:
+            tiles.close()
     return 0
 
 
