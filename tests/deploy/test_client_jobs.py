@@ -7,6 +7,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,3 +231,32 @@ def test_cli_failed_job_exits_1_with_the_server_message(
     assert code == EXIT_FAILED
     captured = capsys.readouterr()
     assert "HTTP 504: job failed: deadline_exceeded" in captured.err and "big.png" not in captured.err
+
+
+def test_ctrl_c_on_dir_restore_cancels_its_jobs(tmp_path: Path) -> None:
+    """SIGINT reaches ``asyncio.run`` as a cancellation: every image's job gets its DELETE before exit."""
+    fake = FakeJobServer(tiles=100, step=0)  # never finishes
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(BIG)
+    with serve(fake.app) as base:
+        command = [sys.executable, "-m", "service.client.cli", "--url", base, "restore", "a.png", "b.png"]
+        proc = subprocess.Popen([*command, "-o", "out", "--job-above", "0"], cwd=tmp_path, env=_env())
+        for _ in range(600):
+            if fake.log.count("GET /v1/jobs/job1") and fake.log.count("GET /v1/jobs/job2"):
+                break
+            assert proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert sorted(line for line in fake.log if line.startswith("DELETE")) == [
+        "DELETE /v1/jobs/job1",
+        "DELETE /v1/jobs/job2",
+    ]
+    assert {job["state"] for job in fake.jobs.values()} == {"cancelled"}
+
+
+def _env() -> dict[str, str]:
+    """This process's environment with this tree first on PYTHONPATH."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
