@@ -172,7 +172,7 @@ class AsyncDirClient(ClientBase):
             raise
 
     async def _poll(self, job: JobHandle, reporter: ProgressReporter) -> JobStatus:
-        status, retry_after, poll = job.status, None, 0
+        status, retry_after, poll = job.status, job.retry_after, 0
         give_up = self.polling.give_up_at(time.monotonic())
         while True:
             reporter.update(status)

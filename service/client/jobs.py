@@ -97,11 +97,13 @@ class JobStatus:
 
 @dataclass(frozen=True)
 class JobHandle:
-    """A submitted job: its id, task and the status the server answered at submission."""
+    """A submitted job: its id, task, the status the server answered at submission and that answer's
+    ``Retry-After`` (seconds; None: none), which sets the first poll's wait."""
 
     id: str
     task: str
     status: JobStatus
+    retry_after: float | None = None
 
     @property
     def path(self) -> str:

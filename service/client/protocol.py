@@ -247,4 +247,5 @@ class ClientBase:
     def job_handle(self, response: httpx.Response) -> JobHandle:
         """Decode a ``202 Accepted`` job submission."""
         status = self.parse_job_status(response)
-        return JobHandle(id=status.id, task=status.task, status=status)
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return JobHandle(id=status.id, task=status.task, status=status, retry_after=retry_after)

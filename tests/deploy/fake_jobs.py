@@ -72,7 +72,8 @@ def answer(task: str, body: bytes, params: dict[str, str]) -> Response:
 
 class FakeJobServer:
     """The sync routes and ``/v1/jobs`` of the contract; ``retry_after``: the ``Retry-After`` of each job
-    status answer (None: none); ``fail``: (status, error code) every job ends with instead of its result."""
+    status answer, the submission's included (None: none); ``fail``: (status, error code) every job ends
+    with instead of its result."""
 
     def __init__(
         self,
@@ -128,7 +129,11 @@ class FakeJobServer:
         job |= {"tiles_total": self.tiles, "image_size": f"{width}x{height}", "error": None}
         job |= {"body": body, "params": params}
         self.jobs[job_id] = job
-        return Response(json.dumps(self._status(job)), 202, {"Location": f"/v1/jobs/{job_id}"})
+        headers = {"Location": f"/v1/jobs/{job_id}", **self._retry_after()}
+        return Response(json.dumps(self._status(job)), 202, headers, media_type="application/json")
+
+    def _retry_after(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": self.retry_after}
 
     async def status(self, job_id: str) -> Response:
         job = self.jobs.get(job_id)
@@ -142,8 +147,9 @@ class FakeJobServer:
                 job["state"] = "done" if self.fail is None else "failed"
                 if self.fail is not None:
                     job["error"] = {"code": self.fail[1], "message": f"job failed: {self.fail[1]}"}
-        headers = {} if self.retry_after is None else {"Retry-After": self.retry_after}
-        return Response(json.dumps(self._status(job)), 200, headers, media_type="application/json")
+        return Response(
+            json.dumps(self._status(job)), 200, self._retry_after(), media_type="application/json"
+        )
 
     async def result(self, job_id: str) -> Response:
         job = self.jobs.get(job_id)

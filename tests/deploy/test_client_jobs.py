@@ -87,10 +87,7 @@ def test_sync_client_switches_by_size_with_identical_results(fake: FakeJobServer
     assert small.media_type == "image/png"
 
 
-# The submission's answer has no Retry-After: the first wait is the backoff's first step either way.
-@pytest.mark.parametrize(
-    ("retry_after", "waits"), [("3", [0.25, 3.0, 3.0, 3.0]), (None, [0.25, 0.375, 0.5625, 0.84375])]
-)
+@pytest.mark.parametrize(("retry_after", "waits"), [("3", [3.0] * 4), (None, [0.25, 0.375, 0.5625, 0.84375])])
 def test_wait_reports_progress_and_honours_retry_after(retry_after: str | None, waits: list[float]) -> None:
     fake = FakeJobServer(tiles=6, step=2, retry_after=retry_after)
     slept: list[float] = []
