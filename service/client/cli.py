@@ -145,7 +145,8 @@ async def _restore_all(args: argparse.Namespace) -> int:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)  # their jobs are cancelled (DELETE) first
+            # the cancelled tasks DELETE their jobs: let them finish before the client closes
+            await asyncio.gather(*tasks, return_exceptions=True)
             bar.close()
     if failures:
         print(f"{failures} of {len(args.inputs)} images failed", file=sys.stderr)
