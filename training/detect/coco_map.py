@@ -15,6 +15,8 @@ VOC2010+, kept to compare with numbers reported that way (e.g. SOURCE.md's 0.331
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +224,61 @@ def map_range(
     _, ap = ap_per_class(predictions, ground_truths, iou_thresholds, interpolation, max_det)
     return float(ap.mean()) if ap.size else 0.0
 
+
+def _coco_dataset(boxes: Sequence[Boxes], with_scores: bool, categories: list[int]) -> dict[str, Any]:
+    """COCO-format dict (images, categories, annotations with ``bbox`` x, y, w, h pixels, ``area`` w*h)."""
+    annotations = []
+    for image_id, b in enumerate(boxes):
+        wh = b.xyxy[:, 2:] - b.xyxy[:, :2]
+        for k in range(len(b.xyxy)):
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(b.classes[k]),
+                "bbox": [float(b.xyxy[k, 0]), float(b.xyxy[k, 1]), float(wh[k, 0]), float(wh[k, 1])],
+                "area": float(wh[k, 0] * wh[k, 1]),
+                "iscrowd": 0,
+            }
+            if with_scores and b.scores is not None:
+                ann["score"] = float(b.scores[k])
+            annotations.append(ann)
+    return {
+        "images": [{"id": i} for i in range(len(boxes))],
+        "categories": [{"id": c} for c in categories],
+        "annotations": annotations,
+    }
+
+
+def coco_evaluate(predictions: Sequence[Boxes], ground_truths: Sequence[Boxes], max_det: int = 100) -> Any:
+    """pycocotools' ``COCOeval`` (bbox) run on in-memory COCO dicts; returns it after ``evaluate()`` and
+    ``accumulate()``: ``.eval["precision"]`` is (T=10 IoUs, R=101 recalls, K classes, 1 area, 1 maxDets).
+
+    One area range ("all": YOLO labels have no crowd boxes or area annotations) and ``maxDets=[max_det]``
+    (pycocotools keeps the ``max_det`` best per image and class). Category ids are the class ids.
+    """
+    from pycocotools.coco import COCO  # optional: numpy-only users of Boxes never need it
+    from pycocotools.cocoeval import COCOeval  # optional
+
+    if len(predictions) != len(ground_truths):
+        raise ValueError(f"{len(predictions)} prediction sets for {len(ground_truths)} images")
+    if any(p.scores is None for p in predictions):
+        raise ValueError("predictions need scores")
+    classes = {int(c) for b in (*predictions, *ground_truths) for c in b.classes}
+    categories = sorted(classes) or [0]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        gt, dt = COCO(), COCO()
+        gt.dataset = _coco_dataset(ground_truths, False, categories)
+        dt.dataset = _coco_dataset(predictions, True, categories)
+        gt.createIndex()
+        dt.createIndex()
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = list(range(len(ground_truths)))
+        ev.params.catIds = categories
+        ev.params.areaRng, ev.params.areaRngLbl = [[0.0, 1e10]], ["all"]
+        ev.params.maxDets = [max_det]
+        ev.evaluate()
+        ev.accumulate()
+    return ev
 
 class SupportsDetect(Protocol):
     """What :func:`evaluate_detector` needs: ``modelstore.detector.Detector`` or anything alike."""
