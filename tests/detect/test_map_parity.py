@@ -1,5 +1,6 @@
-"""Parity of the project's own mAP (training.detect.coco_map) and pycocotools' COCOeval on the same
-detections: a synthetic set (always runs) and the Yolo-FastestV2 detections on coco128_val."""
+"""mAP parity on the same detections: the pycocotools-backed scorer (training.detect.coco_map) against the
+project's former numpy scorer (values recorded at commit 5ef19b3, just before it was removed) and against
+pycocotools' own default ``summarize()``: a synthetic set (always runs) and Yolo-FastestV2 on coco128_val."""
 
 from __future__ import annotations
 
@@ -19,11 +20,25 @@ from training.detect.coco_map import (
     predictions_to_boxes,
 )
 
+# (mAP@0.5, mAP@0.5:0.95, VOC all-point mAP@0.5) of the former numpy scorer on the same detections.
+FORMER_SYNTHETIC = (0.18953047044332588, 0.05688083429243806, 0.18739024774039706)
+FORMER_COCO128 = (0.3363925090368986, 0.18676344927838037, 0.33459418283590875)
 
-def library_maps(preds: list[Boxes], gts: list[Boxes]) -> tuple[float, float]:
-    p = coco_evaluate(preds, gts).eval["precision"][:, :, :, 0, 0]
-    present = (p > -1).all(axis=(0, 1))
-    return float(p[0][:, present].mean()), float(p[:, :, present].mean())
+
+def scores(preds: list[Boxes], gts: list[Boxes]) -> tuple[float, float, float]:
+    return map_at(preds, gts), map_range(preds, gts), map_at(preds, gts, interpolation="voc_all")
+
+
+def pycocotools_summary(preds: list[Boxes], gts: list[Boxes]) -> tuple[float, float]:
+    """(AP@0.5, AP@0.5:0.95) from pycocotools' default parameters and ``summarize()`` (stats[1], stats[0])."""
+    from pycocotools.cocoeval import COCOeval
+
+    ours = coco_evaluate(preds, gts)
+    ev = COCOeval(ours.cocoGt, ours.cocoDt, "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return float(ev.stats[1]), float(ev.stats[0])
 
 
 def synthetic_set(seed: int = 0, n_images: int = 40) -> tuple[list[Boxes], list[Boxes]]:
@@ -47,9 +62,9 @@ def synthetic_set(seed: int = 0, n_images: int = 40) -> tuple[list[Boxes], list[
 
 def test_synthetic_parity() -> None:
     preds, gts = synthetic_set()
-    lib50, lib5095 = library_maps(preds, gts)
-    assert map_at(preds, gts) == pytest.approx(lib50, abs=1e-4)
-    assert map_range(preds, gts) == pytest.approx(lib5095, abs=1e-4)
+    got = scores(preds, gts)
+    assert got == pytest.approx(FORMER_SYNTHETIC, abs=1e-4)
+    assert got[:2] == pytest.approx(pycocotools_summary(preds, gts), abs=1e-4)
 
 
 def test_coco128_parity(dataset, yf_entry: Path) -> None:
@@ -61,6 +76,6 @@ def test_coco128_parity(dataset, yf_entry: Path) -> None:
             image = np.asarray(im.convert("RGB"))
         preds.append(predictions_to_boxes(det.detect(image, 0.01)))
         gts.append(item.ground_truth(image.shape[1], image.shape[0]))
-    lib50, lib5095 = library_maps(preds, gts)
-    assert map_at(preds, gts) == pytest.approx(lib50, abs=1e-4)
-    assert map_range(preds, gts) == pytest.approx(lib5095, abs=1e-4)
+    got = scores(preds, gts)
+    assert got == pytest.approx(FORMER_COCO128, abs=1e-4)
+    assert got[:2] == pytest.approx(pycocotools_summary(preds, gts), abs=1e-4)
