@@ -1,20 +1,24 @@
-"""Detection mAP (COCO-style and VOC-style) over YOLO-format labelled images; numpy + Pillow only.
+"""Detection mAP over YOLO-format labelled images, scored by pycocotools' ``COCOeval`` (bbox).
 
-Protocol (``interpolation="coco101"``, the default; on coco128_val it equals pycocotools' COCOeval to all
-printed digits): per image and class keep the ``max_det`` (100) highest-scoring predictions (pycocotools'
-maxDets rule); per class, predictions are matched greedily in descending score order to the unmatched
-ground truth box of the same class with the highest IoU, a match needing IoU >= threshold (no crowd boxes
-or area ranges: YOLO labels have neither). Precision is made monotone (non-increasing in recall) and
-sampled at the 101 recall points 0, 0.01, ..., 1 (0 where the recall is never reached); AP is their mean.
-Classes without ground truth in the dataset are left out of the mean; a class with ground truth but no
-predictions scores 0. mAP@0.5:0.95 averages mAP over IoU 0.50, 0.55, ..., 0.95.
+Our detections and YOLO labels become COCO dicts in memory (no files): one image id per dataset image, the
+class id as category id, boxes as x, y, w, h pixels, ``area`` = w * h, no crowd boxes. COCOeval then keeps
+the ``max_det`` (100) highest-scoring predictions per image and class, matches greedily in descending score
+order to the unmatched ground truth of the same class with the highest IoU (IoU >= threshold), makes the
+precision monotone and samples it at the 101 recall points 0, 0.01, ..., 1; AP is their mean, over the
+classes with ground truth (a class with ground truth and no predictions scores 0). mAP@0.5:0.95 averages
+IoU 0.50, 0.55, ..., 0.95 (the thresholds rounded to 2 decimals; pycocotools' ``linspace`` ones differ by
+1e-16, which flips a match at an IoU of exactly 0.6).
 
 ``interpolation="voc_all"`` is the all-point (area under the monotone precision/recall curve) AP of
-VOC2010+, kept to compare with numbers reported that way (e.g. SOURCE.md's 0.331 for Yolo-FastestV2).
+VOC2010+, computed here from COCOeval's own per-image matches, kept to compare with numbers reported that
+way (e.g. SOURCE.md's 0.331 for Yolo-FastestV2). The project's former numpy scorer gave the same values
+(parity to 1e-15 on coco128_val and a synthetic set, docs/DECISIONS.md) and was removed in its favour.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,54 +114,6 @@ def load_coco128(root: Path | None = None) -> list[LabelledImage]:
     return load_yolo_dataset(*coco128_dirs(root))
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (K, 4) and (M, 4) xyxy boxes -> (K, M); empty unions give 0."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
-def _match(pred: Boxes, gt: Boxes, thresholds: np.ndarray) -> np.ndarray:
-    """(T, K) bool: prediction k (given highest score first) is a true positive at IoU threshold t."""
-    tp = np.zeros((len(thresholds), len(pred.xyxy)), dtype=bool)
-    for c in np.unique(pred.classes):
-        pi = np.flatnonzero(pred.classes == c)
-        gi = np.flatnonzero(gt.classes == c)
-        if len(gi) == 0:
-            continue
-        ious = iou_matrix(pred.xyxy[pi], gt.xyxy[gi])
-        for t, thr in enumerate(thresholds):
-            taken = np.zeros(len(gi), dtype=bool)
-            for row, k in enumerate(pi):
-                cand = np.where(taken, -1.0, ious[row])
-                j = int(cand.argmax())
-                if cand[j] >= thr:
-                    taken[j] = True
-                    tp[t, k] = True
-    return tp
-
-
-def average_precision(
-    recall: np.ndarray, precision: np.ndarray, interpolation: Interpolation = "coco101"
-) -> float:
-    """AP from a precision/recall curve ordered by descending score (recall non-decreasing)."""
-    if len(recall) == 0:
-        return 0.0
-    envelope = np.maximum.accumulate(precision[::-1])[::-1]
-    if interpolation == "coco101":
-        points = np.linspace(0.0, 1.0, 101)
-        idx = np.searchsorted(recall, points, side="left")
-        return float(np.where(idx < len(recall), envelope[np.minimum(idx, len(recall) - 1)], 0.0).mean())
-    if interpolation == "voc_all":
-        r = np.concatenate(([0.0], recall))
-        return float(np.sum((r[1:] - r[:-1]) * envelope))
-    raise ValueError(f"unknown interpolation {interpolation!r}; use 'coco101' or 'voc_all'")
-
-
 def ap_per_class(
     predictions: Sequence[Boxes],
     ground_truths: Sequence[Boxes],
@@ -166,37 +122,10 @@ def ap_per_class(
     max_det: int = 100,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(classes with ground truth (C,), AP (T, C) per IoU threshold) over a dataset of paired images."""
-    if len(predictions) != len(ground_truths):
-        raise ValueError(f"{len(predictions)} prediction sets for {len(ground_truths)} images")
-    thresholds = np.asarray(list(iou_thresholds), dtype=np.float64)
-    scores, classes, hits = [], [], []
-    for pred, gt in zip(predictions, ground_truths, strict=True):
-        if pred.scores is None:
-            raise ValueError("predictions need scores")
-        order = np.argsort(-pred.scores, kind="mergesort")
-        rank = np.zeros(len(order), dtype=np.int64)  # position within its class, by descending score
-        for c in np.unique(pred.classes):
-            in_class = pred.classes[order] == c
-            rank[in_class] = np.arange(int(in_class.sum()))
-        order = order[rank < max_det]
-        top = Boxes(pred.xyxy[order], pred.classes[order], pred.scores[order])
-        scores.append(pred.scores[order])
-        classes.append(top.classes)
-        hits.append(_match(top, gt, thresholds))
-    all_scores = np.concatenate(scores) if scores else np.zeros(0)
-    all_classes = np.concatenate(classes).astype(np.int64) if classes else np.zeros(0, np.int64)
-    all_hits = np.concatenate(hits, 1) if hits else np.zeros((len(thresholds), 0), bool)
-    gt_classes = np.concatenate([g.classes for g in ground_truths]) if ground_truths else np.zeros(0)
-    present, n_gt = np.unique(gt_classes.astype(np.int64), return_counts=True)
-    ap = np.zeros((len(thresholds), len(present)))
-    for ci, (c, n) in enumerate(zip(present, n_gt, strict=True)):
-        sel = np.flatnonzero(all_classes == c)
-        sel = sel[np.argsort(-all_scores[sel], kind="mergesort")]
-        for t in range(len(thresholds)):
-            tp = np.cumsum(all_hits[t, sel])
-            fp = np.cumsum(~all_hits[t, sel])
-            ap[t, ci] = average_precision(tp / n, tp / np.maximum(tp + fp, 1), interpolation)
-    return present, ap
+    if interpolation not in ("coco101", "voc_all"):
+        raise ValueError(f"unknown interpolation {interpolation!r}; use 'coco101' or 'voc_all'")
+    present, coco101, voc_all = _evaluate(predictions, ground_truths, iou_thresholds, max_det)
+    return present, coco101 if interpolation == "coco101" else voc_all
 
 
 def map_at(
@@ -221,6 +150,112 @@ def map_range(
     """mAP averaged over IoU thresholds (default 0.50:0.05:0.95, i.e. COCO's mAP@0.5:0.95)."""
     _, ap = ap_per_class(predictions, ground_truths, iou_thresholds, interpolation, max_det)
     return float(ap.mean()) if ap.size else 0.0
+
+
+def _coco_dataset(boxes: Sequence[Boxes], categories: list[int]) -> dict[str, Any]:
+    """COCO-format dict (images, categories, annotations with ``bbox`` x, y, w, h pixels, ``area`` w * h,
+    and ``score`` where the boxes have scores)."""
+    annotations: list[dict[str, Any]] = []
+    for image_id, b in enumerate(boxes):
+        wh = b.xyxy[:, 2:] - b.xyxy[:, :2]
+        for k in range(len(b.xyxy)):
+            ann: dict[str, Any] = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(b.classes[k]),
+                "bbox": [float(b.xyxy[k, 0]), float(b.xyxy[k, 1]), float(wh[k, 0]), float(wh[k, 1])],
+                "area": float(wh[k, 0] * wh[k, 1]),
+                "iscrowd": 0,
+            }
+            if b.scores is not None:
+                ann["score"] = float(b.scores[k])
+            annotations.append(ann)
+    return {
+        "images": [{"id": i} for i in range(len(boxes))],
+        "categories": [{"id": c} for c in categories],
+        "annotations": annotations,
+    }
+
+
+def coco_evaluate(
+    predictions: Sequence[Boxes],
+    ground_truths: Sequence[Boxes],
+    iou_thresholds: Iterable[float] = COCO_IOU_THRESHOLDS,
+    max_det: int = 100,
+) -> Any:
+    """pycocotools' ``COCOeval`` (bbox) on in-memory COCO dicts, after ``evaluate()`` and ``accumulate()``:
+    ``.eval["precision"]`` is (T thresholds, 101 recalls, K categories, 1 area, 1 maxDets), -1 for a
+    category without ground truth; ``.evalImgs`` holds the per-image matches.
+
+    One area range ("all": YOLO labels have no area annotations) and ``maxDets=[max_det]``. Category ids
+    are the class ids (those of ground truth and predictions, sorted; ``.params.catIds``).
+    """
+    from pycocotools.coco import COCO  # optional: scoring needs it, the dataset helpers above do not
+    from pycocotools.cocoeval import COCOeval  # optional
+
+    if len(predictions) != len(ground_truths):
+        raise ValueError(f"{len(predictions)} prediction sets for {len(ground_truths)} images")
+    if any(p.scores is None for p in predictions):
+        raise ValueError("predictions need scores")
+    categories = sorted({int(c) for b in (*predictions, *ground_truths) for c in b.classes}) or [0]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        gt, dt = COCO(), COCO()
+        gt.dataset, dt.dataset = (
+            _coco_dataset(ground_truths, categories),
+            _coco_dataset(predictions, categories),
+        )
+        gt.createIndex()
+        dt.createIndex()
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = list(range(len(ground_truths)))
+        ev.params.catIds = categories
+        ev.params.iouThrs = np.asarray(list(iou_thresholds), dtype=np.float64)
+        ev.params.areaRng, ev.params.areaRngLbl = [[0.0, 1e10]], ["all"]
+        ev.params.maxDets = [max_det]
+        ev.evaluate()
+        ev.accumulate()
+    return ev
+
+
+def _all_point_ap(ev: Any, k: int, n_images: int) -> np.ndarray:
+    """VOC all-point AP (T,) of category index ``k`` from COCOeval's per-image matches."""
+    items = [e for e in ev.evalImgs[k * n_images : (k + 1) * n_images] if e is not None]
+    n_gt = sum(int((np.asarray(e["gtIgnore"]) == 0).sum()) for e in items)
+    n_t = len(ev.params.iouThrs)
+    if not items or n_gt == 0:
+        return np.zeros(n_t)
+    scores = np.concatenate([e["dtScores"] for e in items])
+    order = np.argsort(-scores, kind="mergesort")
+    matched = np.concatenate([e["dtMatches"] for e in items], 1)[:, order] > 0
+    ignored = np.concatenate([e["dtIgnore"] for e in items], 1)[:, order].astype(bool)
+    tp = np.cumsum(matched & ~ignored, 1)
+    fp = np.cumsum(~matched & ~ignored, 1)
+    ap = np.zeros(n_t)
+    for t in range(n_t):
+        recall = np.concatenate(([0.0], tp[t] / n_gt))
+        envelope = np.maximum.accumulate((tp[t] / np.maximum(tp[t] + fp[t], 1))[::-1])[::-1]
+        ap[t] = float(np.sum(np.diff(recall) * envelope))
+    return ap
+
+
+def _evaluate(
+    predictions: Sequence[Boxes],
+    ground_truths: Sequence[Boxes],
+    iou_thresholds: Iterable[float],
+    max_det: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(classes with ground truth (C,), COCO 101-point AP (T, C), VOC all-point AP (T, C))."""
+    ev = coco_evaluate(predictions, ground_truths, iou_thresholds, max_det)
+    precision = ev.eval["precision"][:, :, :, 0, 0]  # (T, R, K)
+    keep = np.flatnonzero((precision > -1).all(axis=(0, 1)))
+    present = np.asarray(ev.params.catIds, dtype=np.int64)[keep]
+    coco101 = precision[:, :, keep].mean(1)
+    voc_all = (
+        np.stack([_all_point_ap(ev, k, len(ground_truths)) for k in keep.tolist()], 1)
+        if len(keep)
+        else coco101
+    )
+    return present, coco101, voc_all
 
 
 class SupportsDetect(Protocol):
@@ -251,7 +286,7 @@ def evaluate_detector(
     iou: float | None = None,
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run ``detector`` on every image of a YOLO-format dataset and score it (COCO 101-point protocol).
+    """Run ``detector`` on every image of a YOLO-format dataset and score it with pycocotools (101-point AP).
 
     Each image is read as (H, W, 3) uint8 RGB, passed through ``transform`` (e.g. degrade, or degrade then
     restore; it must return uint8 RGB and may change the size: the normalised labels are scaled to the size
@@ -270,8 +305,8 @@ def evaluate_detector(
             image = transform(image)
         preds.append(predictions_to_boxes(detector.detect(image, conf, iou)))
         gts.append(item.ground_truth(image.shape[1], image.shape[0]))
-    present, ap = ap_per_class(preds, gts, COCO_IOU_THRESHOLDS)
-    _, ap_voc = ap_per_class(preds, gts, (0.5,), "voc_all")
+    present, ap, ap_voc_all = _evaluate(preds, gts, COCO_IOU_THRESHOLDS, 100)
+    ap_voc = ap_voc_all[:1]
     names = list(class_names) if class_names is not None else list(getattr(detector, "class_names", []))
     return {
         "map50": float(ap[0].mean()) if ap.size else 0.0,

@@ -3,7 +3,7 @@
 Each image (H, W, 3) uint8 RGB is cropped to even H, W, degraded by the ISP preset ``default-isp`` (the
 paper's "default params ISP" baseline of Table 2) at a seed fixed by the image content, optionally restored
 by a method, and re-quantised to uint8 before the detector sees it. mAP is computed by
-``training.detect.coco_map.evaluate_detector`` (COCO 101-point AP at IoU 0.5 and 0.5:0.95).
+``training.detect.coco_map.evaluate_detector`` (pycocotools' COCOeval: 101-point AP at IoU 0.5 and 0.5:0.95).
 """
 
 from __future__ import annotations
