@@ -118,7 +118,7 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_cli_writes_an_aligned_entry_that_loads_and_says_what_it_is_aligned_for(
     store: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(align_run, "task_loss", lambda name: tiny_distill)
+    monkeypatch.setattr(align_run, "task_loss", lambda *args: tiny_distill)
     to = tmp_path / "dir-align-tiny-yolo" / "1"
     argv = ["align", "--task", "detect", "--detector", "tiny-yolo", "--store", str(store)]
     argv += ["--init-from", str(store / "dir-restore" / "0.0.1"), "--to", str(to), "--loss", "distill"]

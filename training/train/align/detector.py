@@ -100,7 +100,7 @@ def _load_yolo_fastestv2(
     return None
 
 
-def _onnx_module(entry: Path, manifest: Manifest) -> nn.Module:
+def _onnx_module(entry: Path, manifest: Manifest, trainable: bool) -> nn.Module:
     try:
         from training.detect.onnx_torch import onnx_to_torch  # optional: the ONNX-to-torch converter
     except ImportError as exc:
@@ -109,15 +109,16 @@ def _onnx_module(entry: Path, manifest: Manifest) -> nn.Module:
             "ONNX graph for training; a Yolo-FastestV2 entry trains from its weights file instead "
             "(--detector-weights)"
         ) from exc
-    return onnx_to_torch(entry / manifest.onnx_file, trainable=True)
+    return onnx_to_torch(entry / manifest.onnx_file, trainable=trainable)
 
 
-def load_torch_detector(entry: Path, weights: Path | None = None) -> TorchDetector:
+def load_torch_detector(entry: Path, weights: Path | None = None, trainable: bool = False) -> TorchDetector:
     """Load a ``task="detect"`` entry (files verified) as a PyTorch module in eval mode, on the CPU.
 
     Yolo-FastestV2 entries load from ``weights`` or the weights file their manifest names (next to the
     entry or in the shared ``yolo_fastestv2/modelzoo``) when its sha256 matches; otherwise, and for every
-    other entry, the ONNX graph is converted with ``onnx_to_torch``.
+    other entry, the ONNX graph is converted with ``onnx_to_torch`` (its weights parameters when
+    ``trainable``, else constants).
     """
     try:
         manifest = read_manifest(entry)
@@ -132,7 +133,7 @@ def load_torch_detector(entry: Path, weights: Path | None = None) -> TorchDetect
         module, path = loaded
         source |= {"kind": "yolo-fastestv2", "weights": str(path), "weights_sha256": sha256_file(path)}
     else:
-        module = _onnx_module(entry, manifest)
+        module = _onnx_module(entry, manifest, trainable)
         source |= {"kind": "onnx_to_torch"}
     return TorchDetector(module.eval(), entry, manifest, source)
 

@@ -9,6 +9,7 @@ the clean y* (``distill``), or both.
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -29,14 +30,20 @@ LOSSES = ("detect", "distill", "both")
 LABELLED_LOSSES = ("detect", "both")
 
 
-def task_loss(name: str) -> TaskLoss:
+def task_loss(name: str, layout: str | None = None, input_size: int = 1) -> TaskLoss:
     """The task loss ``--loss NAME`` from :mod:`training.detect.loss`: ``detect`` (Yolo-FastestV2's
     detection loss on the labels), ``distill`` (the detector's outputs on D*(r+) match those on y*) or
-    ``both`` (their sum). Raises :class:`ConfigError` when the module is not in this tree."""
+    ``both`` (their sum). ``layout`` None: the detector gives Yolo-FastestV2's raw per-scale outputs;
+    ``yolov5`` / ``yolov8``: it gives decoded rows (an ONNX entry converted to torch; its first output is
+    used), distilled with box distances in fractions of ``input_size``; ``detect`` needs raw outputs.
+    Raises :class:`ConfigError` for an unknown choice or when the module is not in this tree."""
     if name not in LOSSES:
         raise ConfigError(f"--loss {name!r}: choose one of {LOSSES}")
+    if layout is not None and name in LABELLED_LOSSES:
+        raise ConfigError(f"--loss {name} needs a Yolo-FastestV2 detector (raw outputs); use --loss distill")
     try:
-        from training.detect.loss import distillation_loss, yolo_fastestv2_loss  # optional: detection losses
+        # The detection losses (issue 21) may be absent from a tree: looked up by name, not imported.
+        losses = importlib.import_module("training.detect.loss")
     except ImportError as exc:
         raise ConfigError(
             f"--loss {name} needs training/detect/loss.py (yolo_fastestv2_loss, distillation_loss), which "
@@ -44,10 +51,13 @@ def task_loss(name: str) -> TaskLoss:
         ) from exc
 
     def detect(outputs: Any, teacher: Any, targets: Tensor) -> dict[str, Tensor]:
-        return dict(yolo_fastestv2_loss(outputs, targets))
+        return dict(losses.yolo_fastestv2_loss(outputs, targets))
 
     def distill(outputs: Any, teacher: Any, targets: Tensor) -> dict[str, Tensor]:
-        return dict(distillation_loss(outputs, teacher))
+        if layout is None:
+            return dict(losses.distillation_loss(outputs, teacher))
+        student, target = (o[0] if isinstance(o, list | tuple) else o for o in (outputs, teacher))
+        return dict(losses.decoded_distillation_loss(student, target, layout, float(input_size)))
 
     def both(outputs: Any, teacher: Any, targets: Tensor) -> dict[str, Tensor]:
         d, s = detect(outputs, teacher, targets), distill(outputs, teacher, targets)

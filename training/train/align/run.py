@@ -183,9 +183,12 @@ def _build(
     det = load_torch_detector(
         resolve_detector(Path(request.store), request.detector),
         Path(request.detector_weights) if request.detector_weights else None,
+        trainable=request.mode == "joint",
     )
     _check_detector(request, det)
-    chosen = task if task is not None else task_loss(request.loss)
+    layout = None if det.is_yolo_fastestv2 else str(det.manifest.extra["output_layout"])
+    size = int(det.manifest.extra["input_size"])
+    chosen = task if task is not None else task_loss(request.loss, layout, size)
     system = system_from_entry(Path(request.init_from))
     objective = AlignObjective(system, det.module, det.manifest, chosen, cfg.loss, request.mode == "joint")
     return objective.to(device).train(), det
