@@ -210,11 +210,13 @@ def _optimise(
 ) -> int:
     """Steps ``step`` .. the run's end (``stop_at``, or the time limit): optimise, log, checkpoint -> the
     step reached. A time limit fixes the step count from the speed over this session's steps
-    ``PROBE_SKIP .. PROBE_STEPS`` (as every dir-train stage) and stops with a checkpoint when reached."""
+    ``PROBE_SKIP .. PROBE_STEPS`` (as every dir-train stage) and stops with a checkpoint when reached.
+    Each log record holds the loss terms averaged over the steps since the previous record."""
     params = [p for g in run.optimizer.param_groups for p in g["params"]]
     log_path = metrics_path(run.run_dir, TAG)
     start = tick = probe = time.perf_counter()
     first, seen = step, 0
+    sums: dict[str, float] = {}
     while step < (last := run.steps if stop_at is None else min(stop_at, run.steps)):
         lr = run.set_lr(step)
         clean, degraded, targets = step_batch(
@@ -226,6 +228,8 @@ def _optimise(
         torch.nn.utils.clip_grad_norm_(params, run.cfg.optim.grad_clip)
         run.optimizer.step()
         step, seen = step + 1, seen + clean.shape[0]
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.update(1)
         now = time.perf_counter()
         if time_limit_s is not None and step - first == PROBE_SKIP:
@@ -236,10 +240,11 @@ def _optimise(
             bar.total = run.steps
         out_of_time = time_limit_s is not None and now - start >= time_limit_s
         if step % run.cfg.log_every == 0 or step == run.steps or out_of_time:
-            record = {k: round(float(v.detach()), 6) for k, v in losses.items()}
+            batches = seen / clean.shape[0]
+            record = {k: round(v / batches, 6) for k, v in sums.items()}
             record |= {"step": step, "lr": lr, "images_per_s": round(seen / max(now - tick, 1e-9), 3)}
             append_record(log_path, record)
-            tick, seen = now, 0
+            tick, seen, sums = now, 0, {}
             bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "latent_l1", "image_l1", "task")})
         if step % run.cfg.ckpt_every == 0 or step in (last, run.steps) or out_of_time:
             run.save(step)
