@@ -7,6 +7,7 @@ The task loss is a tiny distillation term defined here (the project's losses liv
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from training.models.checkpoint import system_from_entry
 from training.train.align import run as align_run
 from training.train.align.config import align_config_from_dict
 from training.train.align.detector import load_torch_detector
+from training.train.align.entry import check_uncommittable
 from training.train.align.objective import AlignObjective, task_loss
 from training.train.align.run import AlignRequest, train_align
 from training.train.config import config_to_dict
@@ -233,3 +235,14 @@ def test_bad_requests_fail_with_a_message(
         task_loss("distill")
     assert main(["align", "--detector", "tiny-yolo", "--store", str(store)]) == 2
     assert "needs --init-from" in capsys.readouterr().err
+
+
+def test_an_entry_trained_through_unlicensed_weights_must_be_git_ignored(store: Path, tmp_path: Path) -> None:
+    detector = load_torch_detector(store / "tiny-yolo" / "1", store / "tiny-yolo.pt")
+    assert detector.local_only
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    target = tmp_path / "model_store" / "dir-align-tiny-yolo" / "1"
+    with pytest.raises(ConfigError, match="git does not ignore this path"):
+        check_uncommittable(target, detector)
+    (tmp_path / ".gitignore").write_text("model_store/dir-align-*/\n")
+    check_uncommittable(target, detector)
