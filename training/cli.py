@@ -8,6 +8,8 @@ dir-train stage1 --config tiny --resume   # continue bit for bit from run_dir/st
 dir-train stage1 --config gpu --time-limit 480   # fit the stage into 8 minutes (steps chosen by speed)
 dir-train plot runs/tiny                  # loss curves -> runs/tiny/loss_curves.png
 dir-train score runs/tiny                 # PSNR on cset14 / bsd100 (ablation protocol) -> scores.json
+dir-train align --task detect --detector yolo-fastestv2 --init-from model_store/dir-restore/3.3.0
+                                          # A with the detector in the loop (Eq. 8, gamma1 = 2)
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from training.errors import DiRError
+import torch
+
+from training.errors import ConfigError, DiRError
+from training.train.align.config import load_align_config
+from training.train.align.objective import LOSSES
+from training.train.align.run import MODES, AlignRequest, saved_run, train_align
 from training.train.config import config_from_dict, config_to_dict, load_config
 from training.train.loop import train_stage
 from training.train.runlog import plot_run
@@ -43,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in STAGE_COMMANDS:
         _add_stage_command(sub, name, text)
     _add_score_command(sub)
+    _add_align_command(sub)
     plot = sub.add_parser("plot", help="draw a run's loss curves to PNG")
     plot.add_argument("run", type=Path, help="run folder with metrics-*.jsonl")
     plot.add_argument("--out", type=Path, help="PNG path (default RUN/loss_curves.png)")
@@ -121,10 +131,102 @@ def _add_score_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
 
 
+def _add_align_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dir-train align``: Stage II with the detector in the loop (Eq. 8) -> an aligned restore entry."""
+    text = "Stage II with a detector in the loop (Eq. 8, gamma1 > 0) -> a task-aligned model_store entry"
+    a = sub.add_parser("align", help=text, description=text)
+    a.add_argument("--task", choices=["detect"], default="detect", help="the task network's kind")
+    a.add_argument("--detector", help="detector entry NAME[@VERSION] in --store, or its folder")
+    a.add_argument("--init-from", metavar="ENTRY", help="the dir-restore entry to start from (its A trains)")
+    a.add_argument("--to", help="aligned entry folder (default STORE/dir-align-<detector>/1, git-ignored)")
+    a.add_argument("--store", default="model_store", help="model store of the detector (default model_store)")
+    a.add_argument("--detector-mode", choices=MODES, help="frozen: T unchanged (default); joint: T trains")
+    a.add_argument("--loss", choices=LOSSES, help="task loss: detect (labels), distill (any images), both")
+    a.add_argument("--images", nargs="+", help="clean image folders or dataset names (default: config's)")
+    a.add_argument("--labels", help="folder of the images' YOLO label files (default: the YOLO layout)")
+    a.add_argument("--detector-weights", help="Yolo-FastestV2 weights the entry was installed from")
+    a.add_argument("--config", help="align config name or YAML (default align-detect-gpu on CUDA, else -cpu)")
+    a.add_argument("--run-dir", help="override the config's run_dir")
+    a.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its align.pt")
+    a.add_argument("--steps", type=int, help="the run's step count (replaces the config's)")
+    a.add_argument("--stop-at", type=int, help="stop (with a checkpoint, no entry) after this many steps")
+    a.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="fit the run into this many seconds: the step count (at most the config's) is set from the "
+        "speed measured over the first 60 steps, and the lr schedule spans it",
+    )
+    a.add_argument("--device", choices=["auto", "cpu", "cuda"], help="replaces the config's device")
+    a.add_argument("--force", action="store_true", help="replace an existing --to entry")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+
+
+def _align_request(args: argparse.Namespace) -> tuple[AlignRequest, str | None]:
+    """The request of ``dir-train align`` and its config name: from the flags, or for ``--resume`` from
+    the run's checkpoint (flags given then must agree with it)."""
+    given = {
+        "detector": args.detector,
+        "init_from": args.init_from,
+        "to": args.to,
+        "mode": args.detector_mode,
+        "loss": args.loss,
+        "images": tuple(args.images) if args.images else None,
+        "labels": args.labels,
+        "detector_weights": args.detector_weights,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.resume is None:
+        missing = [f"--{k.replace('_', '-')}" for k in ("detector", "init_from") if k not in given]
+        if missing:
+            raise ConfigError(f"dir-train align needs {' and '.join(missing)} (or --resume RUN_DIR)")
+        return AlignRequest(store=args.store, **given), args.config
+    _, saved = saved_run(Path(args.resume))
+    for key, value in given.items():
+        if getattr(saved, key) != value:
+            raise ConfigError(
+                f"--resume {args.resume}: the run has {key}={getattr(saved, key)!r}, not {value!r}"
+            )
+    return saved, args.config
+
+
+def _align(args: argparse.Namespace) -> int:
+    """Run ``dir-train align`` and print the aligned entry (or the checkpoint of a stopped run)."""
+    request, config = _align_request(args)
+    overrides: dict[str, Any] = {}
+    if args.resume is not None:
+        cfg, _ = saved_run(Path(args.resume))
+        overrides["run_dir"] = args.resume
+    else:
+        cuda = torch.cuda.is_available() and args.device != "cpu"
+        cfg = load_align_config(config or ("align-detect-gpu" if cuda else "align-detect-cpu"))
+    if args.run_dir and args.resume is None:
+        overrides["run_dir"] = args.run_dir
+    if args.device:
+        overrides["device"] = args.device
+    cfg = replace(cfg, **overrides)
+    result = train_align(
+        cfg,
+        request,
+        resume=args.resume is not None,
+        steps=args.steps,
+        time_limit_s=args.time_limit,
+        stop_at=args.stop_at,
+        progress=not args.no_progress,
+        force=args.force,
+    )
+    print(result.entry or result.checkpoint)
+    if result.detector_entry is not None:
+        print(result.detector_entry)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dir-train``; returns the process exit code (2 on a DiR error)."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "align":
+            return _align(args)
         if args.command == "plot":
             print(plot_run(args.run, args.out))
             return 0

@@ -142,17 +142,32 @@ def build_manifest(
     tile: TileSpec,
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    name: str = ENTRY_NAME,
+    aligned_for: dict[str, Any] | None = None,
 ) -> Manifest:
     """The manifest of the restore entry written to ``entry_dir`` (its graph files must exist: their
-    sha256 is recorded). ``training`` / ``metrics``: provenance and evaluation numbers, copied as given."""
+    sha256 is recorded). ``training`` / ``metrics``: provenance and evaluation numbers, copied as given.
+    ``name``: the entry's name (``dir-restore``; a task-aligned entry has its own). ``aligned_for``: what A
+    was trained for (``dir-train align``: task, detector, detector_mode, loss, ...), kept as
+    ``extra["aligned_for"]``."""
     m = system.size_multiple
+    extra = _extra(system, graphs, result)
+    description = (
+        "DiR (CVPR 2024) restoration of ISP-degraded camera images: DiRNet + DfRNet pilot -> "
+        "alignment network A -> decoder D*"
+    )
+    if aligned_for is not None:
+        extra["aligned_for"] = aligned_for
+        description += (
+            f"; A trained for {aligned_for['task']} with {aligned_for['detector']} in the loop "
+            "(Eq. 8, gamma1 > 0): r+ is task-aligned"
+        )
     return Manifest(
         schema_version=SCHEMA_VERSION,
-        name=ENTRY_NAME,
+        name=name,
         version=version,
         task="restore",
-        description="DiR (CVPR 2024) restoration of ISP-degraded camera images: DiRNet + DfRNet pilot -> "
-        "alignment network A -> decoder D*",
+        description=description,
         onnx_file=SERVE_FILE,
         opset=OPSET,
         inputs=[
@@ -170,7 +185,7 @@ def build_manifest(
         size_multiple=m,
         tile=tile,
         files=_files(entry_dir, graphs, result.fp16),
-        extra=_extra(system, graphs, result),
+        extra=extra,
         training=training or {},
         metrics=metrics or {},
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

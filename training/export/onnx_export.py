@@ -42,7 +42,7 @@ from training.export.graphs import (
     ServingGraph,
     entry_graphs,
 )
-from training.export.manifest import ExportResult, build_manifest
+from training.export.manifest import ENTRY_NAME, ExportResult, build_manifest
 from training.models import VARIANT_PARTS, DiRSystem, load_system
 from training.models.checkpoint import system_from_entry
 from training.train.config import TrainConfig, config_from_dict, load_config
@@ -215,13 +215,16 @@ def export_system(
     metrics: dict[str, Any] | None = None,
     tolerance: float = PARITY_TOLERANCE_FP32,
     tile: TileSpec = DEFAULT_TILE,
+    name: str = ENTRY_NAME,
+    aligned_for: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Export a full-variant system to ``entry_dir`` with parity checks; returns the written manifest.
 
     ``parity_images``: batches (n, 3, H, W) float32 sRGB [0, 1], H, W multiples of 4 (real degraded
     images; use at least two shapes to exercise the dynamic axes). ``tile``: the serving tiles recorded in
     the manifest (size and overlap multiples of the latent stride). The serving graph is checked as served:
-    ``model.onnx(image, mean over H, W of guide.onnx(image))`` against PyTorch ``system(image)``.
+    ``model.onnx(image, mean over H, W of guide.onnx(image))`` against PyTorch ``system(image)``. ``name``
+    and ``aligned_for``: the manifest's entry name and task-alignment record (:func:`build_manifest`).
     """
     _check_geometry(system, tile, parity_images)
     system = system.cpu().eval()
@@ -230,7 +233,9 @@ def export_system(
     parity, served_feeds, served = _export_graphs(system, graphs, entry_dir, parity_images, tolerance)
     fp16 = _export_fp16(system.without_denoiser(), entry_dir / FP16_FILE, served_feeds, served)
     result = ExportResult(parity=parity, tolerance=tolerance, fp16=fp16)
-    manifest = build_manifest(system, entry_dir, version, graphs, result, tile, training, metrics)
+    manifest = build_manifest(
+        system, entry_dir, version, graphs, result, tile, training, metrics, name, aligned_for
+    )
     write_manifest(entry_dir, manifest)
     return ExportReport(manifest=manifest, entry_dir=entry_dir, parity_max_abs=parity)
 
