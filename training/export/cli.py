@@ -13,10 +13,15 @@ from pathlib import Path
 from modelstore.manifest import MANIFEST_NAME, TileSpec
 from training.errors import DiRError
 from training.export.onnx_export import DEFAULT_TILE, export_entry, export_run
+from training.export.quantize import main as quantize_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``dir-export``; returns the exit code (2 on a DiR error)."""
+    """Entry point of ``dir-export``; returns the exit code (2 on a DiR error). ``dir-export quantize ...``
+    writes an int8 entry (:mod:`training.export.quantize`)."""
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["quantize"]:
+        return quantize_main(args_in[1:])
     p = argparse.ArgumentParser(
         prog="dir-export", description="Export a trained DiR run to a model_store entry."
     )
@@ -40,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         help="with an entry SOURCE: the denoise.pt of dir-train denoise --init-from SOURCE, whose denoiser "
         "then drives the denoise graph",
     )
-    args = p.parse_args(argv)
+    args = p.parse_args(args_in)
     from_entry = (args.source / MANIFEST_NAME).is_file()
     tile: TileSpec | None = None
     if args.tile_size is not None or args.tile_overlap is not None or not from_entry:
