@@ -174,14 +174,17 @@ def quantize_entry(
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(entry_dir, work)
     scores = {}
-    for graph in graphs:
-        target = work / graph.replace(".onnx", INT8_SUFFIX)
-        quantize_graph(entry_dir / graph, target, graph_feeds(entry_dir, graph, calib), keep_end_convs)
-        scores[graph] = restored_psnr(entry_dir / graph, target, graph_feeds(entry_dir, graph, held))
-        if scores[graph][0] < min_psnr_db:
-            shutil.rmtree(work)
-            raise ExportError(f"{graph} int8 is {scores[graph][0]:.2f} dB from fp32 (< {min_psnr_db})")
-    _write_manifest(work, to.name, graphs, served, scores, calibration, keep_end_convs)
+    try:
+        for graph in graphs:
+            target = work / graph.replace(".onnx", INT8_SUFFIX)
+            quantize_graph(entry_dir / graph, target, graph_feeds(entry_dir, graph, calib), keep_end_convs)
+            scores[graph] = restored_psnr(entry_dir / graph, target, graph_feeds(entry_dir, graph, held))
+            if scores[graph][0] < min_psnr_db:
+                raise ExportError(f"{graph} int8 is {scores[graph][0]:.2f} dB from fp32 (< {min_psnr_db})")
+        _write_manifest(work, to.name, graphs, served, scores, calibration, keep_end_convs)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     work.rename(to)
     return Int8Report(to, scores)
 
