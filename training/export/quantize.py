@@ -93,7 +93,7 @@ def graph_feeds(entry_dir: Path, graph: str, tiles: Sequence[np.ndarray]) -> lis
     return feeds
 
 
-class _Feeds(CalibrationDataReader):  # type: ignore[misc]
+class _Feeds(CalibrationDataReader):
     """The calibration feeds, one after the other, as ``quantize_static`` reads them."""
 
     def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:
