@@ -2,6 +2,9 @@
 
 SOURCE is a dir-train run folder (stage2.pt + config.yaml) or an existing model_store entry (manifest.json),
 which is re-exported from its own weights with the current exporter's graphs.
+
+``dir-export quantize ENTRY --to NEW_ENTRY``: a new entry version serving static int8 graphs of ENTRY
+(:mod:`training.export.quantize`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     if args_in[:1] == ["quantize"]:
         return quantize_main(args_in[1:])
     p = argparse.ArgumentParser(
-        prog="dir-export", description="Export a trained DiR run to a model_store entry."
+        prog="dir-export",
+        description="Export a trained DiR run to a model_store entry.",
+        epilog="dir-export quantize ENTRY --to NEW_ENTRY writes int8 graphs (dir-export quantize --help)",
     )
     p.add_argument(
         "source",
