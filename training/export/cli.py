@@ -2,6 +2,9 @@
 
 SOURCE is a dir-train run folder (stage2.pt + config.yaml) or an existing model_store entry (manifest.json),
 which is re-exported from its own weights with the current exporter's graphs.
+
+``dir-export quantize ENTRY --to NEW_ENTRY``: a new entry version serving static int8 graphs of ENTRY
+(:mod:`training.export.quantize`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,19 @@ from pathlib import Path
 from modelstore.manifest import MANIFEST_NAME, TileSpec
 from training.errors import DiRError
 from training.export.onnx_export import DEFAULT_TILE, export_entry, export_run
+from training.export.quantize import main as quantize_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``dir-export``; returns the exit code (2 on a DiR error)."""
+    """Entry point of ``dir-export``; returns the exit code (2 on a DiR error). ``dir-export quantize ...``
+    writes an int8 entry (:mod:`training.export.quantize`)."""
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["quantize"]:
+        return quantize_main(args_in[1:])
     p = argparse.ArgumentParser(
-        prog="dir-export", description="Export a trained DiR run to a model_store entry."
+        prog="dir-export",
+        description="Export a trained DiR run to a model_store entry.",
+        epilog="dir-export quantize ENTRY --to NEW_ENTRY writes int8 graphs (dir-export quantize --help)",
     )
     p.add_argument(
         "source",
@@ -40,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         help="with an entry SOURCE: the denoise.pt of dir-train denoise --init-from SOURCE, whose denoiser "
         "then drives the denoise graph",
     )
-    args = p.parse_args(argv)
+    args = p.parse_args(args_in)
     from_entry = (args.source / MANIFEST_NAME).is_file()
     tile: TileSpec | None = None
     if args.tile_size is not None or args.tile_overlap is not None or not from_entry:
