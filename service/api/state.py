@@ -23,6 +23,13 @@ from service.store import RestoreModel, tile_geometry
 
 log = logging.getLogger("dir.service")
 
+#: Appended to 504 messages of synchronous requests.
+JOBS_HINT = (
+    "; for long work submit the image as a job (POST /v1/jobs/restore, /v1/jobs/represent or "
+    "/v1/jobs/detect, "
+    "then poll GET /v1/jobs/{id}), which this deadline does not apply to"
+)
+
 NO_DETECTOR = (
     "no detector installed; run `dir-models add-detector yolo-fastestv2 PATH/TO/weights.pth` "
     "(or add a YOLOv5/YOLOv8 ONNX export) to create a task=detect entry under the model store"
@@ -61,8 +68,18 @@ class ServiceState:
 
     def deadline(self, started: float) -> Deadline:
         """The deadline of a request that arrived at ``started`` (perf_counter): ``DIR_REQUEST_TIMEOUT_S``
-        later. It covers reading the body, decoding, tiling, both passes and stitching."""
-        return Deadline.after(self.settings.request_timeout_s, time.perf_counter() - started)
+        later, extended by :meth:`scale_deadline` once its cost is known. It covers reading the body,
+        decoding, tiling, both passes and stitching."""
+        return Deadline.after(self.settings.request_timeout_s, time.perf_counter() - started, hint=JOBS_HINT)
+
+    def scale_deadline(self, deadline: Deadline, cost_pixels: int) -> None:
+        """Add ``DIR_REQUEST_TIMEOUT_PER_MP_S`` per megapixel of admitted cost (tile pixels over all passes)
+        to a synchronous request's deadline."""
+        per_mp = self.settings.request_timeout_per_mp_s
+        if per_mp > 0:
+            megapixels = cost_pixels / 1e6
+            rule = f"DIR_REQUEST_TIMEOUT_S + DIR_REQUEST_TIMEOUT_PER_MP_S {per_mp:g} s x {megapixels:.3g} MP"
+            deadline.extend(per_mp * megapixels, rule)
 
 
 def load_detector(settings: Settings) -> tuple[detection.Detector | None, str]:
