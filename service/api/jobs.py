@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from fastapi.responses import JSONResponse
 
@@ -24,7 +24,7 @@ from service import admission
 from service.api.state import ServiceState
 from service.api.work import InferFn, Work
 from service.deadline import Deadline
-from service.errors import ModelStoreRefused, ServiceError
+from service.errors import ModelStoreRefused, ServiceError, Unavailable
 from service.imaging import DecodedImage
 from service.inference import Inference
 from service.job_store import JobRecord, JobStore, Reply, now_iso
@@ -86,38 +86,27 @@ class JobRunner:
             async with self.slots:
                 record.state, record.started = "running", now_iso()
                 await self.store.update(record)
-                queue_s = time.perf_counter() - submitted
-                reply, inference, compute_started = await self._produce(record, work, image, decode_s)
-                finished = time.perf_counter()
+                waited = time.perf_counter() - submitted
+                reply = await self._produce(record, work, image, decode_s, waited)
+                record.state = "done"
         except asyncio.CancelledError:  # DELETE (the record says so already) or shutdown
             return
         except Exception as exc:
             reply = self._error_reply(record, exc)
-            inference, compute_started, queue_s, finished = (
-                None,
-                time.perf_counter(),
-                0.0,
-                time.perf_counter(),
-            )
-        else:
-            record.state = "done"
         record.finished = now_iso()
-        if inference is not None:
-            record.timings = {
-                "decode_s": decode_s,
-                "queue_s": queue_s + inference.queue_wait_s,
-                "compute_s": inference.compute_s,
-                "encode_s": max(0.0, finished - compute_started - inference.total_s),
-            }
         del image
-        await self.store.finish(record, reply)
+        try:
+            await self.store.finish(record, reply)
+        except Unavailable as exc:
+            log.error("job %s ended (%s) but could not be stored: %s", record.id, record.state, exc.message)
         if pixels >= TRIM_ABOVE_PIXELS:
             await asyncio.to_thread(release_memory)
 
     async def _produce(
-        self, record: JobRecord, work: Work, image: DecodedImage, decode_s: float
-    ) -> tuple[Reply, Inference | None, float]:
-        """Run the work, writing progress and watching for a cancellation every ``DIR_JOB_POLL_S``."""
+        self, record: JobRecord, work: Work, image: DecodedImage, decode_s: float, waited: float
+    ) -> Reply:
+        """Run the work, writing progress and watching for a cancellation every ``DIR_JOB_POLL_S``; sets the
+        record's timings (``waited``: seconds queued before it started)."""
         settings = self.state.settings
         deadline = Deadline.after(settings.job_timeout_s, rule="DIR_JOB_TIMEOUT_S")
         done: list[Inference] = []
@@ -132,8 +121,7 @@ class JobRunner:
 
         started = time.perf_counter()
         infer: InferFn = run
-        producing: Awaitable[Reply] = work.produce(image, infer, decode_s, started)
-        task = asyncio.ensure_future(producing)
+        task = asyncio.ensure_future(work.produce(image, infer, decode_s, started))
         try:
             reported = -1
             while not task.done():
@@ -151,7 +139,15 @@ class JobRunner:
             if not task.done():
                 task.cancel()
                 await asyncio.wait({task})
-        return task.result(), done[0] if done else None, started
+        reply = task.result()
+        inference = done[0]
+        record.timings = {
+            "decode_s": decode_s,
+            "queue_s": waited + inference.queue_wait_s,
+            "compute_s": inference.compute_s,
+            "encode_s": max(0.0, time.perf_counter() - started - inference.total_s),
+        }
+        return reply
 
     def _error_reply(self, record: JobRecord, exc: Exception) -> Reply:
         """A failed job: its record's error and the error answer the synchronous route would have sent."""
