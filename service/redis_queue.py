@@ -306,8 +306,10 @@ class RedisQueue:
                 part = {name: array[start : start + size] for name, array in inputs.items()}
                 pipe.xadd(stream, job_fields(request_id, start, part, outputs, started, wall_deadline))
             pipe.incrby(self._tiles[graph, urgent], count)
-            await pipe.execute()
+            # Set before the round trip: a caller cancelled while it is in flight (the jobs may be in the
+            # stream already) still sets the cancel key.
             queued = True
+            await pipe.execute()
             result = await self._collect(key, count, outputs, budget, sink)
             queued = False
             return result
