@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         description="added to a synchronous request's deadline per megapixel of its cost (tile pixels over "
         "all passes of its mode; 0: a fixed deadline)",
     )
+    ort_arena_shrink: bool = Field(
+        default=True,
+        description="after a request or job whose cost reached the heap-trim threshold, shrink ONNX "
+        "Runtime's CPU arenas of the API's sessions (one tiny call per session; embedded queue)",
+    )
     job_ttl_s: float = Field(
         default=900.0, gt=0, description="a finished job's status and result are kept this long"
     )

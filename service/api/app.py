@@ -18,7 +18,7 @@ from service.api.boundary import error_response, install_boundary
 from service.api.jobs import JobRunner
 from service.api.routes import detect, jobs, models, ops, represent, restore
 from service.api.spec import API_VERSION
-from service.api.state import build_state
+from service.api.state import ServiceState, build_state
 from service.job_store import JobStore, MemoryJobStore, RedisJobStore
 from service.memory import ReleaseMemory
 from service.metrics import Metrics
@@ -62,6 +62,12 @@ def build_job_store(settings: Settings) -> JobStore:
     return MemoryJobStore(settings.job_ttl_s, settings.job_store_bytes)
 
 
+def _shrink_arenas(app: FastAPI) -> None:
+    state: ServiceState | None = getattr(app.state, "service", None)
+    if state is not None:
+        state.shrink_arenas()
+
+
 def _index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html")
 
@@ -83,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redact = Redactor.for_urls(settings.queue)
     app.state.retry_after = settings.retry_after_s
     install_boundary(app, lambda: app.state.metrics)
-    app.add_middleware(ReleaseMemory)
+    app.add_middleware(ReleaseMemory, shrink=lambda: _shrink_arenas(app))
     for routes in (ops, models, restore, represent, detect, jobs):
         # Flat, in path order: app.routes lists every path served (include_router would nest them).
         app.router.routes.extend(routes.router.routes)

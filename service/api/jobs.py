@@ -100,7 +100,7 @@ class JobRunner:
         except Unavailable as exc:
             log.error("job %s ended (%s) but could not be stored: %s", record.id, record.state, exc.message)
         if pixels >= TRIM_ABOVE_PIXELS:
-            await asyncio.to_thread(release_memory)
+            await asyncio.to_thread(release_memory, self.state.shrink_arenas)
 
     async def _produce(
         self, record: JobRecord, work: Work, image: DecodedImage, decode_s: float, waited: float

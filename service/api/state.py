@@ -72,6 +72,18 @@ class ServiceState:
         decoding, tiling, both passes and stitching."""
         return Deadline.after(self.settings.request_timeout_s, time.perf_counter() - started, hint=JOBS_HINT)
 
+    def shrink_arenas(self) -> None:
+        """``DIR_ORT_ARENA_SHRINK``: give the free chunks of the sessions' CPU arenas back (embedded queue; a
+        Redis API process has no sessions). A failure is logged: it never fails a request."""
+        if not self.settings.ort_arena_shrink or self.model.session is None:
+            return
+        try:
+            seconds = self.model.shrink_arenas()
+        except Exception:  # the answer has been sent: memory not given back is no reason to fail
+            log.exception("shrinking the ONNX Runtime arenas of %s failed", self.model.ref)
+            return
+        log.debug("ONNX Runtime arenas of %s shrunk in %.2f s", self.model.ref, seconds)
+
     def scale_deadline(self, deadline: Deadline, cost_pixels: int) -> None:
         """Add ``DIR_REQUEST_TIMEOUT_PER_MP_S`` per megapixel of admitted cost (tile pixels over all passes)
         to a synchronous request's deadline."""

@@ -69,3 +69,15 @@ async def test_streamed_stitching_is_bit_identical(
     for name in outputs:
         assert result.arrays[name].dtype == np.float32
         assert result.arrays[name].tobytes() == expected[name].tobytes(), name
+
+
+async def test_arenas_shrink_and_the_model_still_serves(make_settings: Callable[..., Settings]) -> None:
+    """``shrink_arenas`` (after large requests) runs every session once and changes no later output."""
+    pixels = np.random.default_rng(5).integers(0, 256, (100, 120, 3), dtype=np.uint8)
+    async with serve(make_settings(max_batch=3)) as client:
+        state: ServiceState = client.app.state.service  # type: ignore[attr-defined]
+        image = DecodedImage(pixels, "png", 8)
+        before = await state.restorer.infer(image, ["restored"], 60)
+        assert state.model.shrink_arenas() >= 0.0
+        after = await state.restorer.infer(image, ["restored"], 60)
+    assert before.arrays["restored"].tobytes() == after.arrays["restored"].tobytes()
