@@ -87,7 +87,7 @@ class JobRunner:
                 record.state, record.started = "running", now_iso()
                 await self.store.update(record)
                 waited = time.perf_counter() - submitted
-                reply = await self._produce(record, work, image, decode_s, waited)
+                reply = await self._produce(record, work, image, (decode_s, waited), pixels)
                 record.state = "done"
         except asyncio.CancelledError:  # DELETE (the record says so already) or shutdown
             return
@@ -103,10 +103,12 @@ class JobRunner:
             await asyncio.to_thread(release_memory, self.state.shrink_arenas)
 
     async def _produce(
-        self, record: JobRecord, work: Work, image: DecodedImage, decode_s: float, waited: float
+        self, record: JobRecord, work: Work, image: DecodedImage, before: tuple[float, float], pixels: int
     ) -> Reply:
         """Run the work, writing progress and watching for a cancellation every ``DIR_JOB_POLL_S``; sets the
-        record's timings (``waited``: seconds queued before it started)."""
+        record's timings (``before``: seconds decoding at submission and queued before it started; ``pixels``:
+        the admitted cost)."""
+        decode_s, waited = before
         settings = self.state.settings
         deadline = Deadline.after(settings.job_timeout_s, rule="DIR_JOB_TIMEOUT_S")
         done: list[Inference] = []
@@ -116,6 +118,7 @@ class JobRunner:
 
         async def run(image: DecodedImage, outputs: list[str], mode: str) -> Inference:
             result = await self.state.restorer.infer(image, outputs, deadline, mode, progress)
+            await self.state.after_model(pixels)
             done.append(result)
             return result
 

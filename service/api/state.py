@@ -15,6 +15,7 @@ from service.deadline import Deadline
 from service.embedded import EmbeddedQueue
 from service.errors import BadInput, InferenceError
 from service.inference import Restorer
+from service.memory import TRIM_ABOVE_PIXELS
 from service.metrics import Metrics
 from service.queue import TileQueue
 from service.redis_queue import RedisQueue
@@ -83,6 +84,13 @@ class ServiceState:
             log.exception("shrinking the ONNX Runtime arenas of %s failed", self.model.ref)
             return
         log.debug("ONNX Runtime arenas of %s shrunk in %.2f s", self.model.ref, seconds)
+
+    async def after_model(self, cost_pixels: int) -> None:
+        """Once a request's tiles are all computed: for a large one (cost from :data:`TRIM_ABOVE_PIXELS`
+        tile pixels), shrink the arenas before its answer is encoded, so the encoder's buffers do not come on
+        top of the arena's (12 MP JPEG, dir-restore/3.3.0, 2 cores: the peak fell from 1560 to 1168 MiB)."""
+        if cost_pixels >= TRIM_ABOVE_PIXELS:
+            await asyncio.to_thread(self.shrink_arenas)
 
     def scale_deadline(self, deadline: Deadline, cost_pixels: int) -> None:
         """Add ``DIR_REQUEST_TIMEOUT_PER_MP_S`` per megapixel of admitted cost (tile pixels over all passes)

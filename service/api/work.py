@@ -20,7 +20,7 @@ from service.http import read_image_body
 from service.imaging import DecodedImage, decode_image
 from service.inference import Inference
 from service.job_store import Reply
-from service.memory import note_cost
+from service.memory import COST_KEY, note_cost
 
 #: ``infer(image, outputs, mode)``: the image through the restorer (stopped when the client leaves, for the
 #: synchronous routes; with progress, for jobs).
@@ -99,8 +99,10 @@ async def answer(request: Request, state: ServiceState, work: Work, started: flo
     deadline = state.deadline(started)
     image, decode_s = await decode(request, state, deadline, work.mode, work.json_outputs)
 
-    def run(image: DecodedImage, outputs: list[str], mode: str) -> Awaitable[Inference]:
-        return infer(request, state, image, outputs, deadline, mode)
+    async def run(image: DecodedImage, outputs: list[str], mode: str) -> Inference:
+        result = await infer(request, state, image, outputs, deadline, mode)
+        await state.after_model(request.scope.get("state", {}).get(COST_KEY, 0))
+        return result
 
     return reply_response(await work.produce(image, run, decode_s, started))
 
