@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +26,14 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from benchmarks.common import cpu_model, free_port, jpeg_bytes, spawn, wait_ready, write_section
+from benchmarks.common import cpu_model, free_port, jpeg_bytes, wait_ready, write_section
 from benchmarks.memory import status_mib
 from service.settings import DEFAULT_MODEL_STORE
 from training.paths import data_root
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION_END = "<!-- end: benchmarks/camera.py -->"
+SERVE = "import sys; from service.cli import serve; serve(sys.argv[1:])"
 
 
 def camera_jpeg(width: int = 4000, height: int = 3000) -> bytes:
@@ -90,7 +92,14 @@ def job_request(base: str, pid: int, body: bytes) -> tuple[dict[str, Any], bytes
 def measure(env: dict[str, str], body: bytes, small: bytes, jobs: bool) -> dict[str, Any]:
     """A fresh server: idle RSS after one small request, then the 12 MP request sync (and as a job)."""
     port = free_port()
-    api = spawn("serve", ["--host", "127.0.0.1", "--port", str(port)], env)
+    # Run from the tree itself: ``python -c`` puts the working directory before PYTHONPATH on sys.path.
+    api = subprocess.Popen(
+        [sys.executable, "-c", SERVE, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        cwd=env["PYTHONPATH"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, api, timeout_s=600)
@@ -163,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
         "image": f"4000x3000 JPEG ({len(body)} bytes, bsds500_train photo upscaled)",
         "model": str(args.model_store.name) + "/dir-restore (highest version)",
         "machine": f"{os.cpu_count()} x {cpu_model()}",
-        "command": "PYTHONPATH=$PWD .venv/bin/python -m benchmarks.camera " + " ".join(argv or []),
+        "command": "PYTHONPATH=$PWD .venv/bin/python -m benchmarks.camera "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "rows": rows,
     }
     print(json.dumps(result, indent=2))
