@@ -59,7 +59,10 @@ SUBMITTED: dict[int | str, dict[str, Any]] = {
     202: {"model": JobStatus, "description": "job accepted"},
     **ERRORS,
 }
-STATUS_ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "no such job"}}
+STATUS_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: ERRORS[401],
+    404: {"model": ErrorBody, "description": "no such job, or expired"},
+}
 
 
 def status_body(record: JobRecord) -> dict[str, Any]:
