@@ -30,7 +30,7 @@ from service.batching import BatchPolicy
 from service.deadline import Deadline
 from service.errors import DeadlineExceeded, InferenceError, QueueFull, ServiceError
 from service.metrics import Metrics
-from service.queue import SERVE_GRAPH, TileResult, lane_ref
+from service.queue import SERVE_GRAPH, TileResult, TileSink, lane_ref
 from service.tiling import stack_tiles
 
 #: ``runner(inputs, outputs, graph)``: one batch ``{input name: (n, ...)}`` of ``graph`` -> outputs.
@@ -55,6 +55,19 @@ class _Request:
     queue_wait_s: float = 0.0
     compute_s: float = 0.0
     served: int = 0
+    sink: TileSink | None = None
+
+    def deliver(self, index: int, values: dict[str, np.ndarray]) -> None:
+        """Tile ``index``'s outputs: to the sink, or kept for the result; a failing sink fails the request."""
+        if self.sink is None:
+            for name in self.outputs:
+                self.results[name][index] = values[name]
+            return
+        try:
+            self.sink(index, values)
+        except Exception as exc:  # the batcher must outlive any failing sink
+            message = exc.message if isinstance(exc, ServiceError) else str(exc)
+            self.future.set_exception(InferenceError(f"tile {index} could not be taken: {message}"))
 
 
 @dataclass
@@ -179,10 +192,12 @@ class EmbeddedQueue:
         outputs: list[str],
         deadline: Deadline | float,
         graph: str = SERVE_GRAPH,
+        sink: TileSink | None = None,
     ) -> TileResult:
         """Queue one request's tiles for ``graph`` (inputs ``(n, ...)`` each) and wait for their outputs
         ``(n, ...)`` (``(n, C, T/s, T/s)``; ``guide_sum`` ``(n, K)``) until ``deadline`` (or that many
-        seconds). When the deadline passes or the caller is cancelled, the tiles still waiting are dropped."""
+        seconds); with ``sink``, each tile's outputs go there as its batch finishes instead. When the deadline
+        passes or the caller is cancelled, the tiles still waiting are dropped."""
         budget = Deadline.of(deadline)
         budget.check("its tiles were being queued")
         count = len(next(iter(inputs.values())))
@@ -202,8 +217,9 @@ class EmbeddedQueue:
             now + budget.remaining(),
             budget,
             future,
-            {o: [None] * count for o in outputs},
+            {o: [None] * count for o in outputs} if sink is None else {},
             count,
+            sink=sink,
         )
         lane.add(
             request,
@@ -282,8 +298,9 @@ class EmbeddedQueue:
             if id(request) not in seen:
                 request.compute_s += elapsed
                 seen.add(id(request))
-            for name in request.outputs:
-                request.results[name][tile.index] = values[name][k]
+            if request.future.done():
+                continue
+            request.deliver(tile.index, {name: values[name][k] for name in request.outputs})
             request.remaining -= 1
             if request.remaining == 0 and not request.future.done():
                 stacked_out = {name: np.stack(parts) for name, parts in request.results.items()}  # type: ignore[arg-type]

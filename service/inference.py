@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,14 +24,31 @@ from service.imaging import DecodedImage
 from service.queue import DENOISE_GRAPH, GUIDE_GRAPH, GUIDE_SUM, SERVE_GRAPH, WINDOW_INPUT, TileQueue
 from service.store import RestoreModel
 from service.tiling import (
+    Stitcher,
     TileGrid,
     choose_tile,
     extract_tiles,
     owned_window,
     plan_tiles,
-    stitch_tiles,
     windows_mean,
 )
+
+#: ``progress(done, total)``: tile runs finished so far, of the request's total (tiles x passes of its mode).
+Progress = Callable[[int, int], None]
+
+
+class _Count:
+    """Tile runs finished of ``total``, reported to ``progress`` at each one."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done = 0
+        self.total = total
+        self.progress = progress
+
+    def add(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
 
 @dataclass
@@ -48,6 +66,13 @@ class Inference:
     def restored_hwc(self) -> np.ndarray:
         """The restored image as (H, W, 3) float32 sRGB in [0, 1]."""
         return np.ascontiguousarray(self.arrays["restored"].transpose(1, 2, 0))
+
+    def take_restored_hwc(self) -> np.ndarray:
+        """:meth:`restored_hwc`, dropping the (C, H, W) array (and the stitching accumulator it views), so
+        a large image is not held twice while it is encoded."""
+        pixels = self.restored_hwc()
+        del self.arrays["restored"]
+        return pixels
 
 
 class Restorer:
@@ -105,13 +130,21 @@ class Restorer:
             )
 
     async def infer(
-        self, image: DecodedImage, outputs: list[str], deadline: Deadline | float, mode: str = "full"
+        self,
+        image: DecodedImage,
+        outputs: list[str],
+        deadline: Deadline | float,
+        mode: str = "full",
+        progress: Progress | None = None,
     ) -> Inference:
         """Run ``image`` (in two passes for a two-pass entry in mode ``full``) and return the stitched
         ``outputs``; mode ``denoise`` offers ``restored`` alone. ``deadline`` (or that many seconds from now)
-        covers tiling, both passes and stitching: past it, ``DeadlineExceeded``.
+        covers tiling, both passes and stitching: past it, ``DeadlineExceeded``. ``progress`` hears of every
+        tile run as it finishes.
 
-        ``Inference.queue_wait_s`` and ``compute_s`` add up both passes.
+        Tile outputs are streamed: each is blended into its output's accumulator as its batch finishes and
+        dropped (:class:`service.tiling.Stitcher`), so the per-tile outputs of the whole image are never
+        held at once. ``Inference.queue_wait_s`` and ``compute_s`` add up both passes.
         """
         deadline = Deadline.of(deadline)
         self.check_mode(mode)
@@ -126,23 +159,33 @@ class Restorer:
         inputs = {self.model.input_name: tiles}
         wait_s = compute_s = 0.0
         graph = DENOISE_GRAPH if mode == "denoise" else SERVE_GRAPH
-        if self.model.guide is not None and graph == SERVE_GRAPH:
-            mean_input, guide_mean, wait_s, compute_s = await self._guide_mean(tiles, grid, deadline)
+        two_pass = self.model.guide is not None and graph == SERVE_GRAPH
+        count = _Count(grid.count * (2 if two_pass else 1), progress)
+        if two_pass:
+            mean_input, guide_mean, wait_s, compute_s = await self._guide_mean(tiles, grid, deadline, count)
             inputs[mean_input] = np.broadcast_to(guide_mean, (grid.count, guide_mean.size))
-        result = await self.queue.submit(inputs, outputs, deadline, graph)
+        stitchers: dict[str, Stitcher] = {}
+
+        def take(index: int, values: dict[str, np.ndarray]) -> None:
+            for name, output in values.items():
+                if name not in stitchers:
+                    stitchers[name] = Stitcher(grid, int(output.shape[0]), int(output.shape[-1]))
+                stitchers[name].add(index, output)
+            count.add()
+
+        result = await self.queue.submit(inputs, outputs, deadline, graph, sink=take)
         del tiles, inputs
         arrays = {}
         for name in outputs:
-            stitch = asyncio.to_thread(stitch_tiles, result.outputs[name], grid)
-            arrays[name] = await deadline.run(stitch, "stitching")
-        scales = {name: grid.tile // int(result.outputs[name].shape[-1]) for name in outputs}
+            arrays[name] = await deadline.run(asyncio.to_thread(stitchers[name].result), "stitching")
+        scales = {name: stitchers[name].scale for name in outputs}
         total = time.perf_counter() - started
         wait_s += result.queue_wait_s
         compute_s += result.compute_s
         return Inference(arrays, scales, grid.count, wait_s, compute_s, total)
 
     async def _guide_mean(
-        self, tiles: np.ndarray, grid: TileGrid, deadline: Deadline
+        self, tiles: np.ndarray, grid: TileGrid, deadline: Deadline, count: _Count
     ) -> tuple[str, np.ndarray, float, float]:
         """Pass 1: the guide graph on every tile, each reduced to its features' sum over the window it owns
         -> (serving input name, the image's mean (K,) float32, queue wait, compute time)."""
@@ -150,6 +193,12 @@ class Restorer:
         assert guide is not None
         windows = np.array([owned_window(grid, k, guide.scale) for k in range(grid.count)], dtype=np.uint16)
         inputs = {guide.inputs[0].name: tiles, WINDOW_INPUT: windows}
-        result = await self.queue.submit(inputs, [GUIDE_SUM], deadline, GUIDE_GRAPH)
-        mean = windows_mean(result.outputs[GUIDE_SUM], windows)
+        sums: list[np.ndarray] = [np.empty(0, np.float32)] * grid.count
+
+        def take(index: int, values: dict[str, np.ndarray]) -> None:
+            sums[index] = values[GUIDE_SUM]
+            count.add()
+
+        result = await self.queue.submit(inputs, [GUIDE_SUM], deadline, GUIDE_GRAPH, sink=take)
+        mean = windows_mean(np.stack(sums), windows)
         return guide.mean_input, mean, result.queue_wait_s, result.compute_s

@@ -7,8 +7,9 @@ resident size. :class:`ReleaseMemory` calls ``malloc_trim(0)`` after every reque
 (:func:`note_cost`, tile pixels) reached :data:`TRIM_ABOVE_PIXELS`, after the response has been sent and the
 request's frames are gone. Where there is no glibc (musl, macOS, Windows) it does nothing.
 
-ONNX Runtime's CPU arena is not trimmed and need not be: a model call holds at most ``DIR_MAX_BATCH`` tiles
-of the base side's pixels (``RestoreModel.run``), so the arena's size does not grow with the request.
+ONNX Runtime's CPU arena keeps the buffers of the largest model call (about 650 MiB with 512-px tiles on
+dir-restore/3.3.0) for the process's life; before trimming, ``shrink`` (the app's
+``ServiceState.shrink_arenas``, ``DIR_ORT_ARENA_SHRINK``) gives its free chunks back.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-def release_memory() -> bool:
-    """Return freed heap memory of every malloc arena to the OS (``malloc_trim(0)``); True when glibc did
-    release some, False when nothing was released or the C library cannot trim."""
+def release_memory(shrink: Callable[[], None] | None = None) -> bool:
+    """Run ``shrink`` (e.g. ONNX Runtime's arenas), then return freed heap memory of every malloc arena to the
+    OS (``malloc_trim(0)``); True when glibc did release some, False when nothing was released or the C
+    library cannot trim."""
+    if shrink is not None:
+        shrink()
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
 
@@ -62,11 +66,14 @@ def note_cost(scope: MutableMapping[str, Any], pixels: int) -> None:
 class ReleaseMemory:
     """ASGI middleware: after a request whose noted cost reached ``threshold`` tile pixels (default
     :data:`TRIM_ABOVE_PIXELS`) has been answered (response sent, handlers returned), run
-    :func:`release_memory` in a thread."""
+    :func:`release_memory` with ``shrink`` in a thread."""
 
-    def __init__(self, app: ASGIApp, threshold: int | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, threshold: int | None = None, shrink: Callable[[], None] | None = None
+    ) -> None:
         self.app = app
         self.threshold = TRIM_ABOVE_PIXELS if threshold is None else threshold
+        self.shrink = shrink
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,5 +84,5 @@ class ReleaseMemory:
             await self.app(scope, receive, send)
         finally:
             if state.get(COST_KEY, 0) >= self.threshold:
-                released = await asyncio.to_thread(release_memory)
+                released = await asyncio.to_thread(release_memory, self.shrink)
                 log.debug("request of %d tile pixels done: heap trimmed (%s)", state[COST_KEY], released)

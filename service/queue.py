@@ -11,6 +11,7 @@ own lane (embedded deque, Redis stream), so a batch never mixes graphs.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +31,11 @@ WINDOW_INPUT = "owned_window"
 #: Pass-1 output: per tile ``(K,)`` float32, the guide features summed over its ``owned_window``; the model
 #: reduces right after the guide graph runs, so full feature maps never leave the process that computed them.
 GUIDE_SUM = "guide_sum"
+
+
+#: ``sink(index, outputs)``: tile ``index``'s outputs ``{name: (C, ...)}``, handed over as its batch finishes
+#: (in the event loop; tiles of a request may arrive out of order when several workers compute them).
+TileSink = Callable[[int, dict[str, np.ndarray]], None]
 
 
 def lane_ref(model_ref: str, graph: str) -> str:
@@ -64,10 +70,13 @@ class TileQueue(Protocol):
         outputs: list[str],
         deadline: Deadline | float,
         graph: str = SERVE_GRAPH,
+        sink: TileSink | None = None,
     ) -> TileResult:
         """Queue one request's tiles for ``graph`` until ``deadline`` (or that many seconds from now); raises
         QueueFull, DeadlineExceeded, Unavailable or InferenceError. A caller cancelled while waiting (its
-        client went away) has its tiles dropped: those not yet computing are never run."""
+        client went away) has its tiles dropped: those not yet computing are never run. With ``sink``, each
+        tile's outputs go to it as they arrive and are not kept (``TileResult.outputs`` is empty); an error
+        raised by the sink fails the request with ``InferenceError``."""
         ...
 
     async def ping(self) -> None:

@@ -38,8 +38,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.batching import BatchPolicy
 from service.deadline import Deadline
-from service.errors import DeadlineExceeded, InferenceError, QueueFull, Unavailable
-from service.queue import SERVE_GRAPH, TileResult, dequantize, lane_ref, pack, unpack
+from service.errors import DeadlineExceeded, InferenceError, QueueFull, ServiceError, Unavailable
+from service.queue import SERVE_GRAPH, TileResult, TileSink, dequantize, lane_ref, pack, unpack
 from service.redact import Redactor
 
 GROUP = "workers"
@@ -274,12 +274,13 @@ class RedisQueue:
         outputs: list[str],
         deadline: Deadline | float,
         graph: str = SERVE_GRAPH,
+        sink: TileSink | None = None,
     ) -> TileResult:
         """XADD the tiles to ``graph``'s stream (its priority stream for at most ``priority_tiles`` tiles) in
         jobs of at most ``max_batch`` (one MULTI/EXEC; each job carries the deadline), then BLPOP results
-        until all arrived or the deadline. Refused at once (``Unavailable``) while no worker is live. A
-        request that ends early (deadline, cancelled caller, error) sets its cancel key: workers drop its
-        jobs unrun."""
+        until all arrived or the deadline (each job's tiles to ``sink`` as they arrive, when given). Refused
+        at once (``Unavailable``) while no worker is live. A request that ends early (deadline, cancelled
+        caller, error) sets its cancel key: workers drop its jobs unrun."""
         budget = Deadline.of(deadline)
         budget.check("its tiles were being queued")
         started = time.time()
@@ -305,9 +306,11 @@ class RedisQueue:
                 part = {name: array[start : start + size] for name, array in inputs.items()}
                 pipe.xadd(stream, job_fields(request_id, start, part, outputs, started, wall_deadline))
             pipe.incrby(self._tiles[graph, urgent], count)
-            await pipe.execute()
+            # Set before the round trip: a caller cancelled while it is in flight (the jobs may be in the
+            # stream already) still sets the cancel key.
             queued = True
-            result = await self._collect(key, count, outputs, budget)
+            await pipe.execute()
+            result = await self._collect(key, count, outputs, budget, sink)
             queued = False
             return result
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -325,9 +328,12 @@ class RedisQueue:
                     pipe.set(cancel_key(self._prefix, request_id), b"1", ex=ttl)
                 await pipe.execute()
 
-    async def _collect(self, key: str, count: int, outputs: list[str], deadline: Deadline) -> TileResult:
+    async def _collect(
+        self, key: str, count: int, outputs: list[str], deadline: Deadline, sink: TileSink | None
+    ) -> TileResult:
         """BLPOP the first waiting result, then LPOP every other one already there (one round trip); each
-        result holds one job's tiles, dequantised straight into the request's output arrays."""
+        result holds one job's tiles, dequantised straight into the request's output arrays (or, with
+        ``sink``, handed to it tile by tile)."""
         stacked: dict[str, np.ndarray] = {}
         answered: set[int] = set()
         remaining = count
@@ -361,11 +367,26 @@ class RedisQueue:
                     raise InferenceError(f"result for tiles {start}..{start + size - 1} does not fit {count}")
                 answered.add(start)
                 remaining -= size
-                for name in outputs:
-                    part = arrays[name]
-                    if name not in stacked:
-                        stacked[name] = np.empty((count, *part.shape[1:]), dtype=np.float32)
-                    dequantize(part, stacked[name][start : start + size])
+                if sink is not None:
+                    _deliver(sink, start, {name: arrays[name] for name in outputs})
+                else:
+                    for name in outputs:
+                        part = arrays[name]
+                        if name not in stacked:
+                            stacked[name] = np.empty((count, *part.shape[1:]), dtype=np.float32)
+                        dequantize(part, stacked[name][start : start + size])
                 wait_s = max(wait_s, float(header.get("wait", 0.0)))
                 compute[str(header.get("batch", start))] = float(header.get("compute", 0.0))
         return TileResult(stacked, wait_s, sum(compute.values()))
+
+
+def _deliver(sink: TileSink, start: int, arrays: dict[str, np.ndarray]) -> None:
+    """One job's tiles ``start ..`` (dequantised to float32) to ``sink``; its errors become
+    ``InferenceError``."""
+    values = {name: dequantize(part) for name, part in arrays.items()}
+    for k in range(len(next(iter(values.values())))):
+        try:
+            sink(start + k, {name: array[k] for name, array in values.items()})
+        except Exception as exc:
+            message = exc.message if isinstance(exc, ServiceError) else str(exc)
+            raise InferenceError(f"tile {start + k} could not be taken: {message}") from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -96,3 +96,38 @@ class ReadyResponse(BaseModel):
 
     ready: bool
     checks: dict[str, str]
+
+
+class JobError(BaseModel):
+    """Why a job failed: the error code and message its synchronous route would have answered."""
+
+    code: str
+    message: str
+
+
+class JobTimings(BaseModel):
+    """Seconds a finished job spent decoding (at submission), queued (before it ran, plus its tiles' longest
+    queue wait), in model calls and producing its answer after the model (stitching, encoding)."""
+
+    decode_s: float
+    queue_s: float
+    compute_s: float
+    encode_s: float
+
+
+class JobStatus(BaseModel):
+    """``GET /v1/jobs/{id}``: a job's state and progress (tile runs over all passes of its restore mode)."""
+
+    id: str
+    task: Literal["restore", "represent", "detect"]
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    tiles_done: int
+    tiles_total: int
+    image_size: str = Field(description="WxH of the (EXIF-oriented) input image")
+    created: str = Field(description="ISO 8601 UTC")
+    started: str | None
+    finished: str | None
+    expires: str | None = Field(description="when the job and its result are forgotten (DIR_JOB_TTL_S)")
+    timings: JobTimings | None
+    error: JobError | None
+    result: str | None = Field(description="/v1/jobs/{id}/result once the job is done")

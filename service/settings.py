@@ -39,7 +39,38 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="longest a tile waits for a batch to fill (0 = batching off)"
     )
     queue_bound: int = Field(default=512, ge=1, description="tiles waiting per model; beyond it: 429")
-    request_timeout_s: float = Field(default=60.0, gt=0, description="per-request deadline; past it: 504")
+    request_timeout_s: float = Field(
+        default=60.0, gt=0, description="base of a synchronous request's deadline; past it: 504"
+    )
+    request_timeout_per_mp_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="added to a synchronous request's deadline per megapixel of its cost (tile pixels over "
+        "all passes of its mode; 0: a fixed deadline)",
+    )
+    ort_arena_shrink: bool = Field(
+        default=True,
+        description="after a request or job whose cost reached the heap-trim threshold, shrink ONNX "
+        "Runtime's CPU arenas of the API's sessions (one tiny call per session; embedded queue)",
+    )
+    job_ttl_s: float = Field(
+        default=900.0, gt=0, description="a finished job's status and result are kept this long"
+    )
+    job_timeout_s: float = Field(default=3600.0, gt=0, description="a job running longer fails with 504")
+    job_concurrency: int = Field(
+        default=1, ge=1, description="jobs one API process runs at once; others wait"
+    )
+    job_store_bytes: int = Field(
+        default=1 << 30,
+        gt=0,
+        description="bytes one API process holds for jobs (pending jobs' pixels and result estimates, "
+        "stored results); a submission beyond it: 503",
+    )
+    job_poll_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="a running job stores its progress and looks for a cancellation this often",
+    )
     max_body_bytes: int = Field(
         default=50 * 1024 * 1024, gt=0, description="largest request body (413 beyond)"
     )

@@ -210,6 +210,31 @@ class RestoreModel:
         """Whether the serving session runs on the CUDA provider."""
         return self.session is not None and "CUDAExecutionProvider" in self.session.get_providers()
 
+    def shrink_arenas(self) -> float:
+        """Give the free chunks of every session's ONNX Runtime CPU arena back to the OS; returns the seconds.
+
+        One single-tile call of a small side (64 px, rounded up to the model's multiple) per session, with the
+        run option ``memory.enable_memory_arena_shrinkage`` = ``cpu:0``: at its end the arena frees every
+        chunk not in use (chunks of a concurrent call stay). Measured on dir-restore/3.3.0, 2 cores: after a
+        batch of eight 512-px denoise tiles the process held 805 MiB, 141 MiB after one such call (0.2 s).
+        """
+        started = time.perf_counter()
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        side = -(-64 // self.size_multiple) * self.size_multiple
+        for graph in self.graphs:
+            feed = {
+                name: array.astype(np.float32) / np.float32(255.0) if array.dtype == np.uint8 else array
+                for name, array in self.grey_feed(graph, 1, side).items()
+                if name != WINDOW_INPUT
+            }
+            sessions = {
+                id(s): s for s in (self._graph_session(graph), self._wide.get(graph)) if s is not None
+            }
+            for session in sessions.values():
+                session.run(None, feed, options)
+        return time.perf_counter() - started
+
     def _graph_session(self, graph: str) -> ort.InferenceSession | None:
         """The session that runs the parts of ``graph``'s calls (None in a Redis API process)."""
         return {

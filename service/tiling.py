@@ -156,6 +156,62 @@ def _ramp(size: int, overlap: int, rise: bool, fall: bool) -> np.ndarray:
     return weight
 
 
+class Stitcher:
+    """Blends per-tile outputs ``(C, T/s, T/s)`` float32 into ``(C, ceil(H/s), ceil(W/s))`` float32 as they
+    arrive (``s``: the output's downscale factor, from ``side`` = T/s).
+
+    Tiles are blended in tile order whatever order they arrive in: one that arrives before its predecessors
+    is held (it alone) until they have been added, so the result is bit-identical to blending all tiles at
+    once (:func:`stitch_tiles`) and memory holds the accumulator, its weights and the early tiles only.
+    """
+
+    def __init__(self, grid: TileGrid, channels: int, side: int) -> None:
+        if side <= 0 or grid.tile % side:
+            raise BadInput(f"tile outputs of side {side} do not fit a grid of tiles of {grid.tile}")
+        self.grid = grid
+        self.side = side
+        self.scale = grid.tile // side
+        self.overlap = grid.overlap // self.scale
+        self.acc = np.zeros(
+            (channels, grid.padded_height // self.scale, grid.padded_width // self.scale), dtype=np.float32
+        )
+        self.total = np.zeros(self.acc.shape[1:], dtype=np.float32)
+        self.added = 0
+        self._early: dict[int, np.ndarray] = {}
+
+    def add(self, index: int, output: np.ndarray) -> None:
+        """Blend tile ``index``'s output ``(C, T/s, T/s)`` (once its predecessors are in)."""
+        if not 0 <= index < self.grid.count or output.shape != (self.acc.shape[0], self.side, self.side):
+            raise BadInput(
+                f"tile {index} output {output.shape} does not match a grid of {self.grid.count} tiles of "
+                f"{self.grid.tile} with {self.acc.shape[0]} channels"
+            )
+        self._early[index] = output
+        while self.added in self._early:
+            self._blend(self.added, self._early.pop(self.added))
+            self.added += 1
+
+    def _blend(self, k: int, output: np.ndarray) -> None:
+        grid, side = self.grid, self.side
+        i, j = divmod(k, len(grid.xs))
+        y, x = grid.ys[i] // self.scale, grid.xs[j] // self.scale
+        weight = np.outer(
+            _ramp(side, self.overlap, i > 0, i < len(grid.ys) - 1),
+            _ramp(side, self.overlap, j > 0, j < len(grid.xs) - 1),
+        )
+        self.acc[:, y : y + side, x : x + side] += output * weight
+        self.total[y : y + side, x : x + side] += weight
+
+    def result(self) -> np.ndarray:
+        """The blended image ``(C, ceil(H/s), ceil(W/s))`` (a view of the accumulator, normalised in place);
+        ``BadInput`` when tiles are missing."""
+        if self.added != self.grid.count:
+            raise BadInput(f"{self.grid.count - self.added} of {self.grid.count} tile outputs are missing")
+        self.acc /= self.total
+        grid = self.grid
+        return self.acc[:, : math.ceil(grid.height / self.scale), : math.ceil(grid.width / self.scale)]
+
+
 def stitch_tiles(outputs: np.ndarray, grid: TileGrid) -> np.ndarray:
     """Blend per-tile outputs ``(n, C, T/s, T/s)`` into ``(C, ceil(H/s), ceil(W/s))`` float32.
 
@@ -166,22 +222,10 @@ def stitch_tiles(outputs: np.ndarray, grid: TileGrid) -> np.ndarray:
         raise BadInput(
             f"tile outputs {outputs.shape} do not match a grid of {grid.count} tiles of {grid.tile}"
         )
-    scale = grid.tile // side
-    overlap = grid.overlap // scale
-    acc = np.zeros((channels, grid.padded_height // scale, grid.padded_width // scale), dtype=np.float32)
-    total = np.zeros(acc.shape[1:], dtype=np.float32)
-    last_y, last_x = len(grid.ys) - 1, len(grid.xs) - 1
+    stitcher = Stitcher(grid, channels, side)
     for k in range(n):
-        i, j = divmod(k, len(grid.xs))
-        y, x = grid.ys[i] // scale, grid.xs[j] // scale
-        weight = np.outer(
-            _ramp(side, overlap, i > 0, i < last_y),
-            _ramp(side, overlap, j > 0, j < last_x),
-        )
-        acc[:, y : y + side, x : x + side] += outputs[k] * weight
-        total[y : y + side, x : x + side] += weight
-    acc /= total
-    return acc[:, : math.ceil(grid.height / scale), : math.ceil(grid.width / scale)]
+        stitcher.add(k, outputs[k])
+    return stitcher.result()
 
 
 def _owned_range(offsets: tuple[int, ...], i: int, tile: int, length: int, scale: int) -> tuple[int, int]:

@@ -14,10 +14,12 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.api.boundary import install_boundary
-from service.api.routes import detect, models, ops, represent, restore
+from service.api.boundary import error_response, install_boundary
+from service.api.jobs import JobRunner
+from service.api.routes import detect, jobs, models, ops, represent, restore
 from service.api.spec import API_VERSION
-from service.api.state import build_state
+from service.api.state import ServiceState, build_state
+from service.job_store import JobStore, MemoryJobStore, RedisJobStore
 from service.memory import ReleaseMemory
 from service.metrics import Metrics
 from service.redact import Redactor, install_log_redaction
@@ -37,14 +39,33 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         try:
             state = await build_state(settings, metrics)
             app.state.service = state
+            store = build_job_store(settings)
+            app.state.jobs = JobRunner(state, store, lambda exc: error_response(app, exc))
             try:
                 yield
             finally:
+                await app.state.jobs.close()
+                await store.close()
                 await state.queue.close()
         finally:
             remove_log_redaction()
 
     return lifespan
+
+
+def build_job_store(settings: Settings) -> JobStore:
+    """Jobs kept in Redis with the Redis queue (every replica answers for every job), else in memory."""
+    if settings.uses_redis:
+        return RedisJobStore(
+            settings.queue, settings.stream_prefix, settings.job_ttl_s, settings.job_store_bytes
+        )
+    return MemoryJobStore(settings.job_ttl_s, settings.job_store_bytes)
+
+
+def _shrink_arenas(app: FastAPI) -> None:
+    state: ServiceState | None = getattr(app.state, "service", None)
+    if state is not None:
+        state.shrink_arenas()
 
 
 def _index() -> FileResponse:
@@ -68,8 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redact = Redactor.for_urls(settings.queue)
     app.state.retry_after = settings.retry_after_s
     install_boundary(app, lambda: app.state.metrics)
-    app.add_middleware(ReleaseMemory)
-    for routes in (ops, models, restore, represent, detect):
+    app.add_middleware(ReleaseMemory, shrink=lambda: _shrink_arenas(app))
+    for routes in (ops, models, restore, represent, detect, jobs):
         # Flat, in path order: app.routes lists every path served (include_router would nest them).
         app.router.routes.extend(routes.router.routes)
     if (STATIC_DIR / "index.html").is_file():

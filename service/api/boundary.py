@@ -22,6 +22,13 @@ def _route_label(request: Request) -> str:
     return str(getattr(route, "path", "unmatched"))
 
 
+def error_response(app: FastAPI, exc: ServiceError) -> JSONResponse:
+    """The JSON ``ErrorBody`` answer of ``exc`` (its status, Retry-After where it asks for one)."""
+    headers = {"Retry-After": str(app.state.retry_after)} if exc.retry_after else {}
+    body = ErrorBody(error=exc.code, message=app.state.redact(exc.message)).model_dump()
+    return JSONResponse(body, status_code=exc.status, headers=headers | exc.headers)
+
+
 def install_boundary(app: FastAPI, metrics_of: Callable[[], Metrics | None]) -> None:
     """Error mapping and request metrics."""
 
@@ -30,9 +37,7 @@ def install_boundary(app: FastAPI, metrics_of: Callable[[], Metrics | None]) -> 
         metrics = metrics_of()
         if exc.reason and metrics is not None:
             metrics.rejected.labels(exc.reason).inc()
-        headers = {"Retry-After": str(app.state.retry_after)} if exc.retry_after else {}
-        body = ErrorBody(error=exc.code, message=app.state.redact(exc.message)).model_dump()
-        return JSONResponse(body, status_code=exc.status, headers=headers | exc.headers)
+        return error_response(app, exc)
 
     @app.exception_handler(ModelStoreError)
     async def _store_error(request: Request, exc: ModelStoreError) -> JSONResponse:

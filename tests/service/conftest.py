@@ -120,7 +120,8 @@ def served_entry(fixture_store: Path) -> ModelEntry:
 def make_settings(fixture_store: Path) -> Callable[..., Settings]:
     """Factory: ``Settings`` on the fixture store, one ORT thread, no detector, requests without a mode run
     ``full`` (the two-pass DiR path most tests are about; tests/service/test_modes.py covers the default
-    mode); keywords override."""
+    mode), deadlines fixed at ``DIR_REQUEST_TIMEOUT_S`` (tests/service/test_jobs.py covers their scaling);
+    keywords override."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -128,6 +129,7 @@ def make_settings(fixture_store: Path) -> Callable[..., Settings]:
             "intra_op_threads": 1,
             "detect_model": "no-such-detector",
             "restore_mode": "full",
+            "request_timeout_per_mp_s": 0.0,  # a fixed deadline, unless a test is about its scaling
         }
         values.update(overrides)
         return Settings(**values)

@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import admission
 from service.api.deps import AUTH, StateDep
 from service.api.spec import ERRORS, IMAGE_BODY
 from service.api.state import ServiceState
-from service.api.work import decode, infer, timing_headers
+from service.api.work import InferFn, Work, answer, timing_headers
 from service.errors import BadInput
 from service.http import b64_array, npy_bytes, parse_outputs, safetensors_bytes
 from service.imaging import DecodedImage
+from service.inference import Inference
+from service.job_store import Reply
 from service.schemas import ArrayPayload, RepresentJson
 
 router = APIRouter(tags=["models"], dependencies=AUTH)
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": RepresentJson,
+        "description": ".npy or safetensors bytes (octet-stream), or JSON with format=json",
+        "content": {"application/octet-stream": {}},
+    },
+    **ERRORS,
+}
 
 
 def _json_response(
@@ -45,51 +57,35 @@ def _json_response(
     return JSONResponse(payload.model_dump(), headers=headers)
 
 
-@router.post(
-    "/v1/represent",
-    summary="The DiR representation r+ (and r0 / pilot on request) as .npy, safetensors or JSON",
-    openapi_extra=IMAGE_BODY,
-    response_class=Response,
-    responses={
-        200: {
-            "model": RepresentJson,
-            "description": ".npy or safetensors bytes (octet-stream), or JSON with format=json",
-            "content": {"application/octet-stream": {}},
-        },
-        **ERRORS,
-    },
-)
-async def represent(
-    request: Request,
-    state: StateDep,
-    outputs: str = Query("r_plus", description="comma-separated: r_plus, r0, pilot (restored also allowed)"),
+@dataclass
+class RepresentQuery:
+    """The query of ``/v1/represent`` (and ``/v1/jobs/represent``)."""
+
+    outputs: str = Query("r_plus", description="comma-separated: r_plus, r0, pilot (restored also allowed)")
     format: Literal["npy", "safetensors", "json"] = Query(
         "npy", description="npy (one output), safetensors or json (base64; for small images)"
-    ),
-) -> Response:
-    started = time.perf_counter()
-    names = parse_outputs(outputs)
-    state.restorer.check_outputs(names)
-    if format == "npy" and len(names) != 1:
-        raise BadInput(
-            f"format=npy carries one array, {len(names)} requested ({names}); use safetensors or json"
-        )
-    deadline = state.deadline(started)
-    image, decode_s = await decode(request, state, deadline, "full", names if format == "json" else None)
-    result = await infer(request, state, image, names, deadline)
-    headers = timing_headers(
-        state, decode_s, result.queue_wait_s, result.compute_s, time.perf_counter() - started
     )
+
+
+def _array_headers(arrays: dict[str, np.ndarray], scales: dict[str, int]) -> dict[str, str]:
+    return {
+        "X-Array-Names": ",".join(arrays),
+        "X-Array-Shapes": ";".join(f"{n}={'x'.join(map(str, a.shape))}" for n, a in arrays.items()),
+        "X-Array-Dtype": "float32",
+        "X-Array-Layout": "CHW",
+        "X-Array-Scales": ",".join(f"{n}={s}" for n, s in scales.items()),
+    }
+
+
+async def _encode(
+    state: ServiceState, image: DecodedImage, result: Inference, fmt: str, headers: dict[str, str]
+) -> Reply:
+    """The arrays as .npy (one), safetensors or JSON."""
     arrays = result.arrays
-    scales = result.scales
-    headers["X-Array-Names"] = ",".join(names)
-    headers["X-Array-Shapes"] = ";".join(f"{n}={'x'.join(map(str, a.shape))}" for n, a in arrays.items())
-    headers["X-Array-Dtype"] = "float32"
-    headers["X-Array-Layout"] = "CHW"
-    headers["X-Array-Scales"] = ",".join(f"{n}={s}" for n, s in scales.items())
-    if format == "json":
-        return _json_response(state, image, arrays, scales, headers)
-    if format == "safetensors":
+    if fmt == "json":
+        response = _json_response(state, image, arrays, result.scales, headers)
+        return Reply(bytes(response.body), "application/json", headers)
+    if fmt == "safetensors":
         meta = {
             "model": state.model.ref,
             "layout": "CHW",
@@ -97,7 +93,47 @@ async def represent(
             "height": str(image.height),
         }
         body = await asyncio.to_thread(safetensors_bytes, arrays, meta)
-        return Response(body, media_type="application/octet-stream", headers=headers)
-    array = arrays[names[0]]
+        return Reply(body, "application/octet-stream", headers)
+    array = next(iter(arrays.values()))
     headers["X-Array-Shape"] = ",".join(map(str, array.shape))
-    return Response(npy_bytes(array), media_type="application/octet-stream", headers=headers)
+    return Reply(npy_bytes(array), "application/octet-stream", headers)
+
+
+RepresentQueryDep = Annotated[RepresentQuery, Depends()]
+
+
+def represent_work(state: ServiceState, query: RepresentQuery) -> Work:
+    """Check the query (422 for unknown outputs, several with ``format=npy``) -> the work: the arrays
+    ``(C, ceil(H/s), ceil(W/s))`` float32 in ``format``, described by ``X-Array-*`` headers."""
+    names = parse_outputs(query.outputs)
+    state.restorer.check_outputs(names)
+    if query.format == "npy" and len(names) != 1:
+        raise BadInput(
+            f"format=npy carries one array, {len(names)} requested ({names}); use safetensors or json"
+        )
+
+    async def produce(image: DecodedImage, infer: InferFn, decode_s: float, started: float) -> Reply:
+        result = await infer(image, names, "full")
+        headers = timing_headers(
+            state, decode_s, result.queue_wait_s, result.compute_s, time.perf_counter() - started
+        )
+        headers.update(_array_headers(result.arrays, result.scales))
+        return await _encode(state, image, result, query.format, headers)
+
+    def result_bytes(width: int, height: int) -> int:
+        size = admission.json_array_bytes(state.restorer, names, width, height)
+        return (size or 4 * 16 * width * height * len(names)) + (1 << 20)
+
+    return Work("represent", "full", names if query.format == "json" else None, produce, result_bytes)
+
+
+@router.post(
+    "/v1/represent",
+    summary="The DiR representation r+ (and r0 / pilot on request) as .npy, safetensors or JSON",
+    openapi_extra=IMAGE_BODY,
+    response_class=Response,
+    responses=RESPONSES,
+)
+async def represent(request: Request, state: StateDep, query: RepresentQueryDep) -> Response:
+    started = time.perf_counter()
+    return await answer(request, state, represent_work(state, query), started)
