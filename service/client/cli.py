@@ -1,6 +1,7 @@
 """``dir``: command-line front end of the DiR-ISP client.
 
-Exit status: 0 success, 1 a request failed, 2 bad usage, 3 the server could not be reached.
+Exit status: 0 success, 1 a request failed, 2 bad usage, 3 the server could not be reached, 130 interrupted
+(Ctrl-C; the images' jobs are cancelled first).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from service.client.results import Detection, DetectResult
 
 EXIT_FAILED = 1
 EXIT_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130
 
 
 def _megapixels(text: str) -> float:
@@ -211,6 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DirClientError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted: the jobs still running were cancelled", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

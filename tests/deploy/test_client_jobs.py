@@ -26,7 +26,7 @@ from service.client import (
     JobPolling,
     RequestTimeoutError,
 )
-from service.client.cli import EXIT_FAILED, main
+from service.client.cli import EXIT_FAILED, EXIT_INTERRUPTED, main
 from service.client.jobs import image_megapixels, wants_job
 from tests.deploy.conftest import serve
 from tests.deploy.fake_jobs import FakeJobServer, image_bytes
@@ -237,15 +237,22 @@ def test_ctrl_c_on_dir_restore_cancels_its_jobs(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(BIG)
     with serve(fake.app) as base:
         command = [sys.executable, "-m", "service.client.cli", "--url", base, "restore", "a.png", "b.png"]
-        proc = subprocess.Popen([*command, "-o", "out", "--job-above", "0"], cwd=tmp_path, env=_env())
+        proc = subprocess.Popen(
+            [*command, "-o", "out", "--job-above", "0"],
+            cwd=tmp_path,
+            env=_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(600):
             if fake.log.count("GET /v1/jobs/job1") and fake.log.count("GET /v1/jobs/job2"):
                 break
             assert proc.poll() is None
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-    assert proc.returncode != 0
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED
+    assert "Traceback" not in err and "interrupted" in err
     assert sorted(line for line in fake.log if line.startswith("DELETE")) == [
         "DELETE /v1/jobs/job1",
         "DELETE /v1/jobs/job2",
