@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,8 +90,19 @@ def job_request(base: str, pid: int, body: bytes) -> tuple[dict[str, Any], bytes
     return {**row, "timings": status["timings"]}, response.content
 
 
+def small_round_trips(base: str, body: bytes, repeats: int = 7) -> float:
+    """Median seconds of ``repeats`` sequential ``/v1/restore`` round trips of ``body`` (concurrency 1)."""
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        httpx.post(f"{base}/v1/restore", content=body, timeout=600).raise_for_status()
+        seconds.append(time.perf_counter() - started)
+    return round(statistics.median(seconds), 3)
+
+
 def measure(env: dict[str, str], body: bytes, small: bytes, jobs: bool) -> dict[str, Any]:
-    """A fresh server: idle RSS after one small request, then the 12 MP request sync (and as a job)."""
+    """A fresh server: idle RSS after one small request, the median 512 px round trip, then the 12 MP
+    request sync (and as a job)."""
     port = free_port()
     # Run from the tree itself: ``python -c`` puts the working directory before PYTHONPATH on sys.path.
     api = subprocess.Popen(
@@ -105,6 +117,7 @@ def measure(env: dict[str, str], body: bytes, small: bytes, jobs: bool) -> dict[
         wait_ready(base, api, timeout_s=600)
         httpx.post(f"{base}/v1/restore", content=small, timeout=600).raise_for_status()
         row: dict[str, Any] = {"idle_rss_mib": round(status_mib(api.pid)["VmRSS"])}
+        row["s_512px"] = small_round_trips(base, camera_jpeg(512, 512))
         row["sync"], sync_body = sync_request(base, api.pid, body)
         if jobs:
             row["job"], job_body = job_request(base, api.pid, body)
@@ -121,10 +134,11 @@ def markdown(result: dict[str, Any]) -> str:
         "## Camera-sized images (`benchmarks/camera.py`)",
         "",
         f"{result['image']}, default restore mode, embedded queue, {result['model']}; {result['machine']}; "
-        f"{result['date']}. `{result['command']}`. Peak: VmHWM of the API process during that request.",
+        f"{result['date']}, load average {result['load']} at the start. `{result['command']}`. Peak: VmHWM "
+        "of the API process during that request. 512 px s: median of 7 sequential 512x512 JPEG round trips.",
         "",
-        "| variant | request | status | tiles | wall s | idle RSS | peak RSS | RSS 1 s after |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | request | status | tiles | wall s | idle RSS | peak RSS | RSS 1 s after | 512 px s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in result["rows"].items():
         for kind in ("sync", "job"):
@@ -132,7 +146,8 @@ def markdown(result: dict[str, Any]) -> str:
                 r = row[kind]
                 lines.append(
                     f"| {name} | {kind} | {r['status']} | {r['tiles']} | {r['seconds']} | "
-                    f"{row['idle_rss_mib']} MiB | {r['peak_mib']} MiB | {r['rss_after_mib']} MiB |"
+                    f"{row['idle_rss_mib']} MiB | {r['peak_mib']} MiB | {r['rss_after_mib']} MiB | "
+                    f"{row.get('s_512px', '-')} |"
                 )
     equal = [name for name, row in result["rows"].items() if row.get("job_equals_sync")]
     lines += ["", f"Job result byte-identical to the sync answer: {', '.join(equal) or 'none'}.", SECTION_END]
@@ -148,6 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--arena-off", action="store_true", help="also run this tree with DIR_ORT_CPU_ARENA=false"
     )
+    parser.add_argument(
+        "--tile-sizes",
+        default="",
+        help="also run this tree with DIR_TILE_SIZES set to this list, e.g. 256,512,1024",
+    )
     parser.add_argument("--write", action="store_true", help="write the section of docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
     body, small = camera_jpeg(), camera_jpeg(320, 240)
@@ -157,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         "DIR_REQUEST_TIMEOUT_PER_MP_S": "0",
     }
     rows: dict[str, Any] = {}
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory() as tmp:
         if args.base_rev:
             tree = export_tree(args.base_rev, Path(tmp))
@@ -167,11 +188,15 @@ def main(argv: list[str] | None = None) -> None:
         if args.arena_off:
             arena_off = {**env, "PYTHONPATH": str(REPO), "DIR_ORT_CPU_ARENA": "false"}
             rows["after, DIR_ORT_CPU_ARENA=false"] = measure(arena_off, body, small, True)
+        if args.tile_sizes:
+            tiles = {**env, "PYTHONPATH": str(REPO), "DIR_TILE_SIZES": args.tile_sizes}
+            rows[f"after, DIR_TILE_SIZES={args.tile_sizes}"] = measure(tiles, body, small, True)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "image": f"4000x3000 JPEG ({len(body)} bytes, bsds500_train photo upscaled)",
         "model": str(args.model_store.name) + "/dir-restore (highest version)",
         "machine": f"{os.cpu_count()} x {cpu_model()}",
+        "load": load,
         "command": "PYTHONPATH=$PWD .venv/bin/python -m benchmarks.camera "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "rows": rows,
