@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from training.evaluate import scorecard
-from training.evaluate.detect import DetectRun, run_detect
+from training.evaluate.detect import DETECT_PRESET, DETECT_PRESETS, DetectRun, run_detect
 from training.evaluate.errors import EvaluationError, UnknownNameError
 from training.evaluate.methods import MethodContext, method_names, resolve_methods
 from training.evaluate.niqe import niqe
@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--detect-methods",
         default=DETECT_METHODS,
         help=f"methods scored on 'detect' (slow peers left out by default: {DETECT_METHODS})",
+    )
+    p.add_argument(
+        "--detect-preset",
+        choices=DETECT_PRESETS,
+        default=DETECT_PRESET,
+        help="ISP preset that degrades coco128_val on 'detect' (default %(default)s, the paper's Table 2)",
     )
     p.add_argument(
         "--detect-limit",
@@ -134,7 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             if protocol == "detect":
                 detect_methods = resolve_methods(args.detect_methods)
                 runs.append(
-                    run_detect(detect_methods, ctx, args.detect_limit, not args.no_progress, args.cache)
+                    run_detect(
+                        detect_methods,
+                        ctx,
+                        args.detect_limit,
+                        not args.no_progress,
+                        args.cache,
+                        args.detect_preset,
+                    )
                 )
                 continue
             nr = ("NIQE", niqe) if protocol == "real" else None

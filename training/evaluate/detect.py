@@ -31,6 +31,18 @@ from training.isp import simulate, stable_seed
 
 DETECT_PRESET = "default-isp"
 DETECT_DATASET = "coco128_val"
+DETECT_PRESETS = ("default-isp", "lowlight")
+PRESET_TEXT = {
+    "default-isp": (
+        "coco128_val through the synthetic ISP preset 'default-isp' (untuned default ISP: fixed gains, "
+        "mean colour matrix, bilinear demosaic, sensor noise, JPEG 90); the detector scores clean, degraded "
+        "and restored images"
+    ),
+    "lowlight": (
+        "coco128_val through the synthetic ISP preset 'lowlight' (paper Table 4: dim exposure, strong sensor "
+        "noise); the detector scores clean, degraded and restored images"
+    ),
+}
 PAPER_TABLE2 = {"degraded": (34.1, 21.4), "restored": (63.9, 43.3)}
 """Paper Table 2 (YOLOv3 on MS COCO): mAP@0.5 and mAP@0.5:0.95 (%) for the default-params ISP and DiR."""
 
@@ -60,11 +72,14 @@ class DetectRun:
     started: str
     rows: list[DetectRow] = field(default_factory=list)
     protocol: str = "detect"
-    description: str = (
-        f"coco128_val through the synthetic ISP preset '{DETECT_PRESET}' (untuned default ISP: fixed gains, "
-        "mean colour matrix, bilinear demosaic, sensor noise, JPEG 90); the detector scores clean, degraded "
-        "and restored images"
-    )
+    preset: str = DETECT_PRESET
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.description:
+            self.description = PRESET_TEXT.get(
+                self.preset, f"coco128_val through the ISP preset '{self.preset}'"
+            )
 
     def to_json(self) -> dict[str, object]:
         """A JSON-serialisable dict."""
@@ -81,15 +96,18 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def degrade_for_detection(image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H, W, 3) uint8 RGB -> (clean, degraded), each (1, 3, H', W') float32 [0, 1] with H', W' even.
+def degrade_for_detection(
+    image: np.ndarray, preset: str = DETECT_PRESET
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W, 3) uint8 RGB -> (clean, degraded by ISP ``preset``), each (1, 3, H', W') float32 [0, 1] with H',
+    W' even.
 
-    The seed is ``stable_seed("default-isp", "coco128_val", <sha256 of the pixels, 16 hex>)``.
+    The seed is ``stable_seed(preset, "coco128_val", <sha256 of the pixels, 16 hex>)``.
     """
     clean = _to_tensor(image)
     key = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
     with torch.no_grad():
-        degraded = simulate(clean, preset=DETECT_PRESET, seed=stable_seed(DETECT_PRESET, DETECT_DATASET, key))
+        degraded = simulate(clean, preset=preset, seed=stable_seed(preset, DETECT_DATASET, key))
     return clean, degraded.degraded.float().clamp(0, 1)
 
 
@@ -107,14 +125,15 @@ class DegradedCache:
     """Degraded images by content key, kept as uint8 (the ISP output is 8-bit JPEG, so this is lossless)
     so that every method of one run restores the very same inputs without re-running the simulator."""
 
-    def __init__(self) -> None:
+    def __init__(self, preset: str = DETECT_PRESET) -> None:
+        self.preset = preset
         self.items: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def get(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(clean, degraded) tensors (1, 3, H', W') [0, 1] of one uint8 RGB image."""
         key = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
         if key not in self.items:
-            clean, degraded = degrade_for_detection(image)
+            clean, degraded = degrade_for_detection(image, self.preset)
             self.items[key] = (_to_uint8(clean), _to_uint8(degraded))
         clean_u8, degraded_u8 = self.items[key]
         return _to_tensor(clean_u8), _to_tensor(degraded_u8)
@@ -227,7 +246,7 @@ def _method_row(spec: MethodSpec, job: _MethodScoring) -> DetectRow:
     timer = _Timer()
     result = job.score(_restoring_transform(restore, timer, bar, job.degraded))
     bar.close()
-    label = "Degraded (default ISP)" if spec.family == "reference" else spec.label
+    label = f"Degraded ({job.degraded.preset})" if spec.family == "reference" else spec.label
     row = DetectRow(
         label, spec.name, result["map50"], result["map50_95"], timer.s_per_mp, None, restore.version
     )
@@ -242,6 +261,7 @@ def run_detect(
     limit: int | None = None,
     progress: bool = True,
     cache_dir: Path | None = None,
+    preset: str = DETECT_PRESET,
 ) -> DetectRun:
     """Score the installed detector on clean, degraded (``identity``) and restored (other methods) inputs.
 
@@ -262,7 +282,7 @@ def run_detect(
             return evaluate_detector(detector, images, labels, transform=transform)
 
         clean = score(None)
-        degraded_cache = DegradedCache()
+        degraded_cache = DegradedCache(preset)
         digest = degraded_cache.fill(images)
         run = DetectRun(
             detector=f"{detector.name}/{detector.version}",
@@ -271,6 +291,7 @@ def run_detect(
             limit=limit,
             machine=machine_description(),
             started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            preset=preset,
         )
         run.rows.append(
             DetectRow("Clean (no ISP degradation)", None, clean["map50"], clean["map50_95"], None)
