@@ -9,14 +9,14 @@ the clean y* (``distill``), or both.
 from __future__ import annotations
 
 import copy
-import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from modelstore.manifest import Manifest
+from training.detect import loss as losses
 from training.errors import ConfigError
 from training.losses import stage2_loss
 from training.models import DiRSystem
@@ -36,19 +36,11 @@ def task_loss(name: str, layout: str | None = None, input_size: int = 1) -> Task
     ``both`` (their sum). ``layout`` None: the detector gives Yolo-FastestV2's raw per-scale outputs;
     ``yolov5`` / ``yolov8``: it gives decoded rows (an ONNX entry converted to torch; its first output is
     used), distilled with box distances in fractions of ``input_size``; ``detect`` needs raw outputs.
-    Raises :class:`ConfigError` for an unknown choice or when the module is not in this tree."""
+    Raises :class:`ConfigError` for an unknown choice or a labelled loss on decoded rows."""
     if name not in LOSSES:
         raise ConfigError(f"--loss {name!r}: choose one of {LOSSES}")
     if layout is not None and name in LABELLED_LOSSES:
         raise ConfigError(f"--loss {name} needs a Yolo-FastestV2 detector (raw outputs); use --loss distill")
-    try:
-        # The detection losses (issue 21) may be absent from a tree: looked up by name, not imported.
-        losses = importlib.import_module("training.detect.loss")
-    except ImportError as exc:
-        raise ConfigError(
-            f"--loss {name} needs training/detect/loss.py (yolo_fastestv2_loss, distillation_loss), which "
-            "this tree does not have yet"
-        ) from exc
 
     def detect(outputs: Any, teacher: Any, targets: Tensor) -> dict[str, Tensor]:
         return dict(losses.yolo_fastestv2_loss(outputs, targets))
@@ -57,7 +49,8 @@ def task_loss(name: str, layout: str | None = None, input_size: int = 1) -> Task
         if layout is None:
             return dict(losses.distillation_loss(outputs, teacher))
         student, target = (o[0] if isinstance(o, list | tuple) else o for o in (outputs, teacher))
-        return dict(losses.decoded_distillation_loss(student, target, layout, float(input_size)))
+        rows: Literal["yolov5", "yolov8"] = "yolov8" if layout == "yolov8" else "yolov5"
+        return dict(losses.decoded_distillation_loss(student, target, rows, float(input_size)))
 
     def both(outputs: Any, teacher: Any, targets: Tensor) -> dict[str, Tensor]:
         d, s = detect(outputs, teacher, targets), distill(outputs, teacher, targets)
