@@ -76,11 +76,13 @@ def sync_request(base: str, pid: int, body: bytes) -> tuple[dict[str, Any], byte
     return {"tiles": response.headers.get("x-tiles"), **_after(pid, started, response)}, response.content
 
 
-def job_request(base: str, pid: int, body: bytes) -> tuple[dict[str, Any], bytes]:
-    """One job: submit, poll every 0.5 s, fetch the result; its row (with the job's timings) and body."""
+def job_request(base: str, pid: int, body: bytes, mode: str = "") -> tuple[dict[str, Any], bytes]:
+    """One job (restore ``mode``, default: the server's): submit, poll every 0.5 s, fetch the result; its
+    row (with the job's timings) and body."""
     reset_peak(pid)
     started = time.perf_counter()
-    job = httpx.post(f"{base}/v1/jobs/restore?format=png", content=body, timeout=600).json()
+    query = f"format=png&mode={mode}" if mode else "format=png"
+    job = httpx.post(f"{base}/v1/jobs/restore?{query}", content=body, timeout=600).json()
     status = job
     while status["state"] in ("queued", "running"):
         time.sleep(0.5)
@@ -100,9 +102,9 @@ def small_round_trips(base: str, body: bytes, repeats: int = 7) -> float:
     return round(statistics.median(seconds), 3)
 
 
-def measure(env: dict[str, str], body: bytes, small: bytes, jobs: bool) -> dict[str, Any]:
+def measure(env: dict[str, str], body: bytes, small: bytes, jobs: bool, full: bool = False) -> dict[str, Any]:
     """A fresh server: idle RSS after one small request, the median 512 px round trip, then the 12 MP
-    request sync (and as a job)."""
+    request sync (and as a job; and as a ``full``-mode job when ``full``)."""
     port = free_port()
     # Run from the tree itself: ``python -c`` puts the working directory before PYTHONPATH on sys.path.
     api = subprocess.Popen(
@@ -122,6 +124,8 @@ def measure(env: dict[str, str], body: bytes, small: bytes, jobs: bool) -> dict[
         if jobs:
             row["job"], job_body = job_request(base, api.pid, body)
             row["job_equals_sync"] = job_body == sync_body
+        if full:
+            row["job, mode=full"], _ = job_request(base, api.pid, body, "full")
         return row
     finally:
         api.terminate()
@@ -141,7 +145,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in result["rows"].items():
-        for kind in ("sync", "job"):
+        for kind in ("sync", "job", "job, mode=full"):
             if kind in row:
                 r = row[kind]
                 lines.append(
@@ -168,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="also run this tree with DIR_TILE_SIZES set to this list, e.g. 256,512,1024",
     )
+    parser.add_argument(
+        "--full-job", action="store_true", help="also run the 12 MP image as a ?mode=full job"
+    )
     parser.add_argument("--write", action="store_true", help="write the section of docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
     body, small = camera_jpeg(), camera_jpeg(320, 240)
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
             rows[f"before ({args.base_rev[:8]})"] = measure(
                 {**env, "PYTHONPATH": str(tree)}, body, small, False
             )
-        rows["after"] = measure({**env, "PYTHONPATH": str(REPO)}, body, small, True)
+        rows["after"] = measure({**env, "PYTHONPATH": str(REPO)}, body, small, True, args.full_job)
         if args.arena_off:
             arena_off = {**env, "PYTHONPATH": str(REPO), "DIR_ORT_CPU_ARENA": "false"}
             rows["after, DIR_ORT_CPU_ARENA=false"] = measure(arena_off, body, small, True)

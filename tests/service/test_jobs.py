@@ -53,7 +53,12 @@ def same_answer(job: httpx.Response, sync: httpx.Response) -> None:
 
 @pytest.mark.parametrize(
     ("task", "query"),
-    [("restore", "?format=png"), ("restore", "?mode=denoise"), ("represent", "?outputs=r_plus")],
+    [
+        ("restore", "?format=png"),
+        ("restore", "?mode=full"),
+        ("restore", "?mode=denoise"),
+        ("represent", "?outputs=r_plus"),
+    ],
 )
 async def test_job_result_equals_the_sync_answer(
     make_settings: Callable[..., Settings], task: str, query: str
