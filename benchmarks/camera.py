@@ -4,7 +4,9 @@ process's wall time, idle RSS, peak RSS and RSS one second after.
 
 Variants, each a fresh ``dir-serve`` (embedded queue, the shipped model): ``before`` runs the service of
 ``--base-rev`` (exported with ``git archive`` into a temporary directory, first on PYTHONPATH; it has no
-jobs), ``after`` this tree, ``after, arena off`` this tree with ``DIR_ORT_CPU_ARENA=false``. The peak is
+jobs), ``after`` this tree, ``after, arena off`` this tree with ``DIR_ORT_CPU_ARENA=false`` (``--arena-off``),
+and this tree with ``DIR_TILE_SIZES`` (``--tile-sizes``); ``--full-job`` adds the 12 MP image as a
+``?mode=full`` job to ``after``; each server also gives the median 512 px round trip. The peak is
 ``VmHWM``, reset before each request (``/proc/<pid>/clear_refs``), so it is the peak of that request alone.
 
     PYTHONPATH=$PWD .venv/bin/python -m benchmarks.camera             # prints JSON
