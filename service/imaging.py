@@ -106,9 +106,14 @@ def _to_rgb(image: Image.Image) -> tuple[np.ndarray, int]:
     return np.asarray(image, dtype=np.uint8), 8
 
 
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` float in [0, 1] -> uint8 (rounded, clipped)."""
-    return (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+def to_uint8(pixels: np.ndarray, rows: int = 256) -> np.ndarray:
+    """``(H, W, 3)`` float in [0, 1] -> uint8 (rounded, clipped), converted ``rows`` rows at a time so a
+    camera-sized image needs no float temporaries of its full size."""
+    out = np.empty(pixels.shape, dtype=np.uint8)
+    for top in range(0, pixels.shape[0], rows):
+        band = pixels[top : top + rows]
+        out[top : top + rows] = (np.clip(band, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return out
 
 
 def encode_image(pixels: np.ndarray, fmt: str, quality: int = 95) -> bytes:

@@ -70,3 +70,12 @@ def test_job_tiles_reads_n_and_defaults_to_one() -> None:
     assert job_tiles({b"n": b"8"}) == 8
     assert job_tiles({}) == 1
     assert job_tiles({b"n": b"x"}) == 1
+
+
+def test_to_uint8_in_bands_equals_the_whole_image_formula() -> None:
+    """Converting a few rows at a time (no full-size float temporaries) gives the one-shot result exactly,
+    across band edges and out-of-range values."""
+    x = (np.random.default_rng(0).standard_normal((517, 31, 3)) * 0.7 + 0.5).astype(np.float32)
+    whole = (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    assert np.array_equal(to_uint8(x, rows=64), whole)
+    assert np.array_equal(to_uint8(x), whole)
