@@ -63,16 +63,11 @@ class Inference:
     compute_s: float
     total_s: float
 
-    def restored_hwc(self) -> np.ndarray:
-        """The restored image as (H, W, 3) float32 sRGB in [0, 1]."""
-        return np.ascontiguousarray(self.arrays["restored"].transpose(1, 2, 0))
-
     def take_restored_hwc(self) -> np.ndarray:
-        """:meth:`restored_hwc`, dropping the (C, H, W) array (and the stitching accumulator it views), so
-        a large image is not held twice while it is encoded."""
-        pixels = self.restored_hwc()
-        del self.arrays["restored"]
-        return pixels
+        """The restored image as an (H, W, 3) float32 sRGB [0, 1] view of the (C, H, W) array (not
+        contiguous: no copy), which this result gives up, so a large image is held once while it is
+        converted (:func:`service.imaging.to_uint8`, in bands) and encoded."""
+        return self.arrays.pop("restored").transpose(1, 2, 0)
 
 
 class Restorer:
