@@ -88,6 +88,10 @@ EXAMPLES: dict[str, dict[str, Tiny | Skip]] = {
         "curl --data-binary @photo.jpg 'http://127.0.0.1:8000/v1/detect?compare=true'": Skip(
             "needs an installed detector (tests/service/test_detect.py serves one)"
         ),
+        "curl -i --data-binary @photo.jpg http://127.0.0.1:8000/v1/jobs/restore": Tiny(
+            "curl -sf --data-binary @photo.jpg http://127.0.0.1:{port}/v1/jobs/restore -o job.json"
+            ' && python -c \'import json; assert json.load(open("job.json"))["task"] == "restore"\''
+        ),
         "open http://127.0.0.1:8000/": Skip("opens a browser (tests/deploy/test_browser.py loads the page)"),
         ".venv/bin/dir restore photos/*.jpg -o restored/": Tiny(
             ".venv/bin/dir --url http://127.0.0.1:{port} restore photos/*.jpg -o restored/ --no-progress"
@@ -150,6 +154,12 @@ EXAMPLES: dict[str, dict[str, Tiny | Skip]] = {
         "runs/denoise-cpu/denoise.pt": Skip(
             "needs a denoise checkpoint (hours of `dir-train denoise`); tests/training/test_denoise.py"
             " re-exports an entry with a tiny one"
+        ),
+        ".venv/bin/dir-train align --task detect --detector yolo-fastestv2 --init-from "
+        "model_store/dir-restore/3.3.0 --config align-detect-distill-cpu --loss distill --images "
+        "coco128_train bsds500_train": Skip(
+            "needs the locally installed Yolo-FastestV2 detector and about 35 minutes of CPU;"
+            " tests/training/test_align.py runs the command on a tiny detector it builds"
         ),
         ".venv/bin/dir-eval --protocol ablation --datasets cset14,bsd100 --methods all --run runs/tiny "
         "--json out.json --report out.md": Tiny(
