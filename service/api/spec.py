@@ -46,6 +46,6 @@ MODEL_HELP = (
 MODE_HELP = (
     "full: DiR restoration, which also corrects the ISP's colour and tone errors (exposure, white balance, "
     "gamma); denoise: removes noise and compression artefacts but keeps the camera's colour and tone (for "
-    "correctly tuned cameras). Without it: the server's default (DIR_RESTORE_MODE; GET /v1/models lists "
-    "the modes the loaded model offers and the default)"
+    "correctly tuned cameras). Without it: the server's default (DIR_RESTORE_MODE; full for a task-aligned "
+    "entry; GET /v1/models lists the modes each served model offers and its default)"
 )

@@ -187,7 +187,9 @@ def _build_restorer(
             f"DIR_TILE_SIZE / DIR_TILE_SIZES / DIR_TILE_OVERLAP do not fit {model.ref}: {exc.message}"
         ) from exc
     try:
-        restorer.default_mode = restorer.resolve_mode(settings.restore_mode)
+        aligned = isinstance(model.entry.manifest.extra.get("aligned_for"), dict)
+        # A task-aligned entry's A is what was aligned; the denoise graph does not use A.
+        restorer.default_mode = "full" if aligned else restorer.resolve_mode(settings.restore_mode)
     except BadInput as exc:
         raise ModelStoreError(f"DIR_RESTORE_MODE={settings.restore_mode}: {exc.message}") from exc
     return restorer
@@ -220,7 +222,8 @@ def load_aligned_detector(settings: Settings, entry: ModelEntry) -> detection.De
 
 async def _serve_entry(settings: Settings, metrics: Metrics, entry: ModelEntry) -> ServiceState:
     """Load, verify and warm up the restoration ``entry``, build its queue and restorer, and load the
-    detector it was aligned for (if any); the service's detector is the caller's to add."""
+    detector it was aligned for (if any); the service's detector is the caller's to add. A task-aligned
+    entry's default restore mode is ``full`` whatever ``DIR_RESTORE_MODE`` says."""
     model = await asyncio.to_thread(RestoreModel.from_settings, entry, settings, not settings.uses_redis)
     queue = _build_queue(settings, metrics, model)
     _, tiles, overlap = tile_geometry(model.entry, settings)

@@ -42,11 +42,11 @@ def _install_detector(store: Path, tmp: Path, name: str, cat: float) -> None:
     assert main([*argv, "--name", name, "--input-size", "64", "--store", str(store)]) == 0
 
 
-def _aligned_entry(store: Path, ref: str, detector_entry: str) -> None:
+def _aligned_entry(store: Path, ref: str, detector_entry: str, denoise: bool) -> None:
     """A restoration entry ``ref`` whose main graph's weights are halved (so its outputs differ from the
-    fixture entry's), without the denoise graph, recorded as aligned for ``detector_entry``."""
+    fixture entry's), with or without the denoise graph, recorded as aligned for ``detector_entry``."""
     name, version = ref.split("/")
-    entry = build_entry(store, name, version, denoise=False)
+    entry = build_entry(store, name, version, denoise=denoise)
     graph = onnx.load(entry / "model.onnx")
     for init in graph.graph.initializer:
         array = numpy_helper.to_array(init)
@@ -72,21 +72,26 @@ def _aligned_entry(store: Path, ref: str, detector_entry: str) -> None:
 @pytest.fixture(scope="module")
 def store(fixture_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fixture store, a service detector ``toy-detector`` (dog), ``toy-aligned`` (cat), an entry aligned
-    for ``toy-aligned`` and one aligned for a detector that is not installed."""
+    for ``toy-aligned`` and one (without the denoise graph) aligned for a detector that is not installed."""
     root = tmp_path_factory.mktemp("models_select")
     store = root / "store"
     shutil.copytree(fixture_store, store)
     _install_detector(store, root, "toy-detector", 0.1)
     _install_detector(store, root, "toy-aligned", 0.9)
-    _aligned_entry(store, ALIGNED, "toy-aligned@1")
-    _aligned_entry(store, MISSING, "gone@1")
+    _aligned_entry(store, ALIGNED, "toy-aligned@1", denoise=True)
+    _aligned_entry(store, MISSING, "gone@1", denoise=False)
     return store
 
 
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings], store: Path) -> Settings:
+    """Default ``dir-restore/0.0.1`` (its default mode: denoise), the two aligned entries served beside it
+    (theirs: full, whatever DIR_RESTORE_MODE says)."""
     return make_settings(
-        model_store=store, detect_model="toy-detector", serve_models=f"dir-align-toy,{MISSING}"
+        model_store=store,
+        detect_model="toy-detector",
+        serve_models=f"dir-align-toy,{MISSING}",
+        restore_mode="denoise",
     )
 
 
@@ -111,17 +116,21 @@ async def test_model_query_picks_the_served_entry(settings: Settings) -> None:
         versioned = await client.post(f"/v1/represent?model={ALIGNED}", content=body)
         restored = await client.post(f"/v1/restore?model={ALIGNED}", content=body)
         job = await _job(client, f"/v1/jobs/represent?model={ALIGNED}", body)
-        no_denoise = await client.post(f"/v1/restore?model={ALIGNED}&mode=denoise", content=body)
-        denoised = await client.post("/v1/restore?mode=denoise", content=body)
+        no_denoise = await client.post(f"/v1/restore?model={MISSING}&mode=denoise", content=body)
+        denoised = await client.post(f"/v1/restore?model={ALIGNED}&mode=denoise", content=body)
+        default_restored = await client.post("/v1/restore", content=body)
     assert default.status_code == aligned.status_code == 200, aligned.text
     assert default.headers["X-Model"] == "dir-restore/0.0.1"
     assert aligned.headers["X-Model"] == versioned.headers["X-Model"] == ALIGNED
     assert restored.status_code == 200 and restored.headers["X-Model"] == ALIGNED
+    assert restored.headers["X-Restore-Mode"] == "full"
+    assert default_restored.headers["X-Restore-Mode"] == "denoise"
     r_default, r_aligned = (np.load(io.BytesIO(r.content)) for r in (default, aligned))
     assert r_default.shape == r_aligned.shape and not np.allclose(r_default, r_aligned)
     assert aligned.content == versioned.content
     assert job.status_code == 200 and job.headers["X-Model"] == ALIGNED and job.content == aligned.content
-    assert no_denoise.status_code == 422 and denoised.status_code == 200
+    assert no_denoise.status_code == 422 and "denoise" in no_denoise.json()["message"]
+    assert denoised.status_code == 200 and denoised.headers["X-Restore-Mode"] == "denoise"
 
 
 async def test_unknown_model_is_404_naming_the_served_ones(settings: Settings) -> None:
@@ -144,7 +153,9 @@ async def test_models_lists_every_served_entry(settings: Settings) -> None:
     assert served["dir-restore/0.0.1"]["aligned_for"] is None
     assert served[ALIGNED]["aligned_for"]["detector_entry"] == "toy-aligned@1"
     assert served[ALIGNED]["detector"] == "toy-aligned/1" and served[MISSING]["detector"] == "toy-detector/1"
-    assert served[ALIGNED]["modes"] == ["full"] and served[ALIGNED]["default_mode"] == "full"
+    assert served[ALIGNED]["modes"] == ["full", "denoise"] and served[ALIGNED]["default_mode"] == "full"
+    assert served[MISSING]["modes"] == ["full"]
+    assert served["dir-restore/0.0.1"]["default_mode"] == "denoise"
     loaded = {f"{m['name']}/{m['version']}" for m in listing["models"] if m["loaded"]}
     assert loaded == {"dir-restore/0.0.1", ALIGNED, MISSING, "toy-detector/1"}
 
@@ -159,6 +170,7 @@ async def test_detect_with_an_aligned_entry_uses_its_detector(settings: Settings
     assert default.status_code == aligned.status_code == fallback.status_code == 200, aligned.text
     plain, tuned, missing = default.json(), aligned.json(), fallback.json()
     assert plain["detector"] == "toy-detector/1" and plain["aligned_detector"] is None
+    assert plain["restore_mode"] == "denoise" and plain["model"] == "dir-restore/0.0.1"
     assert [d["class_name"] for d in plain["detections"]] == ["dog"]
     assert tuned["model"] == ALIGNED and tuned["detector"] == "toy-aligned/1"
     assert tuned["restore_mode"] == "full" and aligned.headers["X-Detector"] == "toy-aligned/1"

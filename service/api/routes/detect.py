@@ -42,9 +42,7 @@ class DetectQuery:
     annotate: bool = Query(False, description="include a PNG of the restored image with boxes drawn")
     conf: float | None = Query(None, ge=0.0, le=1.0, description="score threshold (default: the manifest's)")
     iou: float | None = Query(None, ge=0.0, le=1.0, description="NMS IoU (default: the manifest's)")
-    mode: Literal["full", "denoise"] | None = Query(
-        None, description="restore mode (default: full for a task-aligned entry): " + MODE_HELP
-    )
+    mode: Literal["full", "denoise"] | None = Query(None, description="restore mode: " + MODE_HELP)
     model: str | None = Query(None, description=MODEL_HELP)
 
 
@@ -60,10 +58,10 @@ def _aligned_detector_ref(state: ServiceState) -> str | None:
 async def detect_work(state: ServiceState, query: DetectQuery) -> Work:
     """Check that a detector is installed (503) and the mode (422) -> the work: a ``DetectResponse``.
 
-    ``state`` is the served entry ``?model=`` picked; a task-aligned one restores in ``full`` mode unless
-    the query names a mode (its A is what was aligned) and detects with the detector it was aligned for
-    when that is installed, else with the service's (``aligned_detector`` and ``X-Detector`` say which)."""
-    run_mode = query.mode or ("full" if state.aligned_for else state.restorer.default_mode)
+    ``state`` is the served entry ``?model=`` picked; a task-aligned one (default mode ``full``) detects with
+    the detector it was aligned for when that is installed, else with the service's (``aligned_detector``
+    and ``X-Detector`` say which)."""
+    run_mode = query.mode or state.restorer.default_mode
     detector = await state.task_detector()
     if detector is None:
         raise Unavailable((state.base or state).detector_error)

@@ -28,7 +28,7 @@ async def models(state: StateDep) -> ModelsResponse:
             default=s is state,
             precision=s.model.precision,
             modes=s.restorer.modes,
-            default_mode="full" if s.aligned_for else s.restorer.default_mode,
+            default_mode=s.restorer.default_mode,
             aligned_for=s.aligned_for,
             detector=_ref(await s.task_detector()),
         )
