@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from modelstore.errors import ModelStoreError
 from modelstore.manifest import ModelFile, read_manifest, sha256_file, write_manifest
 from service.api.state import build_state
+from service.client import AsyncDirClient
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.detect.conftest import constant_detector_onnx
@@ -197,3 +198,15 @@ async def test_model_query_with_redis_says_extra_models_need_the_embedded_queue(
     assert response.status_code == 404
     assert "DIR_QUEUE=embedded" in response.json()["message"]
     assert default.status_code != 404
+
+
+async def test_client_model_keyword(settings: Settings) -> None:
+    body = noise_png(64, 64)
+    async with serve(settings) as served:
+        transport = httpx.ASGITransport(app=served.app)  # type: ignore[attr-defined]
+        async with AsyncDirClient("http://service", transport=transport) as client:
+            detected = await client.detect(body, model=ALIGNED)
+            as_job = await client.represent(body, model=ALIGNED, job_above=0)
+            default = await client.restore(body)
+    assert detected.model == ALIGNED and detected.detector == "toy-aligned/1"
+    assert as_job.model == ALIGNED and default.model == "dir-restore/0.0.1"
