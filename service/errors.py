@@ -75,6 +75,14 @@ class RequestTimeout(ServiceError):  # noqa: N818 (HTTP-status names, as in http
     reason = "body_timeout"
 
 
+class ModelNotFound(ServiceError):  # noqa: N818 (HTTP-status names, as in httpx)
+    """``?model=`` names no entry this service serves."""
+
+    status = 404
+    code = "model_not_found"
+    reason = "bad_input"
+
+
 class QueueFull(ServiceError):  # noqa: N818 (HTTP-status names, as in httpx)
     """The model's queue holds ``queue_bound`` tiles already; the client should retry later."""
 

@@ -46,7 +46,12 @@ class DetectResponse(BaseModel):
 
     model: str = Field(description="restoration model name/version")
     restore_mode: str = Field(description="the restore mode the detections ran on: 'full' or 'denoise'")
-    detector: str = Field(description="detector name/version")
+    detector: str = Field(description="the detector that ran (name/version)")
+    aligned_detector: str | None = Field(
+        None,
+        description="for a task-aligned restoration entry: the detector entry its A was trained with "
+        "(name/version); it runs when installed, else the service's detector does (then 'detector' differs)",
+    )
     width: int
     height: int
     detections: list[DetectionOut]
@@ -66,6 +71,24 @@ class ModelInfo(BaseModel):
     tile: dict[str, int] | None
     outputs: list[str]
     metrics: dict[str, Any]
+
+
+class ServedModel(BaseModel):
+    """One restoration entry this service serves (``?model=`` picks it)."""
+
+    model: str = Field(description="name/version; the value of ?model= that picks it")
+    default: bool = Field(description="the entry requests without ?model= run (DIR_RESTORE_MODEL)")
+    precision: str = Field(description="'fp32' or 'fp16' (DIR_PRECISION)")
+    modes: list[str] = Field(description="restore modes it offers")
+    default_mode: str = Field(description="the mode of requests that name none")
+    aligned_for: dict[str, Any] | None = Field(
+        None, description="its manifest's extra.aligned_for (task, detector, ...) for a task-aligned entry"
+    )
+    detector: str | None = Field(
+        None,
+        description="the detector /v1/detect?model= runs on it (name/version; for a task-aligned entry the "
+        "one it was aligned for when installed); null when none is installed",
+    )
 
 
 class ModelsResponse(BaseModel):
@@ -88,6 +111,10 @@ class ModelsResponse(BaseModel):
     )
     restore_tile_overlap: int = Field(description="overlap (px) of neighbouring tiles (DIR_TILE_OVERLAP)")
     detect: str | None
+    served: list[ServedModel] = Field(
+        description="every served restoration entry: the default (DIR_RESTORE_MODEL) first, then "
+        "DIR_SERVE_MODELS"
+    )
     models: list[ModelInfo]
 
 

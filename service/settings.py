@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     restore_model: str = Field(
         default="dir-restore", description="restoration entry: 'name' (highest version) or 'name/version'"
     )
+    serve_models: str = Field(
+        default="",
+        description="more restoration entries served beside DIR_RESTORE_MODEL, comma-separated 'name' or "
+        "'name/version'; a request picks one with ?model= (embedded queue only)",
+    )
     detect_model: str = Field(
         default="",
         description="detector entry 'name' or 'name/version'; empty: the first task=detect entry found",
@@ -271,6 +276,11 @@ class Settings(BaseSettings):
         if self.providers.strip() in ("", "auto"):
             return None
         return [p.strip() for p in self.providers.split(",") if p.strip()]
+
+    @property
+    def served_models(self) -> list[str]:
+        """The entries of ``DIR_SERVE_MODELS`` (``name`` or ``name/version``), in order."""
+        return [ref.strip() for ref in self.serve_models.split(",") if ref.strip()]
 
     @property
     def cores(self) -> int:

@@ -46,7 +46,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             finally:
                 await app.state.jobs.close()
                 await store.close()
-                await state.queue.close()
+                await state.close_queues()
         finally:
             remove_log_redaction()
 
@@ -64,8 +64,8 @@ def build_job_store(settings: Settings) -> JobStore:
 
 def _shrink_arenas(app: FastAPI) -> None:
     state: ServiceState | None = getattr(app.state, "service", None)
-    if state is not None:
-        state.shrink_arenas()
+    for served in state.served if state is not None else []:
+        served.shrink_arenas()
 
 
 def _index() -> FileResponse:

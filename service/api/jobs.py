@@ -50,7 +50,7 @@ class JobRunner:
     async def submit(self, work: Work, image: DecodedImage, decode_s: float) -> JobRecord:
         """Store a new job for ``work`` on the decoded ``image`` and start it; ``Unavailable`` (503) when the
         store cannot hold it."""
-        cost = admission.request_cost(self.state.restorer, image.width, image.height, work.mode)
+        cost = admission.request_cost(work.state.restorer, image.width, image.height, work.mode)
         record = JobRecord(
             id=uuid.uuid4().hex,
             task=work.task,
@@ -100,7 +100,7 @@ class JobRunner:
         except Unavailable as exc:
             log.error("job %s ended (%s) but could not be stored: %s", record.id, record.state, exc.message)
         if pixels >= TRIM_ABOVE_PIXELS:
-            await asyncio.to_thread(release_memory, self.state.shrink_arenas)
+            await asyncio.to_thread(release_memory, work.state.shrink_arenas)
 
     async def _produce(
         self, record: JobRecord, work: Work, image: DecodedImage, before: tuple[float, float], pixels: int
@@ -117,8 +117,8 @@ class JobRunner:
             record.tiles_done, record.tiles_total = tiles, total
 
         async def run(image: DecodedImage, outputs: list[str], mode: str) -> Inference:
-            result = await self.state.restorer.infer(image, outputs, deadline, mode, progress)
-            await self.state.after_model(pixels)
+            result = await work.state.restorer.infer(image, outputs, deadline, mode, progress)
+            await work.state.after_model(pixels)
             done.append(result)
             return result
 

@@ -34,13 +34,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         415: "not a PNG, JPEG or WebP image",
         422: "truncated image, image side or aspect ratio out of bounds, or bad parameter",
         429: "queue full (Retry-After)",
+        404: "model_not_found: ?model= names no entry this service serves (see GET /v1/models)",
         503: "model or queue unavailable (Retry-After)",
         504: "deadline passed",
     }.items()
 }
+MODEL_HELP = (
+    "the served restoration entry to run: 'name/version' or 'name' (GET /v1/models lists them: "
+    "DIR_RESTORE_MODEL, the default, and DIR_SERVE_MODELS)"
+)
 MODE_HELP = (
     "full: DiR restoration, which also corrects the ISP's colour and tone errors (exposure, white balance, "
     "gamma); denoise: removes noise and compression artefacts but keeps the camera's colour and tone (for "
-    "correctly tuned cameras). Without it: the server's default (DIR_RESTORE_MODE; GET /v1/models lists "
-    "the modes the loaded model offers and the default)"
+    "correctly tuned cameras). Without it: the server's default (DIR_RESTORE_MODE; full for a task-aligned "
+    "entry; GET /v1/models lists the modes each served model offers and its default)"
 )

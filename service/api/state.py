@@ -6,14 +6,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelstore import detector as detection
 from modelstore.errors import ModelStoreError
-from modelstore.store import resolve_entry
+from modelstore.store import ModelEntry, resolve_entry
 from service.batching import BatchPolicy
 from service.deadline import Deadline
 from service.embedded import EmbeddedQueue
-from service.errors import BadInput, InferenceError
+from service.errors import BadInput, InferenceError, ModelNotFound
 from service.inference import Restorer
 from service.memory import TRIM_ABOVE_PIXELS
 from service.metrics import Metrics
@@ -50,10 +51,52 @@ class ServiceState:
     detector_error: str
     detector_scanned: float = field(default_factory=time.monotonic)
     detector_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: ``extra["aligned_for"]`` of the entry's manifest (a task-aligned entry), else None.
+    aligned_for: dict[str, Any] | None = None
+    #: The detector entry ``aligned_for`` names, when it is installed and loads.
+    aligned_detector: detection.Detector | None = None
+    #: The states of the ``DIR_SERVE_MODELS`` entries (on the default state; empty on theirs).
+    extras: list[ServiceState] = field(default_factory=list)
+    #: The default state (on the state of a ``DIR_SERVE_MODELS`` entry): it owns the service's detector.
+    base: ServiceState | None = None
+
+    @property
+    def served(self) -> list[ServiceState]:
+        """Every served entry's state, the default first, then ``DIR_SERVE_MODELS`` in order."""
+        return [self, *self.extras]
+
+    def select(self, model: str | None) -> ServiceState:
+        """The state of the served entry ``model`` names (``name/version``, or ``name``: the first served
+        entry of that name); None or empty: the default. ``ModelNotFound`` (404) names the served ones."""
+        if not model:
+            return self
+        for state in self.served:
+            if model in (state.model.ref, state.model.entry.manifest.name):
+                return state
+        refs = ", ".join(state.model.ref for state in self.served)
+        hint = (
+            "; with the Redis queue only DIR_RESTORE_MODEL is served (extra models, DIR_SERVE_MODELS, need "
+            "DIR_QUEUE=embedded)"
+            if self.settings.uses_redis
+            else "; add it to DIR_SERVE_MODELS to serve it"
+        )
+        raise ModelNotFound(f"model {model!r} is not served here (served: {refs}){hint}")
+
+    async def task_detector(self) -> detection.Detector | None:
+        """The detector ``/v1/detect`` runs on this entry's output: the one its ``aligned_for`` names when
+        installed, else the service's (:meth:`current_detector`)."""
+        return self.aligned_detector or await (self.base or self).current_detector()
+
+    async def close_queues(self) -> None:
+        """Close the queue of every served entry."""
+        for state in self.served:
+            await state.queue.close()
 
     async def current_detector(self) -> detection.Detector | None:
         """The loaded detector. While none is, the store is searched again (at most every
         ``DIR_DETECTOR_RESCAN_S``), so a detector installed while the server runs serves without a restart."""
+        if self.base is not None:
+            return await self.base.current_detector()
         if self.detector is None and self._rescan_due():
             async with self.detector_lock:
                 if self.detector is None and self._rescan_due():
@@ -144,18 +187,43 @@ def _build_restorer(
             f"DIR_TILE_SIZE / DIR_TILE_SIZES / DIR_TILE_OVERLAP do not fit {model.ref}: {exc.message}"
         ) from exc
     try:
-        restorer.default_mode = restorer.resolve_mode(settings.restore_mode)
+        aligned = isinstance(model.entry.manifest.extra.get("aligned_for"), dict)
+        # A task-aligned entry's A is what was aligned; the denoise graph does not use A.
+        restorer.default_mode = "full" if aligned else restorer.resolve_mode(settings.restore_mode)
     except BadInput as exc:
         raise ModelStoreError(f"DIR_RESTORE_MODE={settings.restore_mode}: {exc.message}") from exc
     return restorer
 
 
-async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
-    """Load and verify the restoration entry, build the queue, load the detector when one is installed.
+def load_aligned_detector(settings: Settings, entry: ModelEntry) -> detection.Detector | None:
+    """The detector entry a task-aligned ``entry`` records (``extra.aligned_for.detector_entry``,
+    ``NAME@VERSION`` in the model store) when it is installed and loads, else None (logged)."""
+    aligned = entry.manifest.extra.get("aligned_for")
+    recorded = str(aligned.get("detector_entry") or "") if isinstance(aligned, dict) else ""
+    if not recorded:
+        return None
+    name, _, version = recorded.partition("@")
+    path = settings.model_store / name / version
+    if not version or not path.is_dir():
+        log.warning(
+            "%s was aligned for detector %s, which is not installed; /v1/detect?model=%s runs "
+            "the service's detector",
+            entry.ref,
+            recorded,
+            entry.ref,
+        )
+        return None
+    try:
+        return detection.load_detector(path, settings.provider_list, settings.threads, settings.pins)
+    except ModelStoreError as exc:
+        log.error("detector entry %s of %s refused: %s", path, entry.ref, exc.message)
+        return None
 
-    Raises ``ModelStoreError`` (missing entry, sha256 mismatch, bad graph): the service refuses to start.
-    """
-    entry = resolve_entry(settings.model_store, settings.restore_model, "restore")
+
+async def _serve_entry(settings: Settings, metrics: Metrics, entry: ModelEntry) -> ServiceState:
+    """Load, verify and warm up the restoration ``entry``, build its queue and restorer, and load the
+    detector it was aligned for (if any); the service's detector is the caller's to add. A task-aligned
+    entry's default restore mode is ``full`` whatever ``DIR_RESTORE_MODE`` says."""
     model = await asyncio.to_thread(RestoreModel.from_settings, entry, settings, not settings.uses_redis)
     queue = _build_queue(settings, metrics, model)
     _, tiles, overlap = tile_geometry(model.entry, settings)
@@ -169,7 +237,8 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
             "warmed up %s: %d graph(s) x tiles %s px in %.1f s", model.ref, len(model.graphs), tiles, seconds
         )
     await queue.start()
-    detector, detector_error = await asyncio.to_thread(load_detector, settings)
+    aligned = entry.manifest.extra.get("aligned_for")
+    aligned_detector = await asyncio.to_thread(load_aligned_detector, settings, entry)
     log.info(
         "serving %s %s (%s, tiles %s px overlapping by %d, queue %s%s)",
         model.ref,
@@ -182,4 +251,44 @@ async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
         if settings.uses_redis
         else f", {model.parallel} parts x {settings.run_threads(model.parallel)} threads",
     )
-    return ServiceState(settings, metrics, model, queue, restorer, detector, detector_error)
+    return ServiceState(
+        settings,
+        metrics,
+        model,
+        queue,
+        restorer,
+        None,
+        "",
+        aligned_for=aligned if isinstance(aligned, dict) else None,
+        aligned_detector=aligned_detector,
+    )
+
+
+async def build_state(settings: Settings, metrics: Metrics) -> ServiceState:
+    """Load and verify the restoration entry (``DIR_RESTORE_MODEL``, the default) and those of
+    ``DIR_SERVE_MODELS``, each with its own queue and restorer; load the detector when one is installed.
+
+    Raises ``ModelStoreError`` (missing entry, sha256 mismatch, bad graph; ``DIR_SERVE_MODELS`` with the
+    Redis queue): the service refuses to start.
+    """
+    if settings.served_models and settings.uses_redis:
+        raise ModelStoreError(
+            f"DIR_SERVE_MODELS={settings.serve_models}: extra models are served with the embedded queue only "
+            "(DIR_QUEUE=embedded); with the Redis queue run one deployment per entry (DIR_RESTORE_MODEL)"
+        )
+    entries = [resolve_entry(settings.model_store, settings.restore_model, "restore")]
+    for ref in settings.served_models:
+        entry = resolve_entry(settings.model_store, ref, "restore")
+        if entry.ref not in {e.ref for e in entries}:
+            entries.append(entry)
+    state = await _serve_entry(settings, metrics, entries[0])
+    try:
+        for entry in entries[1:]:
+            extra = await _serve_entry(settings, metrics, entry)
+            extra.base = state
+            state.extras.append(extra)
+    except BaseException:
+        await state.close_queues()
+        raise
+    state.detector, state.detector_error = await asyncio.to_thread(load_detector, settings)
+    return state

@@ -32,11 +32,12 @@ Produce = Callable[[DecodedImage, InferFn, float, float], Awaitable[Reply]]
 
 @dataclass(frozen=True)
 class Work:
-    """One request's work, its parameters checked: ``task`` (restore, represent, detect), the restore
-    ``mode`` admission costs, ``json_outputs`` of a JSON representation (admission checks their size),
-    ``produce`` (the answer), and ``result_bytes(width, height)``: a bound on the answer's size (the job
-    store reserves it)."""
+    """One request's work, its parameters checked: ``state`` (of the served entry ``?model=`` picked),
+    ``task`` (restore, represent, detect), the restore ``mode`` admission costs, ``json_outputs`` of a JSON
+    representation (admission checks their size), ``produce`` (the answer), and
+    ``result_bytes(width, height)``: a bound on the answer's size (the job store reserves it)."""
 
+    state: ServiceState
     task: str
     mode: str
     json_outputs: list[str] | None
@@ -93,9 +94,10 @@ async def decode(
     return image, time.perf_counter() - started
 
 
-async def answer(request: Request, state: ServiceState, work: Work, started: float) -> Response:
+async def answer(request: Request, work: Work, started: float) -> Response:
     """The synchronous route: decode the body and produce the answer within the request's deadline,
     dropping the remaining tiles when the client leaves."""
+    state = work.state
     deadline = state.deadline(started)
     image, decode_s = await decode(request, state, deadline, work.mode, work.json_outputs)
 

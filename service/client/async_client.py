@@ -81,14 +81,17 @@ class AsyncDirClient(ClientBase):
         *,
         fmt: str = "png",
         mode: str | None = None,
+        model: str | None = None,
         job_above: float | None = DEFAULT_JOB_ABOVE_MP,
         progress: Progress | None = None,
     ) -> RestoreResult:
         """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``; ``mode`` ``full`` (DiR, corrects the
         ISP's colour and tone too), ``denoise`` (keeps the camera's colour and tone) or None (the server's
-        default). Above ``job_above`` megapixels (0: always, None: never) it runs as a job reporting
+        default); ``model`` the served entry that runs (``name`` or ``name/version``; None: the server's
+        default; the same keyword on :meth:`represent` and :meth:`detect`). Above ``job_above`` megapixels
+        (0: always, None: never) it runs as a job reporting
         ``progress(tiles_done, tiles_total)``."""
-        call = Call.build("restore", image, fmt=fmt, mode=mode)
+        call = Call.build("restore", image, fmt=fmt, mode=mode, model=model)
         return await self._run(call, job_above, progress, self.restore_result)
 
     async def represent(
@@ -96,12 +99,13 @@ class AsyncDirClient(ClientBase):
         image: ImageInput,
         *,
         output: str = "r_plus",
+        model: str | None = None,
         job_above: float | None = DEFAULT_JOB_ABOVE_MP,
         progress: Progress | None = None,
     ) -> Representation:
         """One DiR array of an image (``r_plus``, ``r0`` or ``pilot``; C x H/s x W/s float32); a job above
         ``job_above`` megapixels, as in :meth:`restore`."""
-        call = Call.build("represent", image, output=output)
+        call = Call.build("represent", image, output=output, model=model)
         return await self._run(call, job_above, progress, self.represent_result)
 
     async def detect(
@@ -110,12 +114,13 @@ class AsyncDirClient(ClientBase):
         *,
         compare: bool = False,
         mode: str | None = None,
+        model: str | None = None,
         job_above: float | None = DEFAULT_JOB_ABOVE_MP,
         progress: Progress | None = None,
     ) -> DetectResult:
         """Detections on the image restored in ``mode`` (``full``, ``denoise``, None: the server's default),
         and on the unrestored input when ``compare``; a job above ``job_above`` megapixels."""
-        call = Call.build("detect", image, compare=compare, mode=mode)
+        call = Call.build("detect", image, compare=compare, mode=mode, model=model)
         return await self._run(call, job_above, progress, self.detect_result)
 
     async def _run(
@@ -131,7 +136,7 @@ class AsyncDirClient(ClientBase):
 
     async def submit_job(self, task: str, image: ImageInput, **params: Any) -> JobHandle:
         """Submit ``task`` (restore, represent, detect) on ``image`` as a job, with the keyword arguments of
-        the matching method (``fmt``, ``mode``, ``output``, ``compare``)."""
+        the matching method (``fmt``, ``mode``, ``output``, ``compare``, ``model``)."""
         return await self._submit(Call.build(task, image, **params))
 
     async def _submit(self, call: Call) -> JobHandle:

@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
             f"inf: none; default {DEFAULT_JOB_ABOVE_MP:g})",
         )
         command.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+        command.add_argument(
+            "--model",
+            help="served restoration entry, 'name' or 'name/version' (default: the server's; 'dir models')",
+        )
 
     sub.add_parser("models", help="list the models the server has loaded")
     return parser
@@ -127,7 +131,12 @@ async def _restore_all(args: argparse.Namespace) -> int:
             tiles = _TileBar(path.name, args.no_progress)
             try:
                 result = await client.restore(
-                    path, fmt=args.fmt, mode=args.mode, job_above=args.job_above, progress=tiles
+                    path,
+                    fmt=args.fmt,
+                    mode=args.mode,
+                    model=args.model,
+                    job_above=args.job_above,
+                    progress=tiles,
                 )
             except ServerUnavailableError:
                 raise
@@ -184,13 +193,18 @@ def _run(args: argparse.Namespace) -> int:
         try:
             if args.command == "represent":
                 rep = client.represent(
-                    args.input, output=args.output, job_above=args.job_above, progress=tiles
+                    args.input, output=args.output, model=args.model, job_above=args.job_above, progress=tiles
                 )
                 rep.save(args.out)
                 print(f"{args.out}: shape {tuple(rep.array.shape)} dtype {rep.array.dtype}")
             else:
                 result = client.detect(
-                    args.input, compare=args.compare, mode=args.mode, job_above=args.job_above, progress=tiles
+                    args.input,
+                    compare=args.compare,
+                    mode=args.mode,
+                    model=args.model,
+                    job_above=args.job_above,
+                    progress=tiles,
                 )
                 print(json.dumps(result.raw, indent=2) if args.json else _format_detections(result))
         finally:

@@ -91,15 +91,18 @@ class DirClient(ClientBase):
         *,
         fmt: str = "png",
         mode: str | None = None,
+        model: str | None = None,
         job_above: float | None = DEFAULT_JOB_ABOVE_MP,
         progress: Progress | None = None,
     ) -> RestoreResult:
         """Restore one camera image; ``fmt`` is ``png`` or ``jpeg``; ``mode`` ``full`` (DiR, corrects the
         ISP's colour and tone too), ``denoise`` (keeps the camera's colour and tone) or None (the server's
-        default, ``default_restore_mode`` of :meth:`models`; the result's headers name the mode run).
+        default, ``default_restore_mode`` of :meth:`models`; the result's headers name the mode run);
+        ``model`` the served entry that runs (``name`` or ``name/version``; None: the server's default; the
+        same keyword on :meth:`represent` and :meth:`detect`).
         Above ``job_above`` megapixels (0: always, None: never) it runs as a job reporting
         ``progress(tiles_done, tiles_total)``."""
-        call = Call.build("restore", image, fmt=fmt, mode=mode)
+        call = Call.build("restore", image, fmt=fmt, mode=mode, model=model)
         return self._run(call, job_above, progress, self.restore_result)
 
     def represent(
@@ -107,12 +110,13 @@ class DirClient(ClientBase):
         image: ImageInput,
         *,
         output: str = "r_plus",
+        model: str | None = None,
         job_above: float | None = DEFAULT_JOB_ABOVE_MP,
         progress: Progress | None = None,
     ) -> Representation:
         """One DiR array of an image (``r_plus``, ``r0`` or ``pilot``; C x H/s x W/s float32); a job above
         ``job_above`` megapixels, as in :meth:`restore`."""
-        call = Call.build("represent", image, output=output)
+        call = Call.build("represent", image, output=output, model=model)
         return self._run(call, job_above, progress, self.represent_result)
 
     def detect(
@@ -121,13 +125,14 @@ class DirClient(ClientBase):
         *,
         compare: bool = False,
         mode: str | None = None,
+        model: str | None = None,
         job_above: float | None = DEFAULT_JOB_ABOVE_MP,
         progress: Progress | None = None,
     ) -> DetectResult:
         """Detections on the image restored in ``mode`` (``full``, ``denoise``, None: the server's default),
         and on the unrestored input when ``compare``; a job above ``job_above`` megapixels, as in
         :meth:`restore`."""
-        call = Call.build("detect", image, compare=compare, mode=mode)
+        call = Call.build("detect", image, compare=compare, mode=mode, model=model)
         return self._run(call, job_above, progress, self.detect_result)
 
     def _run(self, call: Call, job_above: float | None, progress: Progress | None, decode: Decode[R]) -> R:
@@ -141,7 +146,7 @@ class DirClient(ClientBase):
 
     def submit_job(self, task: str, image: ImageInput, **params: Any) -> JobHandle:
         """Submit ``task`` (restore, represent, detect) on ``image`` as a job, with the keyword arguments of
-        the matching method (``fmt``, ``mode``, ``output``, ``compare``)."""
+        the matching method (``fmt``, ``mode``, ``output``, ``compare``, ``model``)."""
         return self._submit(Call.build(task, image, **params))
 
     def _submit(self, call: Call) -> JobHandle:

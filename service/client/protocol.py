@@ -79,19 +79,29 @@ def _mode(mode: str | None) -> dict[str, str]:
     return {} if mode is None else {"mode": mode}
 
 
-def restore_params(*, fmt: str = "png", mode: str | None = None) -> dict[str, str]:
-    """Query of /v1/restore: ``fmt`` png or jpeg; ``mode`` full, denoise or None (the server's default)."""
-    return {"format": fmt, **_mode(mode)}
+def _model(model: str | None) -> dict[str, str]:
+    """The ``model`` query parameter (a served entry, ``name`` or ``name/version``), left out for None (the
+    server's default entry)."""
+    return {} if model is None else {"model": model}
 
 
-def represent_params(*, output: str = "r_plus") -> dict[str, str]:
-    """Query of /v1/represent: one array (``r_plus``, ``r0`` or ``pilot``) as ``.npy``."""
-    return {"format": "npy", "outputs": output}
+def restore_params(*, fmt: str = "png", mode: str | None = None, model: str | None = None) -> dict[str, str]:
+    """Query of /v1/restore: ``fmt`` png or jpeg; ``mode`` full, denoise or None (the server's default);
+    ``model`` the served entry (None: the server's default)."""
+    return {"format": fmt, **_mode(mode), **_model(model)}
 
 
-def detect_params(*, compare: bool = False, mode: str | None = None) -> dict[str, str]:
-    """Query of /v1/detect: restore ``mode`` before the detector; ``compare`` also detects on the input."""
-    return {**_mode(mode), **({"compare": "true"} if compare else {})}
+def represent_params(*, output: str = "r_plus", model: str | None = None) -> dict[str, str]:
+    """Query of /v1/represent: one array (``r_plus``, ``r0`` or ``pilot``) as ``.npy`` of ``model``."""
+    return {"format": "npy", "outputs": output, **_model(model)}
+
+
+def detect_params(
+    *, compare: bool = False, mode: str | None = None, model: str | None = None
+) -> dict[str, str]:
+    """Query of /v1/detect: restore ``mode`` (with ``model``) before the detector; ``compare`` also detects
+    on the input."""
+    return {**_mode(mode), **_model(model), **({"compare": "true"} if compare else {})}
 
 
 _PARAMS: dict[str, Callable[..., dict[str, str]]] = {

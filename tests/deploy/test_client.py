@@ -94,9 +94,10 @@ def test_restore_and_detect_send_the_mode() -> None:
     with DirClient("http://dir.test", transport=transport) as client:
         client.restore(b"x", fmt="jpeg", mode="denoise")
         with pytest.raises(DirClientError):  # the scripted server answers a PNG, not detections
-            client.detect(b"x", compare=True, mode="denoise")
+            client.detect(b"x", compare=True, mode="denoise", model="dir-align/1")
     assert seen[0].url.params["format"] == "jpeg" and seen[0].url.params["mode"] == "denoise"
     assert seen[1].url.params["mode"] == "denoise" and seen[1].url.params["compare"] == "true"
+    assert "model" not in seen[0].url.params and seen[1].url.params["model"] == "dir-align/1"
 
 
 def test_retry_gives_up_with_status_and_server_message() -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from modelstore import detector as detection
 from service.api.deps import AUTH, StateDep
-from service.api.spec import ERRORS, IMAGE_BODY, MODE_HELP
+from service.api.spec import ERRORS, IMAGE_BODY, MODE_HELP, MODEL_HELP
 from service.api.state import ServiceState
 from service.api.work import InferFn, Work, answer
 from service.errors import Unavailable
@@ -43,18 +43,30 @@ class DetectQuery:
     conf: float | None = Query(None, ge=0.0, le=1.0, description="score threshold (default: the manifest's)")
     iou: float | None = Query(None, ge=0.0, le=1.0, description="NMS IoU (default: the manifest's)")
     mode: Literal["full", "denoise"] | None = Query(None, description="restore mode: " + MODE_HELP)
+    model: str | None = Query(None, description=MODEL_HELP)
 
 
 DetectQueryDep = Annotated[DetectQuery, Depends()]
 
 
+def _aligned_detector_ref(state: ServiceState) -> str | None:
+    """The detector entry (``name/version``) a task-aligned entry was trained with, else None."""
+    recorded = str((state.aligned_for or {}).get("detector_entry") or "")
+    return recorded.replace("@", "/", 1) or None
+
+
 async def detect_work(state: ServiceState, query: DetectQuery) -> Work:
-    """Check that a detector is installed (503) and the mode (422) -> the work: a ``DetectResponse``."""
+    """Check that a detector is installed (503) and the mode (422) -> the work: a ``DetectResponse``.
+
+    ``state`` is the served entry ``?model=`` picked; a task-aligned one (default mode ``full``) detects with
+    the detector it was aligned for when that is installed, else with the service's (``aligned_detector``
+    and ``X-Detector`` say which)."""
     run_mode = query.mode or state.restorer.default_mode
-    detector = await state.current_detector()
+    detector = await state.task_detector()
     if detector is None:
-        raise Unavailable(state.detector_error)
+        raise Unavailable((state.base or state).detector_error)
     state.restorer.check_mode(run_mode)
+    detector_ref = f"{detector.manifest.name}/{detector.manifest.version}"
 
     async def produce(image: DecodedImage, infer: InferFn, decode_s: float, started: float) -> Reply:
         result = await infer(image, ["restored"], run_mode)
@@ -71,7 +83,8 @@ async def detect_work(state: ServiceState, query: DetectQuery) -> Work:
         body = DetectResponse(
             model=state.model.ref,
             restore_mode=run_mode,
-            detector=f"{detector.manifest.name}/{detector.manifest.version}",
+            detector=detector_ref,
+            aligned_detector=_aligned_detector_ref(state),
             width=image.width,
             height=image.height,
             detections=[DetectionOut(**d.to_dict()) for d in found],
@@ -87,12 +100,17 @@ async def detect_work(state: ServiceState, query: DetectQuery) -> Work:
                 "total": (time.perf_counter() - started) * 1000,
             },
         )
-        return Reply(bytes(JSONResponse(body.model_dump()).body), "application/json")
+        headers = {
+            "X-Model": state.model.ref,
+            "X-Model-Version": state.model.entry.manifest.version,
+            "X-Detector": detector_ref,
+        }
+        return Reply(bytes(JSONResponse(body.model_dump()).body), "application/json", headers)
 
     def result_bytes(width: int, height: int) -> int:
         return (4 * width * height if query.annotate else 0) + (1 << 20)  # base64 of a PNG of 3 bytes/pixel
 
-    return Work("detect", run_mode, None, produce, result_bytes)
+    return Work(state, "detect", run_mode, None, produce, result_bytes)
 
 
 @router.post(
@@ -104,4 +122,4 @@ async def detect_work(state: ServiceState, query: DetectQuery) -> Work:
 )
 async def detect(request: Request, state: StateDep, query: DetectQueryDep) -> Response:
     started = time.perf_counter()
-    return await answer(request, state, await detect_work(state, query), started)
+    return await answer(request, await detect_work(state.select(query.model), query), started)

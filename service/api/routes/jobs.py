@@ -16,7 +16,6 @@ from service.api.routes.detect import DetectQueryDep, detect_work
 from service.api.routes.represent import RepresentQueryDep, represent_work
 from service.api.routes.restore import RestoreQueryDep, restore_work
 from service.api.spec import ERRORS, IMAGE_BODY
-from service.api.state import ServiceState
 from service.api.work import Work, decode, reply_response
 from service.deadline import Deadline
 from service.errors import ServiceError
@@ -71,8 +70,9 @@ def status_body(record: JobRecord) -> dict[str, Any]:
     return JobStatus.model_validate({**asdict(record), "result": result}).model_dump()
 
 
-async def _submit(request: Request, state: ServiceState, jobs: JobRunner, work: Work) -> JSONResponse:
+async def _submit(request: Request, jobs: JobRunner, work: Work) -> JSONResponse:
     """Decode and admit the body as the synchronous route would (same 4xx), then start the job."""
+    state = work.state
     deadline = Deadline.after(state.settings.request_timeout_s, rule="DIR_REQUEST_TIMEOUT_S (decoding a job)")
     image, decode_s = await decode(request, state, deadline, work.mode, work.json_outputs, scale=False)
     record = await jobs.submit(work, image, decode_s)
@@ -90,7 +90,7 @@ async def _submit(request: Request, state: ServiceState, jobs: JobRunner, work: 
 async def restore_job(
     request: Request, state: StateDep, jobs: JobsDep, query: RestoreQueryDep
 ) -> JSONResponse:
-    return await _submit(request, state, jobs, restore_work(request, state, query))
+    return await _submit(request, jobs, restore_work(request, state.select(query.model), query))
 
 
 @router.post(
@@ -103,7 +103,7 @@ async def restore_job(
 async def represent_job(
     request: Request, state: StateDep, jobs: JobsDep, query: RepresentQueryDep
 ) -> JSONResponse:
-    return await _submit(request, state, jobs, represent_work(state, query))
+    return await _submit(request, jobs, represent_work(state.select(query.model), query))
 
 
 @router.post(
@@ -114,7 +114,7 @@ async def represent_job(
     responses=SUBMITTED,
 )
 async def detect_job(request: Request, state: StateDep, jobs: JobsDep, query: DetectQueryDep) -> JSONResponse:
-    return await _submit(request, state, jobs, await detect_work(state, query))
+    return await _submit(request, jobs, await detect_work(state.select(query.model), query))
 
 
 async def _record(jobs: JobRunner, job_id: str) -> JobRecord:

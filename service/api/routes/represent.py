@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service import admission
 from service.api.deps import AUTH, StateDep
-from service.api.spec import ERRORS, IMAGE_BODY
+from service.api.spec import ERRORS, IMAGE_BODY, MODEL_HELP
 from service.api.state import ServiceState
 from service.api.work import InferFn, Work, answer, timing_headers
 from service.errors import BadInput
@@ -65,6 +65,7 @@ class RepresentQuery:
     format: Literal["npy", "safetensors", "json"] = Query(
         "npy", description="npy (one output), safetensors or json (base64; for small images)"
     )
+    model: str | None = Query(None, description=MODEL_HELP)
 
 
 def _array_headers(arrays: dict[str, np.ndarray], scales: dict[str, int]) -> dict[str, str]:
@@ -124,7 +125,7 @@ def represent_work(state: ServiceState, query: RepresentQuery) -> Work:
         size = admission.json_array_bytes(state.restorer, names, width, height)
         return (size or 4 * 16 * width * height * len(names)) + (1 << 20)
 
-    return Work("represent", "full", names if query.format == "json" else None, produce, result_bytes)
+    return Work(state, "represent", "full", names if query.format == "json" else None, produce, result_bytes)
 
 
 @router.post(
@@ -136,4 +137,4 @@ def represent_work(state: ServiceState, query: RepresentQuery) -> Work:
 )
 async def represent(request: Request, state: StateDep, query: RepresentQueryDep) -> Response:
     started = time.perf_counter()
-    return await answer(request, state, represent_work(state, query), started)
+    return await answer(request, represent_work(state.select(query.model), query), started)

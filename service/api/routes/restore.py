@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from service.api.deps import AUTH, StateDep
-from service.api.spec import ERRORS, IMAGE_BODY, MODE_HELP
+from service.api.spec import ERRORS, IMAGE_BODY, MODE_HELP, MODEL_HELP
 from service.api.state import ServiceState
 from service.api.work import InferFn, Work, answer, timing_headers
 from service.http import image_format
@@ -35,13 +35,15 @@ class RestoreQuery:
     format: Literal["png", "jpeg", "jpg"] | None = Query(None, description="output format; overrides Accept")
     quality: int = Query(95, ge=1, le=100, description="JPEG quality")
     mode: Literal["full", "denoise"] | None = Query(None, description=MODE_HELP)
+    model: str | None = Query(None, description=MODEL_HELP)
 
 
 RestoreQueryDep = Annotated[RestoreQuery, Depends()]
 
 
 def restore_work(request: Request, state: ServiceState, query: RestoreQuery) -> Work:
-    """Check the query (406 for an output format it cannot give, 422 for a mode the model lacks) -> the
+    """Check the query (406 for an output format it cannot give, 422 for a mode the model of ``state``, the
+    served entry ``?model=`` picked, lacks) -> the
     work: the restored image encoded as PNG or JPEG, with ``X-Tiles``, ``X-Image-Size`` and
     ``X-Restore-Mode``."""
     fmt = image_format(query.format, request.headers.get("accept", ""))
@@ -62,7 +64,7 @@ def restore_work(request: Request, state: ServiceState, query: RestoreQuery) -> 
     def result_bytes(width: int, height: int) -> int:
         return 3 * width * height + (1 << 20)  # PNG at compress level 1 stays within raw size + headers
 
-    return Work("restore", run_mode, None, produce, result_bytes)
+    return Work(state, "restore", run_mode, None, produce, result_bytes)
 
 
 @router.post(
@@ -74,4 +76,4 @@ def restore_work(request: Request, state: ServiceState, query: RestoreQuery) -> 
 )
 async def restore(request: Request, state: StateDep, query: RestoreQueryDep) -> Response:
     started = time.perf_counter()
-    return await answer(request, state, restore_work(request, state, query), started)
+    return await answer(request, restore_work(request, state.select(query.model), query), started)
