@@ -138,6 +138,18 @@ def make_settings(fixture_store: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
+def redis_settings(
+    make_settings: Callable[..., Settings], redis_url: str, prefix: str
+) -> Callable[..., Settings]:
+    """Factory: :func:`make_settings` on the Redis queue under this test's key prefix; keywords override."""
+
+    def make(**overrides: Any) -> Settings:
+        return make_settings(queue=redis_url, stream_prefix=prefix, **overrides)
+
+    return make
+
+
+@pytest.fixture
 def api_settings(make_settings: Callable[..., Settings], served_entry: ModelEntry) -> Callable[..., Settings]:
     """Factory: like ``make_settings`` but on the store of ``served_entry`` (the committed model if any)."""
 

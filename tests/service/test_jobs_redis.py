@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import redis
@@ -17,16 +16,6 @@ from tests.service.test_jobs import BODY, same_answer, submit, wait_for_state
 from tests.service.test_redis import stalled_worker, worker_thread
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def redis_settings(
-    make_settings: Callable[..., Settings], redis_url: str, prefix: str
-) -> Callable[..., Settings]:
-    def make(**overrides: Any) -> Settings:
-        return make_settings(queue=redis_url, stream_prefix=prefix, **overrides)
-
-    return make
 
 
 async def test_redis_job_result_equals_the_sync_answer(redis_settings: Callable[..., Settings]) -> None:

@@ -114,16 +114,6 @@ def small_png(dataset: Callable[[str], Path]) -> bytes:
     return (dataset("cset14") / "face.png").read_bytes()  # 276x276
 
 
-@pytest.fixture
-def redis_settings(
-    make_settings: Callable[..., Settings], redis_url: str, prefix: str
-) -> Callable[..., Settings]:
-    def make(**overrides: Any) -> Settings:
-        return make_settings(queue=redis_url, stream_prefix=prefix, **overrides)
-
-    return make
-
-
 async def test_redis_backend_matches_embedded(
     make_settings: Callable[..., Settings], redis_settings: Callable[..., Settings], small_png: bytes
 ) -> None:
