@@ -165,6 +165,13 @@ class Manifest(BaseModel):
             return None
         return DenoiseSpec.model_validate(spec)
 
+    @property
+    def aligned_for(self) -> dict[str, Any] | None:
+        """``extra["aligned_for"]`` of a task-aligned entry (task, detector, detector_mode, loss,
+        detector_entry, ...; written by ``dir-train align``), or None for any other entry."""
+        record = self.extra.get("aligned_for")
+        return record if isinstance(record, dict) else None
+
     def file_sha256(self, path: str) -> str | None:
         """The recorded sha256 of ``path`` (relative to the entry folder), or None when not recorded."""
         for f in self.files:

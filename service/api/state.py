@@ -187,8 +187,8 @@ def _build_restorer(
             f"DIR_TILE_SIZE / DIR_TILE_SIZES / DIR_TILE_OVERLAP do not fit {model.ref}: {exc.message}"
         ) from exc
     try:
-        aligned = isinstance(model.entry.manifest.extra.get("aligned_for"), dict)
         # A task-aligned entry's A is what was aligned; the denoise graph does not use A.
+        aligned = model.entry.manifest.aligned_for is not None
         restorer.default_mode = "full" if aligned else restorer.resolve_mode(settings.restore_mode)
     except BadInput as exc:
         raise ModelStoreError(f"DIR_RESTORE_MODE={settings.restore_mode}: {exc.message}") from exc
@@ -198,8 +198,7 @@ def _build_restorer(
 def load_aligned_detector(settings: Settings, entry: ModelEntry) -> detection.Detector | None:
     """The detector entry a task-aligned ``entry`` records (``extra.aligned_for.detector_entry``,
     ``NAME@VERSION`` in the model store) when it is installed and loads, else None (logged)."""
-    aligned = entry.manifest.extra.get("aligned_for")
-    recorded = str(aligned.get("detector_entry") or "") if isinstance(aligned, dict) else ""
+    recorded = str((entry.manifest.aligned_for or {}).get("detector_entry") or "")
     if not recorded:
         return None
     name, _, version = recorded.partition("@")
@@ -237,7 +236,6 @@ async def _serve_entry(settings: Settings, metrics: Metrics, entry: ModelEntry) 
             "warmed up %s: %d graph(s) x tiles %s px in %.1f s", model.ref, len(model.graphs), tiles, seconds
         )
     await queue.start()
-    aligned = entry.manifest.extra.get("aligned_for")
     aligned_detector = await asyncio.to_thread(load_aligned_detector, settings, entry)
     log.info(
         "serving %s %s (%s, tiles %s px overlapping by %d, queue %s%s)",
@@ -259,7 +257,7 @@ async def _serve_entry(settings: Settings, metrics: Metrics, entry: ModelEntry) 
         restorer,
         None,
         "",
-        aligned_for=aligned if isinstance(aligned, dict) else None,
+        aligned_for=entry.manifest.aligned_for,
         aligned_detector=aligned_detector,
     )
 
