@@ -28,7 +28,7 @@ from training.export import export_system
 from training.models import DiRSystem
 from training.models.checkpoint import system_from_entry
 from training.train.align import run as align_run
-from training.train.align.config import align_config_from_dict
+from training.train.align.config import AlignConfig, align_config_from_dict
 from training.train.align.detector import load_torch_detector
 from training.train.align.entry import check_uncommittable
 from training.train.align.objective import AlignObjective, task_loss
@@ -243,3 +243,60 @@ def test_an_entry_trained_through_unlicensed_weights_must_be_git_ignored(store: 
         check_uncommittable(target, detector)
     (tmp_path / ".gitignore").write_text("model_store/dir-align-*/\n")
     check_uncommittable(target, detector)
+
+
+def _stage_config(tmp: Path, images: Path, run: str, joint_steps: int = 0) -> AlignConfig:
+    raw = yaml.safe_load(_config(tmp, images, optim={"steps": joint_steps, "warmup_steps": 1}).read_text())
+    stage = {"optim": {"steps": 4, "lr": 1e-3, "warmup_steps": 1}, "batch_size": 3, "labelled_weight": 0.5}
+    return align_config_from_dict({**raw, "run_dir": str(tmp / run), "detector_stage": stage})
+
+
+def test_joint_mode_detector_stage_trains_t_alone_on_renderings_then_writes_both_entries(
+    store: Path, images: Path, tmp_path: Path
+) -> None:
+    cfg = _stage_config(tmp_path, images, "run")
+    to = tmp_path / "dir-align-tiny-yolo" / "1"
+    result = train_align(cfg, _request(store, to, mode="joint"), progress=False, task=tiny_distill)
+    assert result.entry == to and result.detector_entry is not None
+    log = (tmp_path / "run" / "metrics-detector.jsonl").read_text().splitlines()
+    assert len(log) == 4 and all("distill_loss" in line and "detect_loss" in line for line in log)
+    source, trained = system_from_entry(store / "dir-restore" / "0.0.1"), system_from_entry(to)
+    for part in ("dirnet", "dfrnet", "decoder", "alignment"):
+        assert _same(source.get_submodule(part), trained.get_submodule(part)), part
+    tuned = load_torch_detector(result.detector_entry, tmp_path / "run" / "detector.pt").module
+    assert not _same(tuned, load_torch_detector(store / "tiny-yolo" / "1", store / "tiny-yolo.pt").module)
+    assert read_manifest(to).extra["aligned_for"]["detector_mode"] == "joint"
+
+
+def test_a_run_stopped_inside_the_detector_stage_resumes_bit_for_bit(
+    store: Path, images: Path, tmp_path: Path
+) -> None:
+    cfg = _stage_config(tmp_path, images, "stopped", joint_steps=2)
+    request = _request(store, tmp_path / "a" / "1", mode="joint")
+    stopped = train_align(cfg, request, stop_at=2, progress=False, task=tiny_distill)
+    assert stopped.entry is None and stopped.step == 0
+    assert len((tmp_path / "stopped" / "metrics-detector.jsonl").read_text().splitlines()) == 2
+    resumed = train_align(cfg, request, resume=True, progress=False, task=tiny_distill)
+    assert resumed.entry is not None and resumed.step == 2
+    assert len((tmp_path / "stopped" / "metrics-detector.jsonl").read_text().splitlines()) == 4
+    whole_cfg = _stage_config(tmp_path, images, "whole", joint_steps=2)
+    whole = train_align(
+        whole_cfg, _request(store, tmp_path / "b" / "1", mode="joint"), progress=False, task=tiny_distill
+    )
+    a = torch.load(resumed.checkpoint, weights_only=True)["modules"]
+    b = torch.load(whole.checkpoint, weights_only=True)["modules"]
+    for part in ("alignment", "detector"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
+
+def test_detector_stage_settings_that_cannot_run_are_refused(
+    store: Path, images: Path, tmp_path: Path
+) -> None:
+    raw = yaml.safe_load(_config(tmp_path, images, optim={"steps": 0}).read_text())
+    with pytest.raises(ConfigError, match="not both 0"):
+        align_config_from_dict(raw)
+    with pytest.raises(ConfigError, match="min_scale"):
+        align_config_from_dict({**raw, "detector_stage": {"optim": {"steps": 2}, "min_scale": 0.0}})
+    cfg = _stage_config(tmp_path, images, "frozen", joint_steps=2)
+    with pytest.raises(ConfigError, match="--detector-mode joint"):
+        train_align(cfg, _request(store, tmp_path / "f" / "1"), progress=False, task=tiny_distill)

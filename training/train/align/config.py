@@ -55,9 +55,31 @@ class AlignLoss:
 
 
 @dataclass(frozen=True)
+class DetectorStage:
+    """``--detector-mode joint``'s first stage (:mod:`training.train.align.detector_stage`): T alone on
+    renderings of the training images through the entry's detection path, before A and T train together.
+
+    ``optim.steps`` 0 skips it. ``draws``: degradations rendered per image (once, at the image's own
+    size); ``batch_size`` crops per step; ``whole_image``: the fraction of crops that are the whole image,
+    the rest a window of [``min_scale``, 1] x its height and width; ``labelled_weight``: weight of T's
+    detection loss on labelled images beside the distillation (0: label-free)."""
+
+    optim: StageConfig = field(
+        default_factory=lambda: StageConfig(steps=0, lr=3e-5, lr_min=1e-6, warmup_steps=30, grad_clip=10.0)
+    )
+    batch_size: int = 16
+    draws: int = 1
+    whole_image: float = 0.3
+    min_scale: float = 0.5
+    labelled_weight: float = 0.0
+
+
+@dataclass(frozen=True)
 class AlignConfig:
     """A whole ``dir-train align`` run. ``optim``: Adam on A, warm-up then cosine (``lr_at``);
-    ``detector_lr``: the detector's peak learning rate in joint mode (same schedule shape)."""
+    ``detector_lr``: the detector's peak learning rate in the joint loop (same schedule shape);
+    ``detector_stage``: joint mode's first stage, T alone (:class:`DetectorStage`). In joint mode either
+    may have 0 steps, not both."""
 
     name: str = "align-detect"
     run_dir: str = "runs/align-detect"
@@ -70,13 +92,16 @@ class AlignConfig:
     loss: AlignLoss = field(default_factory=AlignLoss)
     optim: StageConfig = field(default_factory=StageConfig)
     detector_lr: float = 1e-5
+    detector_stage: DetectorStage = field(default_factory=DetectorStage)
 
 
 def _validate(cfg: AlignConfig) -> None:
+    stage = cfg.detector_stage
     positive = {
         "data.crop": cfg.data.crop,
         "data.batch_size": cfg.data.batch_size,
-        "optim.steps": cfg.optim.steps,
+        "detector_stage.batch_size": stage.batch_size,
+        "detector_stage.draws": stage.draws,
         "log_every": cfg.log_every,
         "ckpt_every": cfg.ckpt_every,
         "detector_lr": cfg.detector_lr,
@@ -84,6 +109,16 @@ def _validate(cfg: AlignConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
+    if cfg.optim.steps < 0 or stage.optim.steps < 0 or cfg.optim.steps + stage.optim.steps == 0:
+        raise ConfigError(
+            f"optim.steps ({cfg.optim.steps}) and detector_stage.optim.steps ({stage.optim.steps}) must be "
+            ">= 0, and not both 0"
+        )
+    if not 0.0 < stage.min_scale <= 1.0 or not 0.0 <= stage.whole_image <= 1.0 or stage.labelled_weight < 0:
+        raise ConfigError(
+            "detector_stage: need 0 < min_scale <= 1, 0 <= whole_image <= 1 and labelled_weight >= 0, got "
+            f"{stage.min_scale}, {stage.whole_image}, {stage.labelled_weight}"
+        )
     if cfg.data.crop % 4:
         raise ConfigError(f"data.crop must be a multiple of 4 (the latent stride), got {cfg.data.crop}")
     if not 0.0 < cfg.data.min_scale <= 1.0:

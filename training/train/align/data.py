@@ -26,12 +26,18 @@ from training.train.data import list_images, step_generator
 @dataclass
 class LabelledSet:
     """Decoded clean images, each (3, H, W) uint8 sRGB, with their boxes (M, 5) float32 (M may be 0) and
-    whether any label file was found at all (a label-free folder trains with the distillation loss only)."""
+    whether each image has a label file (``has_labels``; an image without one has unknown objects, not
+    none, and trains with the distillation loss only)."""
 
     images: list[Tensor]
     boxes: list[Tensor]
     files: list[Path]
-    labelled: bool
+    has_labels: list[bool]
+
+    @property
+    def labelled(self) -> bool:
+        """Whether any image has a label file."""
+        return any(self.has_labels)
 
 
 def resolve_images(name: str) -> Path:
@@ -58,11 +64,11 @@ def label_path(image: Path, labels: Path | None) -> Path:
 def load_labelled(folders: list[Path], labels: Path | None) -> LabelledSet:
     """Decode every image of ``folders`` (sorted, recursive) with its labels (no file: no objects)."""
     files = [p for f in folders for p in list_images(f)]
-    images, boxes, found = [], [], False
+    images, boxes, found = [], [], []
     for p in files:
         images.append(load_rgb(p))
         lab = label_path(p, labels)
-        found = found or lab.is_file()
+        found.append(lab.is_file())
         try:
             rows = read_yolo_labels(lab)
         except ValueError as exc:

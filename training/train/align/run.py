@@ -24,6 +24,7 @@ from training.models.checkpoint import system_from_entry
 from training.train.align.config import AlignConfig, align_config_from_dict, align_config_to_dict
 from training.train.align.data import LabelledSet, load_labelled, resolve_images, step_batch
 from training.train.align.detector import TorchDetector, load_torch_detector, resolve_detector
+from training.train.align.detector_stage import render_set, stage_batch, stage_loss
 from training.train.align.entry import (
     check_destination,
     check_uncommittable,
@@ -35,12 +36,15 @@ from training.train.align.entry import (
 from training.train.align.objective import LABELLED_LOSSES, LOSSES, AlignObjective, TaskLoss, task_loss
 from training.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from training.train.config import EVALUATION_SETS
+from training.train.data import step_generator
 from training.train.loop import PROBE_SKIP, PROBE_STEPS, budget_steps, resolve_device
 from training.train.runlog import append_record, metrics_path, plot_run, truncate_log
 from training.train.schedule import lr_at
 
 CHECKPOINT = "align.pt"
 TAG = "align"
+#: The log tag (``metrics-detector.jsonl``) of joint mode's first stage, T alone.
+DETECTOR_TAG = "detector"
 MODES = ("frozen", "joint")
 
 
@@ -122,6 +126,14 @@ class _Run:
     run_dir: Path
     destination: Path
     steps: int
+    #: Joint mode's first stage: T's own optimiser and the steps it has trained (of ``detector_steps``).
+    detector_optimizer: torch.optim.Optimizer | None = None
+    detector_step: int = 0
+
+    @property
+    def detector_steps(self) -> int:
+        """The detector stage's step count (0 in frozen mode)."""
+        return self.cfg.detector_stage.optim.steps if self.objective.joint else 0
 
     @property
     def ckpt_path(self) -> Path:
@@ -156,6 +168,10 @@ class _Run:
                 "request": dataclasses.asdict(self.request) | {"images": list(self.request.images)},
                 "modules": {n: m.state_dict() for n, m in self.modules().items()},
                 "optimizer": self.optimizer.state_dict(),
+                "detector_step": self.detector_step,
+                "detector_optimizer": self.detector_optimizer.state_dict()
+                if self.detector_optimizer
+                else None,
                 "rng": rng_state(),
             },
         )
@@ -171,6 +187,9 @@ class _Run:
                 raise CheckpointError(f"{self.ckpt_path} has no {name} (trained in another detector mode)")
             module.load_state_dict(ckpt["modules"][name])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.detector_step = int(ckpt.get("detector_step", 0))
+        if self.detector_optimizer is not None and ckpt.get("detector_optimizer"):
+            self.detector_optimizer.load_state_dict(ckpt["detector_optimizer"])
         restore_rng(ckpt["rng"])
         self.steps = int(ckpt["steps"])
         return int(ckpt["step"])
@@ -253,6 +272,63 @@ def _optimise(
     return step
 
 
+def _train_detector_stage(
+    run: _Run, data: LabelledSet, det: TorchDetector, end: int, time_limit_s: float | None, progress: bool
+) -> float:
+    """Joint mode's first stage from ``run.detector_step`` to step ``end`` or the time limit: render the
+    training set through the entry's detection path (A as it starts), then fine-tune T on it, logging to
+    ``metrics-detector.jsonl`` and checkpointing as the joint loop does -> the seconds it took."""
+    stage = run.cfg.detector_stage
+    start = time.perf_counter()
+    system = run.objective.system
+    device = next(system.parameters()).device
+    run.objective.eval()
+    renderings = render_set(
+        data, lambda x: system.restore(x.to(device)), run.cfg.data.preset, stage.draws, run.cfg.seed, progress
+    )
+    run.objective.train()
+    detector, teacher = run.objective.detector, run.objective.teacher
+    assert run.detector_optimizer is not None
+    params = list(detector.parameters())
+    log_path = metrics_path(run.run_dir, DETECTOR_TAG)
+    bar = tqdm(total=stage.optim.steps, initial=run.detector_step, desc=DETECTOR_TAG, disable=not progress)
+    tick, seen = time.perf_counter(), 0
+    sums: dict[str, float] = {}
+    while run.detector_step < end:
+        step = run.detector_step
+        lr = lr_at(step, stage.optim)
+        for group in run.detector_optimizer.param_groups:
+            group["lr"] = lr
+        g = step_generator(run.cfg.seed + 1, step)
+        batch = stage_batch(renderings, data, stage, det.manifest, g, device)
+        losses = stage_loss(detector, teacher, batch, stage)
+        run.detector_optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, stage.optim.grad_clip)
+        run.detector_optimizer.step()
+        run.detector_step, seen = step + 1, seen + 1
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        bar.update(1)
+        now = time.perf_counter()
+        out_of_time = time_limit_s is not None and now - start >= time_limit_s
+        done = run.detector_step == end
+        if run.detector_step % run.cfg.log_every == 0 or done or out_of_time:
+            record = {k: round(v / seen, 6) for k, v in sums.items()}
+            images_per_s = round(seen * stage.batch_size / max(now - tick, 1e-9), 3)
+            append_record(
+                log_path, record | {"step": run.detector_step, "lr": lr, "images_per_s": images_per_s}
+            )
+            tick, sums, seen = now, {}, 0
+            bar.set_postfix({"loss": f"{record['loss']:.4g}"})
+        if run.detector_step % run.cfg.ckpt_every == 0 or done or out_of_time:
+            run.save(0)
+        if out_of_time:
+            break
+    bar.close()
+    return time.perf_counter() - start
+
+
 def train_align(
     cfg: AlignConfig,
     request: AlignRequest,
@@ -267,9 +343,12 @@ def train_align(
 ) -> AlignResult:
     """Train A (and T in joint mode) with the detector in the loop, then write the aligned entry.
 
-    ``resume`` continues ``cfg.run_dir``'s ``align.pt`` with its step count; ``steps`` replaces the
-    config's; ``time_limit_s`` fits the run into that many seconds of optimisation; ``stop_at`` ends with
-    a checkpoint after that many steps and writes no entry. ``task`` replaces the ``--loss`` task loss (for
+    Joint mode first runs ``cfg.detector_stage`` (T alone on renderings of the training set, see
+    :mod:`training.train.align.detector_stage`), then the joint loop (A and T on Eq. 8).
+    ``resume`` continues ``cfg.run_dir``'s ``align.pt`` with its step counts; ``steps`` replaces the joint
+    loop's; ``time_limit_s`` fits the run into that many seconds (the detector stage's time counts; it stops
+    with a checkpoint when out of time); ``stop_at`` ends with a checkpoint after that many steps (the
+    detector stage's first) and writes no entry. ``task`` replaces the ``--loss`` task loss (for
     tests). Raises :class:`ConfigError` / :class:`DataError` / :class:`CheckpointError` on bad input.
     """
     request.check()
@@ -286,20 +365,45 @@ def train_align(
     run_dir.mkdir(parents=True, exist_ok=True)
     steps_total = steps if steps is not None else cfg.optim.steps
     run = _Run(cfg, request, objective, _optimizer(objective, cfg), run_dir, destination, steps_total)
+    if objective.joint:
+        run.detector_optimizer = torch.optim.Adam(
+            objective.detector.parameters(), lr=cfg.detector_stage.optim.lr
+        )
+    _check_steps(run)
     step = run.resume() if resume else 0
     if resume:
         truncate_log(metrics_path(run_dir, TAG), step)
+        truncate_log(metrics_path(run_dir, DETECTOR_TAG), run.detector_step)
     else:
         metrics_path(run_dir, TAG).unlink(missing_ok=True)
-    bar = tqdm(total=run.steps, initial=step, desc=TAG, disable=not progress, dynamic_ncols=True)
-    step = _optimise(run, data, step, stop_at, time_limit_s, bar, device)
-    bar.close()
-    if step == 0:
+        metrics_path(run_dir, DETECTOR_TAG).unlink(missing_ok=True)
+    stage_end = run.detector_steps if stop_at is None else min(stop_at, run.detector_steps)
+    if run.detector_step < stage_end:
+        spent = _train_detector_stage(run, data, det, stage_end, time_limit_s, progress)
+        time_limit_s = None if time_limit_s is None else time_limit_s - spent
+    joint_stop = None if stop_at is None else max(0, stop_at - run.detector_steps)
+    if run.detector_step == run.detector_steps and (time_limit_s is None or time_limit_s > 0):
+        bar = tqdm(total=run.steps, initial=step, desc=TAG, disable=not progress, dynamic_ncols=True)
+        step = _optimise(run, data, step, joint_stop, time_limit_s, bar, device)
+        bar.close()
+    if step + run.detector_step == 0:
         raise CheckpointError(f"{run.ckpt_path}: no step trained (stop-at {stop_at})")
     plot_run(run_dir)
-    if stop_at is not None and step < run.steps:
+    if run.detector_step < run.detector_steps or step < run.steps:
         return AlignResult(run.ckpt_path, step, run.steps)
     return _finish(run, det, data, step)
+
+
+def _check_steps(run: _Run) -> None:
+    """Frozen mode trains A only: refuse a detector stage there, and a run with nothing to train."""
+    stage = run.cfg.detector_stage.optim.steps
+    if not run.objective.joint and stage:
+        raise ConfigError(
+            f"detector_stage.optim.steps is {stage}, but the detector stage trains T: use --detector-mode "
+            "joint, or set it to 0"
+        )
+    if run.steps + run.detector_steps == 0:
+        raise ConfigError("nothing to train: optim.steps (or --steps) is 0 and there is no detector stage")
 
 
 def _finish(run: _Run, det: TorchDetector, data: LabelledSet, step: int) -> AlignResult:
