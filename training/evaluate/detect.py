@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from modelstore.detector import Detector, find_detector, load_detector
+from modelstore.errors import ModelStoreError
 from training.detect.coco_map import coco128_dirs, evaluate_detector
 from training.evaluate.errors import DatasetMissingError, MethodUnavailableError, ProtocolError
 from training.evaluate.methods import MethodContext, MethodSpec
@@ -222,7 +223,7 @@ class _MethodScoring:
     """What scoring one method needs besides the method: the images, caches and progress settings."""
 
     ctx: MethodContext
-    score: Callable[[Callable[[np.ndarray], np.ndarray] | None], dict[str, float]]
+    score: Callable[[Callable[[np.ndarray], np.ndarray] | None, Detector | None], dict[str, float]]
     degraded: DegradedCache
     key_suffix: str
     n_images: int
@@ -237,6 +238,14 @@ def _method_row(spec: MethodSpec, job: _MethodScoring) -> DetectRow:
     except MethodUnavailableError as exc:
         return DetectRow(spec.label, spec.name, None, None, None, str(exc))
     weights = f"@{restore.fingerprint}" if restore.fingerprint else ""
+    detector = None
+    if restore.task_detector is not None:
+        try:
+            detector = load_detector(restore.task_detector, providers=["CPUExecutionProvider"])
+        except ModelStoreError as exc:
+            return DetectRow(spec.label, spec.name, None, None, None, f"{restore.task_detector}: {exc}")
+        graph = detector.manifest.file_sha256(detector.manifest.onnx_file) or "unrecorded"
+        weights += f"+{detector.name}/{detector.version}@{graph}"
     key = f"v{CACHE_VERSION}/{spec.name}{weights}/{job.key_suffix}"
     cacheable = job.rows is not None and (spec.family in CACHED_FAMILIES or restore.fingerprint is not None)
     cached = job.rows.get(key) if job.rows is not None and cacheable else None
@@ -244,9 +253,11 @@ def _method_row(spec: MethodSpec, job: _MethodScoring) -> DetectRow:
         return cached
     bar = tqdm(total=job.n_images, desc=f"detect:{spec.name}", unit="img", disable=not job.progress)
     timer = _Timer()
-    result = job.score(_restoring_transform(restore, timer, bar, job.degraded))
+    result = job.score(_restoring_transform(restore, timer, bar, job.degraded), detector)
     bar.close()
     label = f"Degraded ({job.degraded.preset})" if spec.family == "reference" else spec.label
+    if detector is not None:
+        label += f" + {detector.name}/{detector.version}"
     row = DetectRow(
         label, spec.name, result["map50"], result["map50_95"], timer.s_per_mp, None, restore.version
     )
@@ -278,8 +289,10 @@ def run_detect(
             images, labels = _subset(images, labels, limit, Path(tmp))
         n = len([p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")])
 
-        def score(transform: Callable[[np.ndarray], np.ndarray] | None) -> dict[str, float]:
-            return evaluate_detector(detector, images, labels, transform=transform)
+        def score(
+            transform: Callable[[np.ndarray], np.ndarray] | None, own: Detector | None = None
+        ) -> dict[str, float]:
+            return evaluate_detector(own or detector, images, labels, transform=transform)
 
         clean = score(None)
         degraded_cache = DegradedCache(preset)

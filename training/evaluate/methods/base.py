@@ -45,6 +45,9 @@ class BoundMethod:
     version: str | None = None
     fingerprint: str | None = None
     """sha256 of the weights file of a checkpoint or ONNX method (makes its scores cacheable), else None."""
+    task_detector: Path | None = None
+    """The detector entry a task-aligned model_store entry was aligned with (``detect`` scores its output
+    with it, as ``/v1/detect?model=`` does), else None (the installed detector)."""
 
     def __call__(self, degraded: torch.Tensor, clean: torch.Tensor | None) -> torch.Tensor:
         """Restore ``degraded`` (N, 3, H, W) [0, 1]; ``clean`` is used only by oracle peers."""
@@ -85,7 +88,8 @@ class MethodSpec:
         plain = self.build(ctx)
         version = getattr(plain, "version", None)
         fingerprint = getattr(plain, "fingerprint", None)
-        return BoundMethod(self.name, plain=plain, version=version, fingerprint=fingerprint)
+        detector = getattr(plain, "task_detector", None)
+        return BoundMethod(self.name, plain, None, version, fingerprint, detector)
 
     @property
     def oracle(self) -> bool:

@@ -120,13 +120,29 @@ class _EntryMethod:
         return f"{self.manifest.name}/{self.manifest.version}"
 
 
+def aligned_detector(entry_dir: Path, manifest: Manifest) -> Path | None:
+    """The detector entry folder a task-aligned entry names (``extra.aligned_for.detector_entry``,
+    ``NAME@VERSION`` in the entry's own model store), None for other entries; raises
+    :class:`MethodUnavailableError` when it is not installed (scoring without it would misreport)."""
+    recorded = str((manifest.aligned_for or {}).get("detector_entry") or "")
+    if not recorded:
+        return None
+    name, _, version = recorded.partition("@")
+    folder = entry_dir.parent.parent / name / version
+    if not version or not (folder / MANIFEST_NAME).is_file():
+        raise MethodUnavailableError(
+            f"{entry_dir} was aligned with detector {recorded}, which is not installed at {folder}"
+        )
+    return folder
+
+
 class OnnxRestorer(_EntryMethod):
     """Scores a model_store entry exactly as shipped: its ONNX file through onnxruntime (CPU EP).
 
     Inputs are reflect-padded on the bottom/right to the manifest's ``size_multiple`` and the output cropped
     back. Two-pass entries (manifest ``guide``) get the whole image's ``guide_mean``: the spatial mean of
     the guide graph's output on the padded image. Each file's sha256 is checked against the manifest when
-    recorded.
+    recorded. ``task_detector``: see :func:`aligned_detector`.
     """
 
     def __init__(self, entry_dir: Path) -> None:
@@ -144,6 +160,7 @@ class OnnxRestorer(_EntryMethod):
         outputs = [o.name for o in self.manifest.outputs]
         self.output_name = "restored" if "restored" in outputs else outputs[0]
         self.multiple = self.manifest.size_multiple
+        self.task_detector = aligned_detector(entry_dir, self.manifest)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` [0, 1] -> ``(N, 3, H, W)`` [0, 1]."""
