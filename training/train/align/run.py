@@ -382,7 +382,8 @@ def train_align(
         spent = _train_detector_stage(run, data, det, stage_end, time_limit_s, progress)
         time_limit_s = None if time_limit_s is None else time_limit_s - spent
     joint_stop = None if stop_at is None else max(0, stop_at - run.detector_steps)
-    if run.detector_step == run.detector_steps and (time_limit_s is None or time_limit_s > 0):
+    stage_done = run.detector_step == run.detector_steps
+    if stage_done and step < run.steps and (time_limit_s is None or time_limit_s > 0):
         bar = tqdm(total=run.steps, initial=step, desc=TAG, disable=not progress, dynamic_ncols=True)
         step = _optimise(run, data, step, joint_stop, time_limit_s, bar, device)
         bar.close()
