@@ -29,6 +29,8 @@ from training.isp.sampler import stable_seed
 from training.train.align.config import DetectorStage
 from training.train.align.data import LabelledSet
 from training.train.align.detector import prepare_input
+from training.train.data import step_generator
+from training.train.schedule import lr_at
 
 #: Renders a degraded image (1, 3, H, W) sRGB [0, 1], H and W multiples of 4 -> (1, 3, H, W) in [0, 1].
 RenderFn = Callable[[Tensor], Tensor]
@@ -168,3 +170,30 @@ def stage_loss(
         terms |= {f"detect_{k}": v for k, v in detect.items()}
         total = total + cfg.labelled_weight * detect["loss"]
     return {"loss": total, **terms}
+
+
+def stage_step(
+    detector: nn.Module,
+    teacher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    renderings: Renderings,
+    data: LabelledSet,
+    cfg: DetectorStage,
+    manifest: Manifest,
+    seed: int,
+    step: int,
+) -> dict[str, float]:
+    """One optimiser step of the stage (0-based ``step``): lr from ``cfg.optim``'s schedule, the batch of
+    ``(seed, step)`` alone (so a resumed run replays it), :func:`stage_loss`, gradients clipped to
+    ``cfg.optim.grad_clip`` -> the loss terms and ``lr`` as floats."""
+    lr = lr_at(step, cfg.optim)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    device = next(detector.parameters()).device
+    batch = stage_batch(renderings, data, cfg, manifest, step_generator(seed, step), device)
+    terms = stage_loss(detector, teacher, batch, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(list(detector.parameters()), cfg.optim.grad_clip)
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in terms.items()} | {"lr": lr}

@@ -24,7 +24,7 @@ from training.models.checkpoint import system_from_entry
 from training.train.align.config import AlignConfig, align_config_from_dict, align_config_to_dict
 from training.train.align.data import LabelledSet, load_labelled, resolve_images, step_batch
 from training.train.align.detector import TorchDetector, load_torch_detector, resolve_detector
-from training.train.align.detector_stage import render_set, stage_batch, stage_loss
+from training.train.align.detector_stage import render_set, stage_step
 from training.train.align.entry import (
     check_destination,
     check_uncommittable,
@@ -36,7 +36,6 @@ from training.train.align.entry import (
 from training.train.align.objective import LABELLED_LOSSES, LOSSES, AlignObjective, TaskLoss, task_loss
 from training.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from training.train.config import EVALUATION_SETS
-from training.train.data import step_generator
 from training.train.loop import PROBE_SKIP, PROBE_STEPS, budget_steps, resolve_device
 from training.train.runlog import append_record, metrics_path, plot_run, truncate_log
 from training.train.schedule import lr_at
@@ -287,28 +286,27 @@ def _train_detector_stage(
         data, lambda x: system.restore(x.to(device)), run.cfg.data.preset, stage.draws, run.cfg.seed, progress
     )
     run.objective.train()
-    detector, teacher = run.objective.detector, run.objective.teacher
     assert run.detector_optimizer is not None
-    params = list(detector.parameters())
     log_path = metrics_path(run.run_dir, DETECTOR_TAG)
     bar = tqdm(total=stage.optim.steps, initial=run.detector_step, desc=DETECTOR_TAG, disable=not progress)
     tick, seen = time.perf_counter(), 0
     sums: dict[str, float] = {}
     while run.detector_step < end:
-        step = run.detector_step
-        lr = lr_at(step, stage.optim)
-        for group in run.detector_optimizer.param_groups:
-            group["lr"] = lr
-        g = step_generator(run.cfg.seed + 1, step)
-        batch = stage_batch(renderings, data, stage, det.manifest, g, device)
-        losses = stage_loss(detector, teacher, batch, stage)
-        run.detector_optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, stage.optim.grad_clip)
-        run.detector_optimizer.step()
-        run.detector_step, seen = step + 1, seen + 1
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        terms = stage_step(
+            run.objective.detector,
+            run.objective.teacher,
+            run.detector_optimizer,
+            renderings,
+            data,
+            stage,
+            det.manifest,
+            run.cfg.seed + 1,
+            run.detector_step,
+        )
+        lr = terms.pop("lr")
+        run.detector_step, seen = run.detector_step + 1, seen + 1
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v
         bar.update(1)
         now = time.perf_counter()
         out_of_time = time_limit_s is not None and now - start >= time_limit_s
