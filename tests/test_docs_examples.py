@@ -156,9 +156,9 @@ EXAMPLES: dict[str, dict[str, Tiny | Skip]] = {
             " re-exports an entry with a tiny one"
         ),
         ".venv/bin/dir-train align --task detect --detector yolo-fastestv2 --init-from "
-        "model_store/dir-restore/3.3.0 --config align-detect-distill-cpu --loss distill --images "
-        "coco128_train bsds500_train": Skip(
-            "needs the locally installed Yolo-FastestV2 detector and about 35 minutes of CPU;"
+        "model_store/dir-restore/3.3.0 --config align-detect-joint-cpu --detector-mode joint --loss distill "
+        "--images coco128_train bsds500_train": Skip(
+            "needs the locally installed Yolo-FastestV2 detector and about 11 minutes of CPU;"
             " tests/training/test_align.py runs the command on a tiny detector it builds"
         ),
         ".venv/bin/dir-eval --protocol ablation --datasets cset14,bsd100 --methods all --run runs/tiny "
