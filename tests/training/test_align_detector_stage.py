@@ -11,8 +11,8 @@ import torch
 from modelstore.manifest import Manifest
 from training.detect.model import YoloFastestV2
 from training.train.align.config import DetectorStage
-from training.train.align.data import LabelledSet
-from training.train.align.detector_stage import Renderings, render_set, stage_batch, stage_loss, window_boxes
+from training.train.align.data import LabelledSet, window_boxes
+from training.train.align.detector_stage import Renderings, render_set, stage_batch, stage_loss
 
 
 def _manifest(size: int = 32) -> Manifest:

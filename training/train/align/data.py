@@ -81,18 +81,31 @@ def crop_boxes(
     boxes: Tensor, size: tuple[int, int], window: tuple[int, int, int], flip: bool, min_visible: float
 ) -> Tensor:
     """Boxes (M, 5) of an image of ``size`` (H, W) -> the boxes of its square crop ``window`` (top, left,
-    side), mirrored when ``flip``, normalised to the crop; boxes with less than ``min_visible`` of their
-    area inside the crop are dropped, the rest clipped to it."""
-    h, w = size
+    side): :func:`window_boxes` of the ``side`` x ``side`` window."""
     top, left, side = window
+    return window_boxes(boxes, size, (top, left, side, side), flip, min_visible)
+
+
+def window_boxes(
+    boxes: Tensor,
+    size: tuple[int, int],
+    window: tuple[int, int, int, int],
+    flip: bool,
+    min_visible: float = 0.4,
+) -> Tensor:
+    """Boxes (M, 5) [class, cx, cy, w, h] normalised to an image of ``size`` (H, W) -> those of the window
+    (top, left, height, width), normalised to it, mirrored when ``flip``; boxes with less than
+    ``min_visible`` of their area inside the window are dropped, the rest clipped to it."""
+    h, w = size
+    top, left, wh, ww = window
     cls, cx, cy, bw, bh = (boxes[:, i] for i in range(5))
     x1, x2 = cx * w - bw * w / 2 - left, cx * w + bw * w / 2 - left
     y1, y2 = cy * h - bh * h / 2 - top, cy * h + bh * h / 2 - top
     area = (x2 - x1) * (y2 - y1)
-    x1, x2, y1, y2 = (t.clamp(0, side) for t in (x1, x2, y1, y2))
+    x1, x2, y1, y2 = x1.clamp(0, ww), x2.clamp(0, ww), y1.clamp(0, wh), y2.clamp(0, wh)
     kept = (x2 - x1) * (y2 - y1)
     keep = (kept > 0) & (kept >= min_visible * area)
-    out = torch.stack(((x1 + x2) / 2 / side, (y1 + y2) / 2 / side, (x2 - x1) / side, (y2 - y1) / side), 1)
+    out = torch.stack(((x1 + x2) / 2 / ww, (y1 + y2) / 2 / wh, (x2 - x1) / ww, (y2 - y1) / wh), 1)
     if flip:
         out[:, 0] = 1.0 - out[:, 0]
     return torch.cat((cls[:, None], out), 1)[keep]

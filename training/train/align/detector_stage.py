@@ -27,7 +27,7 @@ from training.detect import loss as losses
 from training.isp import simulate
 from training.isp.sampler import stable_seed
 from training.train.align.config import DetectorStage
-from training.train.align.data import LabelledSet
+from training.train.align.data import LabelledSet, window_boxes
 from training.train.align.detector import prepare_input
 from training.train.data import step_generator
 from training.train.schedule import lr_at
@@ -76,27 +76,6 @@ def render_set(
             bar.update(1)
     bar.close()
     return out
-
-
-def window_boxes(
-    boxes: Tensor, size: tuple[int, int], window: tuple[int, int, int, int], flip: bool
-) -> Tensor:
-    """Boxes (M, 5) [class, cx, cy, w, h] normalised to an image of ``size`` (H, W) -> those of the window
-    (top, left, height, width), normalised to it, mirrored when ``flip``; a box keeps when at least 40 % of
-    its area lies inside (clipped to the window), as :func:`training.train.align.data.crop_boxes`."""
-    h, w = size
-    top, left, wh, ww = window
-    cls, cx, cy, bw, bh = (boxes[:, i] for i in range(5))
-    x1, x2 = (cx - bw / 2) * w - left, (cx + bw / 2) * w - left
-    y1, y2 = (cy - bh / 2) * h - top, (cy + bh / 2) * h - top
-    area = (x2 - x1) * (y2 - y1)
-    x1, x2, y1, y2 = x1.clamp(0, ww), x2.clamp(0, ww), y1.clamp(0, wh), y2.clamp(0, wh)
-    kept = (x2 - x1) * (y2 - y1)
-    keep = (kept > 0) & (kept >= 0.4 * area)
-    out = torch.stack(((x1 + x2) / 2 / ww, (y1 + y2) / 2 / wh, (x2 - x1) / ww, (y2 - y1) / wh), 1)
-    if flip:
-        out[:, 0] = 1.0 - out[:, 0]
-    return torch.cat((cls[:, None], out), 1)[keep]
 
 
 def _cut(image: Tensor, window: tuple[int, int, int, int], flip: bool) -> Tensor:
